@@ -1,0 +1,1 @@
+"""TORI Memory: episodic vault, sleep consolidation, sparse pruning and Koopman dynamics."""

@@ -1,0 +1,291 @@
+"""The configuration schema: every key, its type, range and default.
+
+Values arrive as YAML scalars or interpolated strings ("50051"); pydantic coerces them to the
+declared types. Unknown keys are rejected so a misspelt knob never silently does nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Port = Annotated[int, Field(ge=0, le=65535, description="TCP port; 0 picks a free one")]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Strict):
+    # Where services keep data, logs and pid files; relative to the project root.
+    var_dir: str = "var"
+
+
+class LoggingConfig(_Strict):
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RedisConfig(_Strict):
+    # Empty: no Redis; events are not published and the local fleet starts a private server.
+    url: str = ""
+    password: str = ""
+    connect_timeout_s: PositiveFloat = 1.0
+    # Reconnects back off exponentially from 0.1 s up to this.
+    reconnect_backoff_max_s: PositiveFloat = 5.0
+    # Events waiting while Redis is away; beyond it the oldest are dropped (and counted).
+    publish_queue: Annotated[int, Field(ge=1)] = 10_000
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, v: str) -> str:
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://, or be empty")
+        return v
+
+
+class GrpcConfig(_Strict):
+    # Both directions; a larger request is refused with RESOURCE_EXHAUSTED before it is parsed.
+    max_message_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 16 << 20
+    # Connections are recycled after this age so clients re-resolve and load spreads (0: never).
+    max_connection_age_ms: Annotated[int, Field(ge=0)] = 300_000
+    max_connection_age_grace_ms: Annotated[int, Field(ge=0)] = 30_000
+    keepalive_time_ms: Annotated[int, Field(ge=1000)] = 30_000
+    keepalive_timeout_ms: Annotated[int, Field(ge=100)] = 10_000
+    # SIGTERM: stop accepting, let in-flight calls finish for up to this long, then cancel them.
+    shutdown_grace_s: Annotated[float, Field(ge=0)] = 10.0
+    max_concurrent_rpcs: Annotated[int, Field(ge=0)] = 0
+
+
+class AuthConfig(_Strict):
+    # API keys accepted on every RPC but health; none configured means auth is off.
+    api_keys: list[str] = []
+    # A file with one key per line (blank lines and # comments ignored), e.g. /run/secrets/api_keys.
+    api_keys_file: str = ""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        # The environment gives "k1,k2"; YAML may give a list.
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+
+class Endpoint(_Strict):
+    host: str = "127.0.0.1"
+    port: Port
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Port
+
+
+class ServicesConfig(_Strict):
+    episodic_vault: Endpoint
+    sleep_scheduler: Endpoint
+    sparse_pruner: Endpoint
+    koopman_learner: Endpoint
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServicesConfig:
+        seen: dict[int, str] = {}
+        for name in type(self).model_fields:
+            ep: Endpoint = getattr(self, name)
+            for kind, port in (("port", ep.port), ("metrics_port", ep.metrics_port)):
+                key = f"services.{name}.{kind}"
+                if port and port in seen:
+                    raise ValueError(
+                        f"{key} and {seen[port]} are both {port}; give each its own port"
+                    )
+                seen[port] = key
+        return self
+
+
+class VaultLimits(_Strict):
+    max_concepts: Annotated[int, Field(ge=1)] = 4096
+    max_concept_id_len: Annotated[int, Field(ge=1)] = 256
+    max_tags: Annotated[int, Field(ge=0)] = 32
+    max_tag_len: Annotated[int, Field(ge=1)] = 128
+    max_payload_bytes: Annotated[int, Field(ge=0)] = 1 << 20
+    max_metadata_entries: Annotated[int, Field(ge=0)] = 64
+    max_metadata_key_len: Annotated[int, Field(ge=1)] = 128
+    max_metadata_value_len: Annotated[int, Field(ge=1)] = 4096
+    max_trace_frames: Annotated[int, Field(ge=1)] = 256
+    max_source_field_len: Annotated[int, Field(ge=1)] = 256
+    # Clock skew tolerated on client timestamps.
+    max_future_skew_s: Annotated[float, Field(ge=0)] = 300.0
+    max_batch: Annotated[int, Field(ge=1)] = 10_000
+
+
+class SqliteConfig(_Strict):
+    path: str = "var/data/vault.db"
+    journal_mode: Literal["WAL", "DELETE", "TRUNCATE", "PERSIST"] = "WAL"
+    # FULL: an acknowledged put survives power loss, not only a crash of the process.
+    synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    cache_size_kb: Annotated[int, Field(ge=0)] = 65_536
+    busy_timeout_ms: Annotated[int, Field(ge=0)] = 5_000
+    # Reader connections (WAL lets them read while one writer writes).
+    read_connections: Annotated[int, Field(ge=1, le=64)] = 4
+
+
+class MemoryConfig(_Strict):
+    # Empty: nothing persists. Otherwise the store is saved here atomically every
+    # snapshot_interval_s and on shutdown, and loaded at start; puts since the last snapshot are
+    # lost if the process is killed, so this backend is for tests and tiny set-ups.
+    snapshot_file: str = ""
+    snapshot_interval_s: PositiveFloat = 30.0
+    # Most episodes held (0: no limit); a put beyond it fails with RESOURCE_EXHAUSTED.
+    capacity: Annotated[int, Field(ge=0)] = 0
+
+
+class VaultRedisConfig(_Strict):
+    """The vault's own Redis backend (vault.backend: redis); not the event bus's top-level redis.
+
+    An acknowledged put is as durable as the server's persistence makes it: run it with
+    appendonly yes and appendfsync always for the contract's "durable on return".
+    """
+
+    # redis:// or rediss:// (TLS); a password in the URL wins over `password`.
+    url: str = "redis://127.0.0.1:6379/0"
+    password: str = ""
+    # Every key the vault writes starts with this, so several vaults can share one Redis. On
+    # Redis Cluster give it a {hash tag} (e.g. "{vault-a}:") so a put's keys share one slot.
+    key_prefix: str = "tori:vault:"
+    # Connections in the pool; a call waits up to pool_timeout_s for a free one.
+    max_connections: Annotated[int, Field(ge=1, le=1024)] = 16
+    pool_timeout_s: PositiveFloat = 5.0
+    connect_timeout_s: PositiveFloat = 2.0
+    # Longest wait for any one reply; a put of max_batch episodes must fit in it.
+    socket_timeout_s: PositiveFloat = 10.0
+    # Episodes read per round trip while listing, scanning and purging.
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 256
+    # TLS (rediss:// only): CA bundle, client certificate and key for mutual TLS, verification.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_verify: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+        return v
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_nonempty(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must not be empty; e.g. 'tori:vault:' keeps the vault's keys apart")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> VaultRedisConfig:
+        tls = {"tls_ca_file": self.tls_ca_file, "tls_cert_file": self.tls_cert_file}
+        tls |= {"tls_key_file": self.tls_key_file}
+        set_keys = [k for k, v in tls.items() if v] + ([] if self.tls_verify else ["tls_verify"])
+        if set_keys and not self.url.startswith("rediss://"):
+            raise ValueError(
+                f"vault.redis.{set_keys[0]} only applies to TLS connections; make vault.redis.url "
+                "rediss://... or remove the TLS keys"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("vault.redis.tls_cert_file and tls_key_file go together; set both")
+        return self
+
+
+class VaultPostgresConfig(_Strict):
+    """The PostgreSQL backend (vault.backend: postgres)."""
+
+    # libpq URL or key=value string; a password may also come from PGPASSWORD or a .pgpass file.
+    dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # The vault's tables live in this schema (created if missing), so vaults can share a database.
+    schema_name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "tori_vault"
+    pool_min_size: Annotated[int, Field(ge=0, le=1024)] = 1
+    pool_max_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    # libpq counts whole seconds and treats less than 2 as 2.
+    connect_timeout_s: PositiveFloat = 5.0
+    # Longest wait for a free pooled connection before a call fails as unavailable.
+    pool_timeout_s: PositiveFloat = 10.0
+    # Server-side limit on any one statement (0: none).
+    statement_timeout_ms: Annotated[int, Field(ge=0)] = 30_000
+    # Ids looked up per query in a put, and rows deleted per transaction in a purge (a large
+    # purge then never holds the write lock for long).
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+
+    @model_validator(mode="after")
+    def _pool_order(self) -> VaultPostgresConfig:
+        if self.pool_max_size < self.pool_min_size:
+            raise ValueError(
+                f"vault.postgres.pool_max_size ({self.pool_max_size}) must be >= pool_min_size "
+                f"({self.pool_min_size})"
+            )
+        return self
+
+
+class VaultConfig(_Strict):
+    backend: Literal["sqlite", "memory", "redis", "postgres"] = "sqlite"
+    sqlite: SqliteConfig = SqliteConfig()
+    memory: MemoryConfig = MemoryConfig()
+    redis: VaultRedisConfig = VaultRedisConfig()
+    postgres: VaultPostgresConfig = VaultPostgresConfig()
+    limits: VaultLimits = VaultLimits()
+    # Length of every embedding; 0 means the deployment stores none.
+    embedding_dim: Annotated[int, Field(ge=0, le=65_536)] = 384
+    ttl_hours: PositiveFloat = 48.0
+    ttl_keep_ref_count: Annotated[int, Field(ge=1)] = 3
+    # Threads running storage calls off the event loop.
+    io_threads: Annotated[int, Field(ge=1, le=64)] = 4
+
+
+class SleepSchedulerConfig(_Strict):
+    t0: PositiveFloat = 2.0
+    eta: PositiveFloat = 0.01
+    auto_tune: bool = False
+    pressure_threshold: Annotated[int, Field(ge=0)] = 1000
+
+
+class SparsePrunerConfig(_Strict):
+    tau: PositiveFloat = 0.001
+    l1_threshold: Annotated[float, Field(ge=0)] = 0.01
+    max_quality_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+    auto_tune: bool = False
+
+
+class KoopmanLearnerConfig(_Strict):
+    rank: Annotated[int, Field(ge=1)] = 50
+    rank_high: Annotated[int, Field(ge=1)] = 75
+    psi_drift_threshold: PositiveFloat = 0.2
+    l1_strength: Annotated[float, Field(ge=0)] = 0.01
+    forgetting_factor: Annotated[float, Field(gt=0, le=1)] = 0.98
+    max_modes: Annotated[int, Field(ge=1)] = 100
+    auto_tune: bool = False
+
+    @model_validator(mode="after")
+    def _rank_order(self) -> KoopmanLearnerConfig:
+        if self.rank_high < self.rank:
+            raise ValueError(f"rank_high ({self.rank_high}) must be >= rank ({self.rank})")
+        return self
+
+
+class FleetConfig(_Strict):
+    # Port of the private Redis the local fleet starts when redis.url is empty.
+    redis_port: Port = 6380
+    # How long `make up` waits for each service to report SERVING.
+    start_timeout_s: PositiveFloat = 60.0
+
+
+class Settings(_Strict):
+    environment: str = "local"
+    paths: PathsConfig = PathsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    redis: RedisConfig = RedisConfig()
+    grpc: GrpcConfig = GrpcConfig()
+    auth: AuthConfig = AuthConfig()
+    services: ServicesConfig
+    vault: VaultConfig = VaultConfig()
+    sleep_scheduler: SleepSchedulerConfig = SleepSchedulerConfig()
+    sparse_pruner: SparsePrunerConfig = SparsePrunerConfig()
+    koopman_learner: KoopmanLearnerConfig = KoopmanLearnerConfig()
+    fleet: FleetConfig = FleetConfig()

@@ -1,0 +1,247 @@
+"""vault-cli: talk to an EpisodicVault from the shell.
+
+    vault-cli put --concepts concept:dog=0.9,concept:cat=0.4 --tags pets
+    vault-cli get ID
+    vault-cli list --limit 10 --tag pets
+    vault-cli stats
+    vault-cli put-get-loop 50        # write 50 episodes, read each back, compare, summarise
+
+The target defaults to the configured vault (services.episodic_vault); --target overrides it.
+An API key comes from --api-key or TORI_API_KEY. Exit codes: 0 ok, 1 a failed check or call,
+2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import grpc
+import numpy as np
+from google.protobuf.json_format import MessageToDict
+
+from mcp_services.common.config import ConfigError, load_config
+from mcp_services.episodic_vault.codec import client_content
+from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
+from mcp_services.gen.tori.episodic.v1 import episodic_pb2_grpc
+
+
+def _parse_concepts(text: str) -> pb.ConceptActivation:
+    act = pb.ConceptActivation()
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        cid, _, strength = item.rpartition("=")
+        if not cid:
+            cid, strength = strength, "1.0"
+        act.concept_ids.append(cid)
+        act.strengths.append(float(strength))
+    return act
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
+
+
+@dataclass(frozen=True)
+class LoopSummary:
+    requested: int
+    ok: int
+    failed: int
+    mismatched: int
+    put_p50_ms: float
+    put_p95_ms: float
+    put_p99_ms: float
+    get_p50_ms: float
+    get_p95_ms: float
+    get_p99_ms: float
+    seconds: float
+    ops_per_s: float
+    errors: list[str]
+
+
+def make_episode(run_id: str, i: int, dim: int, rng: random.Random) -> pb.Episode:
+    """A loop episode: concepts with strengths and phases, tags, metadata, payload, embedding."""
+    n = rng.randint(3, 12)
+    concepts = rng.sample(range(500), n)
+    ep = pb.Episode(
+        id=f"loop-{run_id}-{i:06d}",
+        tags=["put-get-loop", f"batch-{i // 10}"],
+        source=pb.Source(type="vault-cli", id=run_id, user=os.environ.get("USER", "")),
+        energy=rng.random(),
+        activation=pb.ConceptActivation(
+            concept_ids=[f"concept:{c}" for c in concepts],
+            strengths=[rng.random() for _ in concepts],
+            phases=[rng.uniform(-3.14, 3.14) for _ in concepts],
+        ),
+        payload=rng.randbytes(rng.randint(16, 256)),
+        embedding=[rng.gauss(0, 1) for _ in range(dim)],
+        metadata={"loop": run_id, "index": str(i)},
+    )
+    # The vault keeps timestamps to the millisecond.
+    ep.timestamp.FromMilliseconds(time.time_ns() // 1_000_000)
+    return ep
+
+
+def put_get_loop(
+    stub: episodic_pb2_grpc.EpisodicVaultStub,
+    n: int,
+    dim: int,
+    metadata: Sequence[tuple[str, str]],
+    timeout: float = 10.0,
+) -> LoopSummary:
+    """Write n episodes one by one, read each back, and compare it with what was sent."""
+    run_id = uuid.uuid4().hex[:12]
+    rng = random.Random(run_id)
+    put_ms: list[float] = []
+    get_ms: list[float] = []
+    errors: list[str] = []
+    ok = mismatched = 0
+    start = time.perf_counter()
+    for i in range(n):
+        ep = make_episode(run_id, i, dim, rng)
+        try:
+            t0 = time.perf_counter()
+            stub.PutEpisode(pb.PutEpisodeRequest(episode=ep), timeout=timeout, metadata=metadata)
+            t1 = time.perf_counter()
+            got = stub.GetEpisode(
+                pb.GetEpisodeRequest(id=ep.id), timeout=timeout, metadata=metadata
+            )
+            t2 = time.perf_counter()
+        except grpc.RpcError as exc:
+            errors.append(f"{ep.id}: {exc.code().name}: {exc.details()}")
+            continue
+        put_ms.append((t1 - t0) * 1000)
+        get_ms.append((t2 - t1) * 1000)
+        if client_content(got.episode) == ep:
+            ok += 1
+        else:
+            mismatched += 1
+            errors.append(f"{ep.id}: read back differs from what was written")
+    seconds = time.perf_counter() - start
+    return LoopSummary(
+        requested=n,
+        ok=ok,
+        failed=n - ok,
+        mismatched=mismatched,
+        put_p50_ms=percentile(put_ms, 50),
+        put_p95_ms=percentile(put_ms, 95),
+        put_p99_ms=percentile(put_ms, 99),
+        get_p50_ms=percentile(get_ms, 50),
+        get_p95_ms=percentile(get_ms, 95),
+        get_p99_ms=percentile(get_ms, 99),
+        seconds=seconds,
+        ops_per_s=(2 * n / seconds) if seconds > 0 else 0.0,
+        errors=errors[:20],
+    )
+
+
+def _print_summary(s: LoopSummary) -> None:
+    print(f"put-get-loop: {s.ok}/{s.requested} ok, {s.failed} failed ({s.mismatched} mismatched)")
+    print(f"  put  p50 {s.put_p50_ms:.2f} ms  p95 {s.put_p95_ms:.2f} ms  p99 {s.put_p99_ms:.2f} ms")
+    print(f"  get  p50 {s.get_p50_ms:.2f} ms  p95 {s.get_p95_ms:.2f} ms  p99 {s.get_p99_ms:.2f} ms")
+    print(f"  {s.seconds:.2f} s, {s.ops_per_s:.0f} ops/s (a put and a get per episode)")
+    for err in s.errors:
+        print(f"  error: {err}", file=sys.stderr)
+
+
+def _dump(msg: object) -> None:
+    print(json.dumps(MessageToDict(msg, preserving_proto_field_name=True), indent=2))  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vault-cli", description=__doc__.splitlines()[0])
+    parser.add_argument("--target", help="host:port of the vault (default: from config)")
+    parser.add_argument("--api-key", default=os.environ.get("TORI_API_KEY", ""))
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_put = sub.add_parser("put", help="store one episode")
+    p_put.add_argument("--id", default="")
+    p_put.add_argument("--concepts", required=True, help="id=strength,... (strength 0..1)")
+    p_put.add_argument("--tags", default="")
+    p_put.add_argument("--energy", type=float, default=0.0)
+    p_put.add_argument("--payload", default="", help="text stored as the opaque payload")
+    p_get = sub.add_parser("get", help="print one episode")
+    p_get.add_argument("id")
+    p_list = sub.add_parser("list", help="newest episodes first")
+    p_list.add_argument("--limit", type=int, default=20)
+    p_list.add_argument("--tag", action="append", default=[])
+    sub.add_parser("stats", help="counts and sizes")
+    p_loop = sub.add_parser("put-get-loop", help="write N episodes, read each back, compare")
+    p_loop.add_argument("n", type=int)
+    p_loop.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_config()
+    except ConfigError as exc:
+        print(f"vault-cli: {exc}", file=sys.stderr)
+        return 2
+    ep_cfg = settings.services.episodic_vault
+    host = "127.0.0.1" if ep_cfg.host in ("0.0.0.0", "::") else ep_cfg.host
+    target = args.target or f"{host}:{ep_cfg.port}"
+    metadata = [("authorization", f"Bearer {args.api_key}")] if args.api_key else []
+    limit = settings.grpc.max_message_bytes
+    channel = grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ],
+    )
+    stub = episodic_pb2_grpc.EpisodicVaultStub(channel)
+    try:
+        if args.cmd == "put-get-loop":
+            if args.n < 1:
+                parser.error("put-get-loop: N must be at least 1")
+            summary = put_get_loop(
+                stub, args.n, settings.vault.embedding_dim, metadata, args.timeout
+            )
+            if args.json:
+                print(json.dumps(asdict(summary)))
+            else:
+                _print_summary(summary)
+            return 0 if summary.failed == 0 else 1
+        if args.cmd == "put":
+            ep = pb.Episode(
+                id=args.id,
+                tags=[t for t in args.tags.split(",") if t],
+                energy=args.energy,
+                activation=_parse_concepts(args.concepts),
+                payload=args.payload.encode(),
+                source=pb.Source(type="vault-cli"),
+            )
+            _dump(
+                stub.PutEpisode(
+                    pb.PutEpisodeRequest(episode=ep), timeout=args.timeout, metadata=metadata
+                )
+            )
+        elif args.cmd == "get":
+            _dump(
+                stub.GetEpisode(
+                    pb.GetEpisodeRequest(id=args.id), timeout=args.timeout, metadata=metadata
+                )
+            )
+        elif args.cmd == "list":
+            req = pb.ListRecentRequest(page_size=args.limit, filter=pb.EpisodeFilter(tags=args.tag))
+            _dump(stub.ListRecent(req, timeout=args.timeout, metadata=metadata))
+        elif args.cmd == "stats":
+            _dump(stub.GetStats(pb.GetStatsRequest(), timeout=args.timeout, metadata=metadata))
+    except grpc.RpcError as exc:
+        print(f"vault-cli: {target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"vault-cli: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        channel.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

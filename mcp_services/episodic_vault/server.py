@@ -1,0 +1,68 @@
+"""EpisodicVault server:
+`python -m mcp_services.episodic_vault.server` (gRPC 50051, metrics 9091)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import structlog
+
+from mcp_services.common.server import Context, StartupError, run
+from mcp_services.episodic_vault.backends import VaultBackend, open_backend
+from mcp_services.episodic_vault.metrics import VaultMetrics
+from mcp_services.episodic_vault.servicer import EpisodicVaultServicer
+from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
+
+SERVICE_NAME = episodic_pb2.DESCRIPTOR.services_by_name["EpisodicVault"].full_name
+log = structlog.get_logger(__name__)
+
+
+class VaultService:
+    """Owns the backend and the storage threads; the runner owns the gRPC server."""
+
+    service_names = (SERVICE_NAME,)
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._cfg = ctx.settings.vault
+        self._executor = ThreadPoolExecutor(self._cfg.io_threads, thread_name_prefix="vault-io")
+        self._backend: VaultBackend | None = None
+        self._metrics = VaultMetrics(ctx.registry, self._cfg.backend)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._backend = await loop.run_in_executor(self._executor, open_backend, self._cfg)
+        except Exception as exc:  # any failure to open storage stops start-up, with its reason
+            raise StartupError(
+                f"episodic-vault: cannot open the {self._cfg.backend} backend: {exc}"
+            ) from exc
+        totals = await loop.run_in_executor(self._executor, self._backend.totals)
+        self._metrics.set_totals(totals)
+        log.info("vault_opened", backend=self._backend.name, episodes=totals[0], bytes=totals[1])
+
+    def register(self, server: grpc.aio.Server) -> None:
+        assert self._backend is not None, "start() first"
+        episodic_pb2_grpc.add_EpisodicVaultServicer_to_server(
+            EpisodicVaultServicer(
+                self._cfg, self._backend, self._executor, self._ctx.bus, self._metrics
+            ),
+            server,
+        )
+
+    async def stop(self) -> None:
+        if self._backend is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._backend.close)
+            self._backend = None
+        self._executor.shutdown(wait=True)
+
+
+def main() -> None:
+    sys.exit(run("episodic-vault", "episodic_vault", VaultService))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""The EpisodicVault gRPC servicer: proto in, proto out, errors mapped to status codes.
+
+Validation happens here before anything reaches storage; storage runs on worker threads. Status
+codes: INVALID_ARGUMENT (a field, named), NOT_FOUND, ALREADY_EXISTS (id taken by other content),
+RESOURCE_EXHAUSTED (capacity), UNAVAILABLE (storage unreachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import structlog
+
+from mcp_services.common.config_schema import VaultConfig
+from mcp_services.common.event_bus import EPISODE_STORED, EventBus, new_header
+from mcp_services.episodic_vault.backends import (
+    BackendUnavailable,
+    CapacityExceeded,
+    IdConflict,
+    VaultBackend,
+)
+from mcp_services.episodic_vault.codec import (
+    episode_to_proto,
+    ms_from_timestamp,
+    outcome_to_proto,
+    timestamp_from_ms,
+)
+from mcp_services.episodic_vault.metrics import VaultMetrics
+from mcp_services.episodic_vault.model import (
+    Episode,
+    EpisodeFilter,
+    ListCursor,
+    PutOutcome,
+    PutStatus,
+)
+from mcp_services.episodic_vault.validation import InvalidEpisode, check_id, validate_episode
+from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
+from mcp_services.gen.tori.events.v1 import events_pb2
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+SCAN_CHUNK = 500
+SERVICE = "episodic-vault"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> NoReturn:
+    await context.abort(code, msg)
+    raise AssertionError("context.abort returned")  # abort always raises
+
+
+def _filter_key(flt: EpisodeFilter) -> str:
+    return hashlib.sha256(repr(flt).encode()).hexdigest()[:12]
+
+
+def encode_page_token(cursor: ListCursor, flt: EpisodeFilter) -> str:
+    raw = f"v1:{cursor.timestamp_ms}:{cursor.seq}:{_filter_key(flt)}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_page_token(token: str, flt: EpisodeFilter) -> ListCursor:
+    """The cursor in `token`; InvalidEpisode naming page_token when it is malformed or foreign."""
+    try:
+        version, ts, seq, key = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        cursor = ListCursor(int(ts), int(seq))
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidEpisode(
+            "page_token", "is not a token this vault issued; pass next_page_token unchanged"
+        ) from None
+    if version != "v1" or key != _filter_key(flt):
+        raise InvalidEpisode(
+            "page_token",
+            "was issued for a different filter; repeat the request with the filter it came with",
+        )
+    return cursor
+
+
+def filter_from_proto(f: episodic_pb2.EpisodeFilter) -> EpisodeFilter:
+    since = ms_from_timestamp(f.since) if f.HasField("since") else None
+    until = ms_from_timestamp(f.until) if f.HasField("until") else None
+    if since is not None and until is not None and since >= until:
+        raise InvalidEpisode("filter.until", "is not after filter.since; give an increasing range")
+    if not math.isfinite(f.min_energy) or f.min_energy < 0:
+        raise InvalidEpisode("filter.min_energy", f"{f.min_energy} is not a finite value >= 0")
+    for i, tag in enumerate(f.tags):
+        if not tag:
+            raise InvalidEpisode(f"filter.tags[{i}]", "is empty; drop it or give a tag")
+    return EpisodeFilter(tuple(f.tags), since, until, f.source_type, f.min_energy)
+
+
+class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
+    def __init__(
+        self,
+        cfg: VaultConfig,
+        backend: VaultBackend,
+        executor: ThreadPoolExecutor,
+        bus: EventBus,
+        metrics: VaultMetrics,
+    ) -> None:
+        self._cfg = cfg
+        self._backend = backend
+        self._executor = executor
+        self._bus = bus
+        self._metrics = metrics
+
+    async def _storage(
+        self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any
+    ) -> T:
+        """Run a backend call on a worker thread, mapping its errors to status codes."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except IdConflict as exc:
+            await _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except CapacityExceeded as exc:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except BackendUnavailable as exc:
+            await _abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"the {self._backend.name} backend is unavailable ({exc}); retry later",
+            )
+
+    def _put_and_count(self, episodes: list[Episode]) -> tuple[list[PutOutcome], tuple[int, int]]:
+        outcomes = self._backend.put_many(episodes, _now_ms())
+        return outcomes, self._backend.totals()
+
+    async def _put(
+        self, context: grpc.aio.ServicerContext, episodes: list[Episode], kind: str
+    ) -> list[PutOutcome]:
+        start = time.perf_counter()
+        outcomes, totals = await self._storage(context, self._put_and_count, episodes)
+        self._metrics.observe_put(kind, time.perf_counter() - start, outcomes, totals)
+        for ep, outcome in zip(episodes, outcomes, strict=True):
+            if outcome.status is PutStatus.CREATED:
+                self._announce(ep, outcome)
+        return outcomes
+
+    def _announce(self, ep: Episode, outcome: PutOutcome) -> None:
+        concepts = len(ep.activation.concept_ids) + sum(
+            len(f.activation.concept_ids) for f in ep.trace
+        )
+        self._bus.publish(
+            EPISODE_STORED,
+            events_pb2.EpisodeStored(
+                header=new_header(SERVICE),
+                episode_id=ep.id,
+                seq=outcome.seq,
+                timestamp=timestamp_from_ms(ep.timestamp_ms),
+                tags=ep.tags,
+                source_type=ep.source.type,
+                concept_count=concepts,
+                energy=ep.energy,
+            ),
+        )
+
+    async def _invalid(self, context: grpc.aio.ServicerContext, exc: InvalidEpisode) -> NoReturn:
+        self._metrics.rejected.labels(exc.field.split("[")[0].split(".")[-1]).inc()
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def PutEpisode(
+        self, request: episodic_pb2.PutEpisodeRequest, context: grpc.aio.ServicerContext
+    ) -> episodic_pb2.PutEpisodeResponse:
+        if not request.HasField("episode"):
+            await self._invalid(context, InvalidEpisode("episode", "is missing; set the episode"))
+        try:
+            ep = validate_episode(request.episode, self._cfg, _now_ms())
+        except InvalidEpisode as exc:
+            await self._invalid(context, exc)
+        (outcome,) = await self._put(context, [ep], "unary")
+        return episodic_pb2.PutEpisodeResponse(result=outcome_to_proto(outcome))
+
+    async def PutEpisodes(
+        self,
+        request_iterator: AsyncIterator[episodic_pb2.PutEpisodeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> episodic_pb2.PutEpisodesResponse:
+        limit = self._cfg.limits.max_batch
+        episodes: list[Episode] = []
+        now = _now_ms()
+        i = 0
+        try:
+            async for request in request_iterator:
+                if i >= limit:
+                    raise InvalidEpisode(
+                        "episodes",
+                        f"more than {limit} in one batch (vault.limits.max_batch); "
+                        "split the stream",
+                    )
+                if not request.HasField("episode"):
+                    raise InvalidEpisode(f"episodes[{i}]", "is missing; set the episode")
+                episodes.append(validate_episode(request.episode, self._cfg, now, f"episodes[{i}]"))
+                i += 1
+        except InvalidEpisode as exc:
+            await self._invalid(context, exc)
+        outcomes = await self._put(context, episodes, "batch") if episodes else []
+        created = sum(o.status is PutStatus.CREATED for o in outcomes)
+        return episodic_pb2.PutEpisodesResponse(
+            results=[outcome_to_proto(o) for o in outcomes],
+            created=created,
+            existing=len(outcomes) - created,
+        )
+
+    async def GetEpisode(
+        self, request: episodic_pb2.GetEpisodeRequest, context: grpc.aio.ServicerContext
+    ) -> episodic_pb2.GetEpisodeResponse:
+        try:
+            check_id(request.id, "id")
+        except InvalidEpisode as exc:
+            await self._invalid(context, exc)
+        start = time.perf_counter()
+        ep = await self._storage(context, self._backend.get, request.id)
+        self._metrics.get_seconds.observe(time.perf_counter() - start)
+        if ep is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no episode with id {request.id!r}")
+        return episodic_pb2.GetEpisodeResponse(episode=episode_to_proto(ep))
+
+    async def ListRecent(
+        self, request: episodic_pb2.ListRecentRequest, context: grpc.aio.ServicerContext
+    ) -> episodic_pb2.ListRecentResponse:
+        try:
+            size = request.page_size or DEFAULT_PAGE_SIZE
+            if not 1 <= size <= MAX_PAGE_SIZE:
+                raise InvalidEpisode(
+                    "page_size", f"{request.page_size} is not in 1..{MAX_PAGE_SIZE} (0 means 50)"
+                )
+            flt = filter_from_proto(request.filter)
+            after = decode_page_token(request.page_token, flt) if request.page_token else None
+        except InvalidEpisode as exc:
+            await self._invalid(context, exc)
+        # One extra row tells whether another page exists without a second query.
+        rows = await self._storage(context, self._backend.list_recent, flt, size + 1, after)
+        page, more = rows[:size], len(rows) > size
+        token = ""
+        if more:
+            last = page[-1]
+            token = encode_page_token(ListCursor(last.timestamp_ms, last.seq), flt)
+        return episodic_pb2.ListRecentResponse(
+            episodes=[episode_to_proto(e) for e in page], next_page_token=token
+        )
+
+    async def Scan(
+        self, request: episodic_pb2.ScanRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[episodic_pb2.ScanResponse]:
+        if request.after_seq < 0:
+            await self._invalid(context, InvalidEpisode("after_seq", "is negative; start at 0"))
+        if request.limit < 0:
+            await self._invalid(context, InvalidEpisode("limit", "is negative; 0 means no limit"))
+        cursor, remaining = request.after_seq, request.limit or math.inf
+        while remaining > 0:
+            chunk = int(min(SCAN_CHUNK, remaining))
+            batch = await self._storage(
+                context, self._backend.scan, cursor, chunk, request.only_unconsolidated
+            )
+            for ep in batch:
+                yield episodic_pb2.ScanResponse(episode=episode_to_proto(ep))
+            if len(batch) < chunk:
+                return
+            cursor = batch[-1].seq
+            remaining -= len(batch)
+
+    async def GetStats(
+        self, request: episodic_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> episodic_pb2.GetStatsResponse:
+        s = await self._storage(context, self._backend.stats)
+        resp = episodic_pb2.GetStatsResponse(
+            episode_count=s.episode_count,
+            size_bytes=s.size_bytes,
+            unconsolidated_count=s.unconsolidated_count,
+            consolidated_count=s.consolidated_count,
+            tiers=[
+                episodic_pb2.TierStats(
+                    tier=int(t.tier),  # type: ignore[arg-type]
+                    episode_count=t.episode_count,
+                    size_bytes=t.size_bytes,
+                )
+                for t in s.tiers
+            ],
+            last_seq=s.last_seq,
+            backend=self._backend.name,
+        )
+        if s.oldest_ms is not None:
+            resp.oldest.CopyFrom(timestamp_from_ms(s.oldest_ms))
+        if s.newest_ms is not None:
+            resp.newest.CopyFrom(timestamp_from_ms(s.newest_ms))
+        return resp
+
+    async def PurgeTTL(
+        self, request: episodic_pb2.PurgeTTLRequest, context: grpc.aio.ServicerContext
+    ) -> episodic_pb2.PurgeTTLResponse:
+        if not math.isfinite(request.ttl_hours) or request.ttl_hours < 0:
+            await self._invalid(
+                context,
+                InvalidEpisode("ttl_hours", f"{request.ttl_hours} is not a finite value >= 0"),
+            )
+        if request.keep_ref_count < 0:
+            await self._invalid(
+                context, InvalidEpisode("keep_ref_count", "is negative; use 0 for the default")
+            )
+        ttl_h = request.ttl_hours or self._cfg.ttl_hours
+        keep = request.keep_ref_count or self._cfg.ttl_keep_ref_count
+        cutoff = _now_ms() - int(ttl_h * 3_600_000)
+        purged = await self._storage(
+            context, self._backend.purge_expired, cutoff, keep, request.dry_run
+        )
+        if not request.dry_run:
+            totals = await self._storage(context, self._backend.totals)
+            self._metrics.set_totals(totals)
+            log.info("purged", episodes=purged, ttl_hours=ttl_h, keep_ref_count=keep)
+        return episodic_pb2.PurgeTTLResponse(
+            purged=purged, dry_run=request.dry_run, cutoff=timestamp_from_ms(cutoff)
+        )
+
+    async def DeleteEpisode(
+        self, request: episodic_pb2.DeleteEpisodeRequest, context: grpc.aio.ServicerContext
+    ) -> episodic_pb2.DeleteEpisodeResponse:
+        try:
+            check_id(request.id, "id")
+        except InvalidEpisode as exc:
+            await self._invalid(context, exc)
+        deleted = await self._storage(context, self._backend.delete, request.id)
+        if deleted:
+            self._metrics.set_totals(await self._storage(context, self._backend.totals))
+        return episodic_pb2.DeleteEpisodeResponse(deleted=deleted)

@@ -1,0 +1,190 @@
+"""Merging noisy, unlabelled episodes of the same assembly into prototypes (episodic -> semantic).
+
+Episodes carry no label saying which assembly they came from, so this is clustering followed by
+denoising. The similarity is the phi coefficient (Pearson correlation of two binary vectors over
+all N concepts)::
+
+    phi = (N n11 - n1 n2) / sqrt(n1 (N - n1) n2 (N - n2))
+
+It is chance-corrected, so it suits dense and sparse sets alike: two copies of a dense ±1 pattern
+with 10% of the concepts flipped each have phi ~ 0.64 and unrelated patterns 0 ± 1/sqrt(N); two
+copies of a 3%-active assembly with 10% of its members swapped have phi ~ 0.8 while unrelated
+assemblies are near 0 (a raw overlap or cosine would put dense unrelated patterns at 0.5).
+
+Clustering: a leader pass (an episode joins the most similar existing cluster with phi >=
+threshold, else it founds one), then refinement passes that reassign every episode to the most
+similar majority-vote prototype. A prototype is the weighted majority vote of its members (a
+concept is active when more than half the members' weight has it active): five copies at 10%
+noise leave about 1% of the concepts wrong. Similarities are computed from sparse overlap counts
+only (pairs sharing no active concept have phi <= 0 and never merge), so the cost grows with the
+number of episode-prototype pairs that share concepts, not with their product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+DEFAULT_MERGE_THRESHOLD = 0.3
+"""Halfway between dense copies (~0.64) and unrelated patterns (~0 ± 0.05 at N = 400)."""
+
+_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class PrototypeSet:
+    """Prototypes found in a batch of episodes.
+
+    Attributes:
+        states: (K, N) CSR {0, 1} majority-vote prototypes.
+        weights: (K,) total member weight of each prototype (episode count when unweighted).
+        assignment: (E,) prototype row of each input episode.
+    """
+
+    states: sp.csr_matrix
+    weights: NDArray[np.float64]
+    assignment: NDArray[np.int64]
+
+    @property
+    def count(self) -> int:
+        """Number of prototypes K."""
+        return int(self.states.shape[0])
+
+
+def phi_pairs(
+    a: sp.csr_matrix, b: sp.csr_matrix, n: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+    """Phi of every row pair of ``a`` (A, N) and ``b`` (B, N) that shares an active concept.
+
+    Returns (rows of a, rows of b, phi) over those pairs only; other pairs have phi <= 0.
+    """
+    n11 = sp.coo_matrix(a @ b.T)
+    na = np.asarray(a.sum(axis=1)).ravel()
+    nb = np.asarray(b.sum(axis=1)).ravel()
+    r, c, v = n11.row.astype(np.int64), n11.col.astype(np.int64), n11.data
+    denom = np.sqrt(na[r] * (n - na[r]) * nb[c] * (n - nb[c]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        phi = np.where(denom > 0, (n * v - na[r] * nb[c]) / denom, 0.0)
+    return r, c, phi
+
+
+def phi_overlap(a: sp.csr_matrix, b: sp.csr_matrix, n: int) -> NDArray[np.float64]:
+    """Row-wise phi of equally shaped state matrices ``a`` and ``b`` (B, N); returns (B,).
+
+    Two identical non-trivial rows give 1.0; a row that is all off or all on gives 0.0.
+    """
+    n11 = np.asarray(a.multiply(b).sum(axis=1)).ravel()
+    na = np.asarray(a.sum(axis=1)).ravel()
+    nb = np.asarray(b.sum(axis=1)).ravel()
+    denom = np.sqrt(na * (n - na) * nb * (n - nb))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0, (n * n11 - na * nb) / denom, 0.0)
+
+
+def _best_match(
+    episodes: sp.csr_matrix, centres: sp.csr_matrix, n: int, threshold: float
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Most similar centre per episode (-1 where none reaches ``threshold``), in chunks."""
+    best = np.full(episodes.shape[0], -1, dtype=np.int64)
+    score = np.full(episodes.shape[0], -np.inf)
+    if centres.shape[0] == 0:
+        return best, score
+    for start in range(0, episodes.shape[0], _CHUNK):
+        r, c, phi = phi_pairs(episodes[start : start + _CHUNK], centres, n)
+        keep = phi >= threshold
+        r, c, phi = r[keep], c[keep], phi[keep]
+        order = np.lexsort((-phi, r))  # per row, highest phi first
+        r, c, phi = r[order], c[order], phi[order]
+        first = np.ones(len(r), dtype=bool)
+        first[1:] = r[1:] != r[:-1]
+        best[start + r[first]] = c[first]
+        score[start + r[first]] = phi[first]
+    return best, score
+
+
+def _leader_pass(episodes: sp.csr_matrix, n: int, threshold: float) -> NDArray[np.int64]:
+    labels = np.full(episodes.shape[0], -1, dtype=np.int64)
+    leaders: list[int] = []
+    for start in range(0, episodes.shape[0], _CHUNK):
+        stop = min(start + _CHUNK, episodes.shape[0])
+        chunk = episodes[start:stop]
+        if leaders:
+            best, _ = _best_match(chunk, episodes[leaders], n, threshold)
+            labels[start:stop] = best
+        # Episodes matching no earlier leader cluster among themselves, in arrival order.
+        r, c, phi = phi_pairs(chunk, chunk, n)
+        keep = phi >= threshold
+        close = sp.csr_matrix(
+            (np.ones(int(keep.sum())), (r[keep], c[keep])), shape=(stop - start, stop - start)
+        )
+        for i in range(stop - start):
+            if labels[start + i] >= 0:
+                continue
+            labels[start + i] = len(leaders)
+            mates = close.indices[close.indptr[i] : close.indptr[i + 1]]
+            mates = mates[(mates > i) & (labels[start + mates] < 0)]
+            labels[start + mates] = len(leaders)
+            leaders.append(start + i)
+    return labels
+
+
+def majority_vote(
+    episodes: sp.csr_matrix, labels: NDArray[np.int64], weights: NDArray[np.float64], k: int
+) -> tuple[sp.csr_matrix, NDArray[np.float64]]:
+    """Weighted majority-vote prototypes (k, N) of the clusters ``labels`` and their weights."""
+    member = sp.csr_matrix(
+        (weights, (labels, np.arange(len(labels)))), shape=(k, episodes.shape[0])
+    )
+    votes = sp.csr_matrix(member @ episodes)
+    total = np.asarray(member.sum(axis=1)).ravel()
+    votes.data = (votes.data > 0.5 * total[np.repeat(np.arange(k), np.diff(votes.indptr))]).astype(
+        np.float64
+    )
+    votes.eliminate_zeros()
+    return votes, total
+
+
+def merge_episodes(
+    episodes: sp.csr_matrix,
+    threshold: float = DEFAULT_MERGE_THRESHOLD,
+    weights: NDArray[np.float64] | None = None,
+    refine_passes: int = 2,
+) -> PrototypeSet:
+    """Cluster {0, 1} episode states (E, N) and return their majority-vote prototypes.
+
+    Args:
+        episodes: (E, N) CSR binary states (see :func:`.activations.states_matrix`).
+        threshold: minimum phi in (0, 1) for an episode to join a cluster.
+        weights: (E,) positive vote weight per row (default 1.0; e.g. a previous prototype can
+            vote with the number of episodes it was made from).
+        refine_passes: reassign-and-revote passes after the leader pass (>= 0).
+
+    Raises:
+        ValueError: if ``threshold`` is outside (0, 1), ``weights`` has the wrong shape or a
+            non-positive entry, or ``refine_passes`` is negative.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold={threshold} must be in (0, 1), e.g. 0.3")
+    if refine_passes < 0:
+        raise ValueError(f"refine_passes={refine_passes} must be >= 0")
+    e, n = episodes.shape
+    w = np.ones(e) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (e,) or np.any(w <= 0):
+        raise ValueError(f"weights must be {e} positive numbers, one per episode row")
+    x = sp.csr_matrix(episodes, dtype=np.float64)
+    if e == 0:
+        return PrototypeSet(sp.csr_matrix((0, n)), np.zeros(0), np.zeros(0, dtype=np.int64))
+    labels = _leader_pass(x, n, threshold)
+    protos, total = majority_vote(x, labels, w, int(labels.max()) + 1)
+    for _ in range(refine_passes):
+        best, _ = _best_match(x, protos, n, threshold)
+        new = np.where(best >= 0, best, labels)
+        if np.array_equal(new, labels):
+            break
+        _, labels = np.unique(new, return_inverse=True)  # drop emptied clusters
+        labels = labels.astype(np.int64)
+        protos, total = majority_vote(x, labels, w, int(labels.max()) + 1)
+    return PrototypeSet(protos, total, labels)
