@@ -714,3 +714,63 @@ class DeleteEpisodeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteEpisodeResponse: _TypeAlias = DeleteEpisodeResponse  # noqa: Y015
+
+@_typing.final
+class MarkConsolidatedRequest(_message.Message):
+    """Called by the SleepScheduler after it committed a graph built from these episodes: they move
+    to the consolidated tier (LTM) and leave the unconsolidated scan. Idempotent.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPISODE_IDS_FIELD_NUMBER: _builtins.int
+    GRAPH_VERSION_FIELD_NUMBER: _builtins.int
+    graph_version: _builtins.int
+    """The graph version they were consolidated into (> 0)."""
+    @_builtins.property
+    def episode_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1..10000 ids."""
+
+    def __init__(
+        self,
+        *,
+        episode_ids: _abc.Iterable[_builtins.str] | None = ...,
+        graph_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["episode_ids", b"episode_ids", "graph_version", b"graph_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkConsolidatedRequest: _TypeAlias = MarkConsolidatedRequest  # noqa: Y015
+
+@_typing.final
+class MarkConsolidatedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MARKED_FIELD_NUMBER: _builtins.int
+    ALREADY_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    marked: _builtins.int
+    """Newly marked by this call."""
+    already: _builtins.int
+    """Already consolidated before this call."""
+    @_builtins.property
+    def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids the vault does not hold (purged or never stored)."""
+
+    def __init__(
+        self,
+        *,
+        marked: _builtins.int = ...,
+        already: _builtins.int = ...,
+        missing: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already", b"already", "marked", b"marked", "missing", b"missing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkConsolidatedResponse: _TypeAlias = MarkConsolidatedResponse  # noqa: Y015

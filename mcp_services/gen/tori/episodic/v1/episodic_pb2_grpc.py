@@ -74,6 +74,11 @@ class EpisodicVaultStub:
                 request_serializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.DeleteEpisodeRequest.SerializeToString,
                 response_deserializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.DeleteEpisodeResponse.FromString,
                 _registered_method=True)
+        self.MarkConsolidated = channel.unary_unary(
+                '/tori.episodic.v1.EpisodicVault/MarkConsolidated',
+                request_serializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedRequest.SerializeToString,
+                response_deserializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedResponse.FromString,
+                _registered_method=True)
 
 
 class EpisodicVaultServicer:
@@ -127,6 +132,13 @@ class EpisodicVaultServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MarkConsolidated(self, request, context):
+        """Search (embeddings) and Recall (concept cue) are added by issue 3.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EpisodicVaultServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +181,11 @@ def add_EpisodicVaultServicer_to_server(servicer, server):
                     servicer.DeleteEpisode,
                     request_deserializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.DeleteEpisodeRequest.FromString,
                     response_serializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.DeleteEpisodeResponse.SerializeToString,
+            ),
+            'MarkConsolidated': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkConsolidated,
+                    request_deserializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedRequest.FromString,
+                    response_serializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +404,33 @@ class EpisodicVault:
             '/tori.episodic.v1.EpisodicVault/DeleteEpisode',
             tori_dot_episodic_dot_v1_dot_episodic__pb2.DeleteEpisodeRequest.SerializeToString,
             tori_dot_episodic_dot_v1_dot_episodic__pb2.DeleteEpisodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkConsolidated(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.episodic.v1.EpisodicVault/MarkConsolidated',
+            tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedRequest.SerializeToString,
+            tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,8 @@ class EpisodicVaultStub:
     GetStats: _grpc.UnaryUnaryMultiCallable[_episodic_pb2.GetStatsRequest, _episodic_pb2.GetStatsResponse]
     PurgeTTL: _grpc.UnaryUnaryMultiCallable[_episodic_pb2.PurgeTTLRequest, _episodic_pb2.PurgeTTLResponse]
     DeleteEpisode: _grpc.UnaryUnaryMultiCallable[_episodic_pb2.DeleteEpisodeRequest, _episodic_pb2.DeleteEpisodeResponse]
+    MarkConsolidated: _grpc.UnaryUnaryMultiCallable[_episodic_pb2.MarkConsolidatedRequest, _episodic_pb2.MarkConsolidatedResponse]
+    """Search (embeddings) and Recall (concept cue) are added by issue 3."""
 
 @_typing.type_check_only
 class EpisodicVaultAsyncStub(EpisodicVaultStub):
@@ -58,6 +60,8 @@ class EpisodicVaultAsyncStub(EpisodicVaultStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_episodic_pb2.GetStatsRequest, _episodic_pb2.GetStatsResponse]  # type: ignore[assignment]
     PurgeTTL: _aio.UnaryUnaryMultiCallable[_episodic_pb2.PurgeTTLRequest, _episodic_pb2.PurgeTTLResponse]  # type: ignore[assignment]
     DeleteEpisode: _aio.UnaryUnaryMultiCallable[_episodic_pb2.DeleteEpisodeRequest, _episodic_pb2.DeleteEpisodeResponse]  # type: ignore[assignment]
+    MarkConsolidated: _aio.UnaryUnaryMultiCallable[_episodic_pb2.MarkConsolidatedRequest, _episodic_pb2.MarkConsolidatedResponse]  # type: ignore[assignment]
+    """Search (embeddings) and Recall (concept cue) are added by issue 3."""
 
 class EpisodicVaultServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -115,5 +119,13 @@ class EpisodicVaultServicer(metaclass=_abc_1.ABCMeta):
         request: _episodic_pb2.DeleteEpisodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_episodic_pb2.DeleteEpisodeResponse, _abc.Awaitable[_episodic_pb2.DeleteEpisodeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MarkConsolidated(
+        self,
+        request: _episodic_pb2.MarkConsolidatedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_episodic_pb2.MarkConsolidatedResponse, _abc.Awaitable[_episodic_pb2.MarkConsolidatedResponse]]:
+        """Search (embeddings) and Recall (concept cue) are added by issue 3."""
 
 def add_EpisodicVaultServicer_to_server(servicer: EpisodicVaultServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,19 +22,48 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tori/sleep/v1/sleep.proto\x12\rtori.sleep.v1\"\x12\n\x10GetConfigRequest\"Y\n\x0fSchedulerConfig\x12\n\n\x02t0\x18\x01 \x01(\x01\x12\x0b\n\x03\x65ta\x18\x02 \x01(\x01\x12\x11\n\tauto_tune\x18\x03 \x01(\x08\x12\x1a\n\x12pressure_threshold\x18\x04 \x01(\x05\x32^\n\x0eSleepScheduler\x12L\n\tGetConfig\x12\x1f.tori.sleep.v1.GetConfigRequest\x1a\x1e.tori.sleep.v1.SchedulerConfigb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tori/sleep/v1/sleep.proto\x12\rtori.sleep.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetConfigRequest\"Y\n\x0fSchedulerConfig\x12\n\n\x02t0\x18\x01 \x01(\x01\x12\x0b\n\x03\x65ta\x18\x02 \x01(\x01\x12\x11\n\tauto_tune\x18\x03 \x01(\x08\x12\x1a\n\x12pressure_threshold\x18\x04 \x01(\x05\"\x9c\x02\n\x0bGraphHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x15\n\rconcept_count\x18\x03 \x01(\x05\x12\x12\n\nedge_count\x18\x04 \x01(\x03\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61uthor\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12:\n\x08metadata\x18\x08 \x03(\x0b\x32(.tori.sleep.v1.GraphHeader.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\tPrototype\x12\x0e\n\x06\x61\x63tive\x18\x01 \x03(\x05\x12\x0f\n\x07support\x18\x02 \x01(\x05\"\xbb\x01\n\nGraphChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.tori.sleep.v1.GraphHeader\x12\x13\n\x0b\x63oncept_ids\x18\x02 \x03(\t\x12\x0e\n\x06\x62iases\x18\x03 \x03(\x01\x12\x0e\n\x06\x65\x64ge_i\x18\x04 \x03(\x05\x12\x0e\n\x06\x65\x64ge_j\x18\x05 \x03(\x05\x12\x0e\n\x06\x65\x64ge_w\x18\x06 \x03(\x01\x12,\n\nprototypes\x18\x07 \x03(\x0b\x32\x18.tori.sleep.v1.Prototype\"8\n\x10ReadGraphRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0b\x63hunk_edges\x18\x02 \x01(\x05\"A\n\x13\x43ommitGraphResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.tori.sleep.v1.GraphHeader\">\n\x10GraphVersionInfo\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.tori.sleep.v1.GraphHeader\"\x1a\n\x18ListGraphVersionsRequest\"N\n\x19ListGraphVersionsResponse\x12\x31\n\x08versions\x18\x01 \x03(\x0b\x32\x1f.tori.sleep.v1.GraphVersionInfo\"\'\n\x14GetGraphStatsRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\xaf\x01\n\nGraphStats\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.tori.sleep.v1.GraphHeader\x12\x0f\n\x07\x64\x65nsity\x18\x02 \x01(\x01\x12\x17\n\x0fmean_abs_weight\x18\x03 \x01(\x01\x12\x16\n\x0emax_abs_weight\x18\x04 \x01(\x01\x12\x17\n\x0fprototype_count\x18\x05 \x01(\x05\x12\x1a\n\x12\x63onnected_concepts\x18\x06 \x01(\x05\"^\n\x0f\x43ompleteRequest\x12\x13\n\x0b\x63oncept_ids\x18\x01 \x03(\t\x12\x11\n\tstrengths\x18\x02 \x03(\x02\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x12\n\nmax_sweeps\x18\x04 \x01(\x05\"\xaf\x01\n\x10\x43ompleteResponse\x12\x13\n\x0b\x63oncept_ids\x18\x01 \x03(\t\x12\x11\n\tstrengths\x18\x02 \x03(\x02\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x03(\t\x12\x0f\n\x07removed\x18\x04 \x03(\t\x12\x0f\n\x07unknown\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x0e\n\x06sweeps\x18\x07 \x01(\x05\x12\x11\n\tconverged\x18\x08 \x01(\x08\x12\x0e\n\x06\x65nergy\x18\t \x01(\x01\x32\xff\x03\n\x0eSleepScheduler\x12L\n\tGetConfig\x12\x1f.tori.sleep.v1.GetConfigRequest\x1a\x1e.tori.sleep.v1.SchedulerConfig\x12I\n\tReadGraph\x12\x1f.tori.sleep.v1.ReadGraphRequest\x1a\x19.tori.sleep.v1.GraphChunk0\x01\x12N\n\x0b\x43ommitGraph\x12\x19.tori.sleep.v1.GraphChunk\x1a\".tori.sleep.v1.CommitGraphResponse(\x01\x12\x66\n\x11ListGraphVersions\x12\'.tori.sleep.v1.ListGraphVersionsRequest\x1a(.tori.sleep.v1.ListGraphVersionsResponse\x12O\n\rGetGraphStats\x12#.tori.sleep.v1.GetGraphStatsRequest\x1a\x19.tori.sleep.v1.GraphStats\x12K\n\x08\x43omplete\x12\x1e.tori.sleep.v1.CompleteRequest\x1a\x1f.tori.sleep.v1.CompleteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tori.sleep.v1.sleep_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCONFIGREQUEST']._serialized_start=44
-  _globals['_GETCONFIGREQUEST']._serialized_end=62
-  _globals['_SCHEDULERCONFIG']._serialized_start=64
-  _globals['_SCHEDULERCONFIG']._serialized_end=153
-  _globals['_SLEEPSCHEDULER']._serialized_start=155
-  _globals['_SLEEPSCHEDULER']._serialized_end=249
+  _globals['_GRAPHHEADER_METADATAENTRY']._loaded_options = None
+  _globals['_GRAPHHEADER_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_GETCONFIGREQUEST']._serialized_start=77
+  _globals['_GETCONFIGREQUEST']._serialized_end=95
+  _globals['_SCHEDULERCONFIG']._serialized_start=97
+  _globals['_SCHEDULERCONFIG']._serialized_end=186
+  _globals['_GRAPHHEADER']._serialized_start=189
+  _globals['_GRAPHHEADER']._serialized_end=473
+  _globals['_GRAPHHEADER_METADATAENTRY']._serialized_start=426
+  _globals['_GRAPHHEADER_METADATAENTRY']._serialized_end=473
+  _globals['_PROTOTYPE']._serialized_start=475
+  _globals['_PROTOTYPE']._serialized_end=519
+  _globals['_GRAPHCHUNK']._serialized_start=522
+  _globals['_GRAPHCHUNK']._serialized_end=709
+  _globals['_READGRAPHREQUEST']._serialized_start=711
+  _globals['_READGRAPHREQUEST']._serialized_end=767
+  _globals['_COMMITGRAPHRESPONSE']._serialized_start=769
+  _globals['_COMMITGRAPHRESPONSE']._serialized_end=834
+  _globals['_GRAPHVERSIONINFO']._serialized_start=836
+  _globals['_GRAPHVERSIONINFO']._serialized_end=898
+  _globals['_LISTGRAPHVERSIONSREQUEST']._serialized_start=900
+  _globals['_LISTGRAPHVERSIONSREQUEST']._serialized_end=926
+  _globals['_LISTGRAPHVERSIONSRESPONSE']._serialized_start=928
+  _globals['_LISTGRAPHVERSIONSRESPONSE']._serialized_end=1006
+  _globals['_GETGRAPHSTATSREQUEST']._serialized_start=1008
+  _globals['_GETGRAPHSTATSREQUEST']._serialized_end=1047
+  _globals['_GRAPHSTATS']._serialized_start=1050
+  _globals['_GRAPHSTATS']._serialized_end=1225
+  _globals['_COMPLETEREQUEST']._serialized_start=1227
+  _globals['_COMPLETEREQUEST']._serialized_end=1321
+  _globals['_COMPLETERESPONSE']._serialized_start=1324
+  _globals['_COMPLETERESPONSE']._serialized_end=1499
+  _globals['_SLEEPSCHEDULER']._serialized_start=1502
+  _globals['_SLEEPSCHEDULER']._serialized_end=2013
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,31 @@ class SleepSchedulerStub:
                 request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GetConfigRequest.SerializeToString,
                 response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.SchedulerConfig.FromString,
                 _registered_method=True)
+        self.ReadGraph = channel.unary_stream(
+                '/tori.sleep.v1.SleepScheduler/ReadGraph',
+                request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ReadGraphRequest.SerializeToString,
+                response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GraphChunk.FromString,
+                _registered_method=True)
+        self.CommitGraph = channel.stream_unary(
+                '/tori.sleep.v1.SleepScheduler/CommitGraph',
+                request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GraphChunk.SerializeToString,
+                response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CommitGraphResponse.FromString,
+                _registered_method=True)
+        self.ListGraphVersions = channel.unary_unary(
+                '/tori.sleep.v1.SleepScheduler/ListGraphVersions',
+                request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ListGraphVersionsRequest.SerializeToString,
+                response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ListGraphVersionsResponse.FromString,
+                _registered_method=True)
+        self.GetGraphStats = channel.unary_unary(
+                '/tori.sleep.v1.SleepScheduler/GetGraphStats',
+                request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GetGraphStatsRequest.SerializeToString,
+                response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GraphStats.FromString,
+                _registered_method=True)
+        self.Complete = channel.unary_unary(
+                '/tori.sleep.v1.SleepScheduler/Complete',
+                request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteRequest.SerializeToString,
+                response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteResponse.FromString,
+                _registered_method=True)
 
 
 class SleepSchedulerServicer:
@@ -50,6 +75,37 @@ class SleepSchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadGraph(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitGraph(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGraphVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGraphStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Complete(self, request, context):
+        """Consolidation jobs, replay stats, config updates and schedules are added by issue 4.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SleepSchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +113,31 @@ def add_SleepSchedulerServicer_to_server(servicer, server):
                     servicer.GetConfig,
                     request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GetConfigRequest.FromString,
                     response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.SchedulerConfig.SerializeToString,
+            ),
+            'ReadGraph': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadGraph,
+                    request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ReadGraphRequest.FromString,
+                    response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GraphChunk.SerializeToString,
+            ),
+            'CommitGraph': grpc.stream_unary_rpc_method_handler(
+                    servicer.CommitGraph,
+                    request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GraphChunk.FromString,
+                    response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CommitGraphResponse.SerializeToString,
+            ),
+            'ListGraphVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGraphVersions,
+                    request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ListGraphVersionsRequest.FromString,
+                    response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ListGraphVersionsResponse.SerializeToString,
+            ),
+            'GetGraphStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGraphStats,
+                    request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GetGraphStatsRequest.FromString,
+                    response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GraphStats.SerializeToString,
+            ),
+            'Complete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Complete,
+                    request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteRequest.FromString,
+                    response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +167,141 @@ class SleepScheduler:
             '/tori.sleep.v1.SleepScheduler/GetConfig',
             tori_dot_sleep_dot_v1_dot_sleep__pb2.GetConfigRequest.SerializeToString,
             tori_dot_sleep_dot_v1_dot_sleep__pb2.SchedulerConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tori.sleep.v1.SleepScheduler/ReadGraph',
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.ReadGraphRequest.SerializeToString,
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.GraphChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitGraph(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tori.sleep.v1.SleepScheduler/CommitGraph',
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.GraphChunk.SerializeToString,
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.CommitGraphResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGraphVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.sleep.v1.SleepScheduler/ListGraphVersions',
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.ListGraphVersionsRequest.SerializeToString,
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.ListGraphVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGraphStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.sleep.v1.SleepScheduler/GetGraphStats',
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.GetGraphStatsRequest.SerializeToString,
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.GraphStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Complete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.sleep.v1.SleepScheduler/Complete',
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteRequest.SerializeToString,
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
