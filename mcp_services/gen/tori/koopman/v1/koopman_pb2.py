@@ -22,19 +22,78 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtori/koopman/v1/koopman.proto\x12\x0ftori.koopman.v1\"\x12\n\x10GetConfigRequest\"\xa3\x01\n\rKoopmanConfig\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x11\n\trank_high\x18\x02 \x01(\x05\x12\x1b\n\x13psi_drift_threshold\x18\x03 \x01(\x01\x12\x13\n\x0bl1_strength\x18\x04 \x01(\x01\x12\x19\n\x11\x66orgetting_factor\x18\x05 \x01(\x01\x12\x11\n\tmax_modes\x18\x06 \x01(\x05\x12\x11\n\tauto_tune\x18\x07 \x01(\x08\x32`\n\x0eKoopmanLearner\x12N\n\tGetConfig\x12!.tori.koopman.v1.GetConfigRequest\x1a\x1e.tori.koopman.v1.KoopmanConfigb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtori/koopman/v1/koopman.proto\x12\x0ftori.koopman.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetConfigRequest\"\xc8\x01\n\rKoopmanConfig\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x11\n\trank_high\x18\x02 \x01(\x05\x12\x1b\n\x13psi_drift_threshold\x18\x03 \x01(\x01\x12\x13\n\x0bl1_strength\x18\x04 \x01(\x01\x12\x19\n\x11\x66orgetting_factor\x18\x05 \x01(\x01\x12\x11\n\tmax_modes\x18\x06 \x01(\x05\x12\x11\n\tauto_tune\x18\x07 \x01(\x08\x12\x0c\n\x04\x64t_s\x18\x08 \x01(\x01\x12\x15\n\rrank_in_force\x18\t \x01(\x05\"K\n\x11\x43onceptActivation\x12\x13\n\x0b\x63oncept_ids\x18\x01 \x03(\t\x12\x11\n\tstrengths\x18\x02 \x03(\x01\x12\x0e\n\x06phases\x18\x03 \x03(\x01\"H\n\x0f\x41\x63tivationTrace\x12\x35\n\tsnapshots\x18\x01 \x03(\x0b\x32\".tori.koopman.v1.ConceptActivation\"t\n\x1dProcessActivationBatchRequest\x12\x30\n\x06traces\x18\x01 \x03(\x0b\x32 .tori.koopman.v1.ActivationTrace\x12\x0c\n\x04\x64t_s\x18\x02 \x01(\x01\x12\x13\n\x0b\x66orce_refit\x18\x03 \x01(\x08\"\xfe\x01\n\rUpdateSummary\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.tori.koopman.v1.UpdateKind\x12\x0e\n\x06traces\x18\x02 \x01(\x05\x12\x11\n\tsnapshots\x18\x03 \x01(\x03\x12\x12\n\nmode_count\x18\x04 \x01(\x05\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x11\n\tpsi_drift\x18\x06 \x01(\x01\x12\x13\n\x0brank_raised\x18\x07 \x01(\x08\x12\x18\n\x10prediction_error\x18\x08 \x01(\x01\x12\x16\n\x0eupdate_seconds\x18\t \x01(\x01\x12\x0c\n\x04note\x18\n \x01(\t\x12\x15\n\rmodel_version\x18\x0b \x01(\x03\"P\n\x1eProcessActivationBatchResponse\x12.\n\x06update\x18\x01 \x01(\x0b\x32\x1e.tori.koopman.v1.UpdateSummary\"\x1c\n\x1aGetProcessingStatusRequest\"\xb2\x03\n\x10ProcessingStatus\x12\x17\n\x0f\x66ollowing_vault\x18\x01 \x01(\x08\x12\x17\n\x0fvault_connected\x18\x02 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\x03\x12\x16\n\x0evault_last_seq\x18\x04 \x01(\x03\x12\x17\n\x0f\x65pisodes_behind\x18\x05 \x01(\x03\x12\x1a\n\x12\x65pisodes_processed\x18\x06 \x01(\x03\x12\x18\n\x10\x65pisodes_skipped\x18\x07 \x01(\x03\x12\x18\n\x10traces_processed\x18\x08 \x01(\x03\x12\x1b\n\x13snapshots_processed\x18\t \x01(\x03\x12\x16\n\x0eonline_updates\x18\n \x01(\x03\x12\x0e\n\x06refits\x18\x0b \x01(\x03\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12/\n\x0blast_update\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10window_snapshots\x18\x0e \x01(\x03\x12\x15\n\rwindow_traces\x18\x0f \x01(\x05\x12 \n\x18pending_stream_snapshots\x18\x10 \x01(\x05\"J\n\x0f\x44ominantConcept\x12\x12\n\nconcept_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x13\n\x0bphase_shift\x18\x03 \x01(\x01\"\x84\x02\n\x0cSpectralMode\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x17\n\x0f\x65igenvalue_real\x18\x02 \x01(\x01\x12\x17\n\x0f\x65igenvalue_imag\x18\x03 \x01(\x01\x12\x11\n\tmagnitude\x18\x04 \x01(\x01\x12\x14\n\x0c\x66requency_hz\x18\x05 \x01(\x01\x12\x13\n\x0bgrowth_rate\x18\x06 \x01(\x01\x12\x15\n\rdamping_ratio\x18\x07 \x01(\x01\x12\x11\n\tamplitude\x18\x08 \x01(\x01\x12\x0e\n\x06stable\x18\t \x01(\x08\x12;\n\x11\x64ominant_concepts\x18\n \x03(\x0b\x32 .tori.koopman.v1.DominantConcept\"\xb4\x01\n\x17GetSpectralModesRequest\x12*\n\x07sort_by\x18\x01 \x01(\x0e\x32\x19.tori.koopman.v1.ModeSort\x12\x11\n\tascending\x18\x02 \x01(\x08\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_unstable\x18\x04 \x01(\x08\x12\x14\n\x0ctop_concepts\x18\x05 \x01(\x05\x12\x1b\n\x13\x63ollapse_conjugates\x18\x06 \x01(\x08\"\xe9\x01\n\x18GetSpectralModesResponse\x12,\n\x05modes\x18\x01 \x03(\x0b\x32\x1d.tori.koopman.v1.SpectralMode\x12\x13\n\x0btotal_modes\x18\x02 \x01(\x05\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0c\n\x04\x64t_s\x18\x04 \x01(\x01\x12\x15\n\rmodel_version\x18\x05 \x01(\x03\x12-\n\tfitted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rconcept_count\x18\x07 \x01(\x05\x12\x11\n\tpsi_drift\x18\x08 \x01(\x01\"U\n UpdateOscillatorCouplingsRequest\x12\x15\n\x08strength\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05limit\x18\x02 \x01(\x05\x42\x0b\n\t_strength\":\n\x08\x43oupling\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\xd3\x02\n\x13OscillatorCouplings\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.tori.koopman.v1.CouplingStatus\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x32\n\x0cphase_source\x18\x03 \x01(\x0e\x32\x1c.tori.koopman.v1.PhaseSource\x12,\n\tcouplings\x18\x04 \x03(\x0b\x32\x19.tori.koopman.v1.Coupling\x12\x16\n\x0e\x63oupling_count\x18\x05 \x01(\x05\x12\x18\n\x10oscillator_count\x18\x06 \x01(\x05\x12\x0f\n\x07\x63lamped\x18\x07 \x01(\x05\x12\x14\n\x0crate_limited\x18\x08 \x01(\x05\x12\x0f\n\x07version\x18\t \x01(\x03\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\\\n!UpdateOscillatorCouplingsResponse\x12\x37\n\tcouplings\x18\x01 \x01(\x0b\x32$.tori.koopman.v1.OscillatorCouplings\"]\n\x19PredictActivationsRequest\x12\x31\n\x05state\x18\x01 \x01(\x0b\x32\".tori.koopman.v1.ConceptActivation\x12\r\n\x05steps\x18\x02 \x01(\x05\"D\n\x11PredictedSnapshot\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x0e\n\x06time_s\x18\x02 \x01(\x01\x12\x11\n\tstrengths\x18\x03 \x03(\x01\"\xce\x01\n\x1aPredictActivationsResponse\x12\x13\n\x0b\x63oncept_ids\x18\x01 \x03(\t\x12\x37\n\x0bpredictions\x18\x02 \x03(\x0b\x32\".tori.koopman.v1.PredictedSnapshot\x12\x31\n\nmodes_used\x18\x03 \x03(\x0b\x32\x1d.tori.koopman.v1.SpectralMode\x12\x18\n\x10ignored_concepts\x18\x04 \x03(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\x03\"\x1d\n\x1bGetStabilityAnalysisRequest\"\xca\x01\n\x11StabilityAnalysis\x12\x0e\n\x06stable\x18\x01 \x01(\x08\x12\x17\n\x0fspectral_radius\x18\x02 \x01(\x01\x12\x17\n\x0fmax_growth_rate\x18\x03 \x01(\x01\x12\x35\n\x0eunstable_modes\x18\x04 \x03(\x0b\x32\x1d.tori.koopman.v1.SpectralMode\x12\x12\n\nmode_count\x18\x05 \x01(\x05\x12\x11\n\ttolerance\x18\x06 \x01(\x01\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\"\x14\n\x12GetKclStatsRequest\"\xe1\x04\n\x08KclStats\x12\x13\n\x0bmodel_ready\x18\x01 \x01(\x08\x12\x12\n\nmode_count\x18\x02 \x01(\x05\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x15\n\rconcept_count\x18\x04 \x01(\x05\x12\x11\n\tpsi_drift\x18\x05 \x01(\x01\x12\x1b\n\x13psi_drift_threshold\x18\x06 \x01(\x01\x12\x18\n\x10recommended_rank\x18\x07 \x01(\x05\x12\x11\n\tauto_tune\x18\x08 \x01(\x08\x12\x0e\n\x06stable\x18\t \x01(\x08\x12\x17\n\x0fspectral_radius\x18\n \x01(\x01\x12\x18\n\x10prediction_error\x18\x0b \x01(\x01\x12\x1b\n\x13last_update_seconds\x18\x0c \x01(\x01\x12\x1b\n\x13snapshots_processed\x18\r \x01(\x03\x12\x16\n\x0eonline_updates\x18\x0e \x01(\x03\x12\x0e\n\x06refits\x18\x0f \x01(\x03\x12\x18\n\x10\x63oupling_updates\x18\x10 \x01(\x03\x12\x16\n\x0e\x63oupling_count\x18\x11 \x01(\x05\x12\x18\n\x10oscillator_count\x18\x12 \x01(\x05\x12\x38\n\x0f\x63oupling_status\x18\x13 \x01(\x0e\x32\x1f.tori.koopman.v1.CouplingStatus\x12\x15\n\rmodel_version\x18\x14 \x01(\x03\x12\x14\n\x0cvault_cursor\x18\x15 \x01(\x03\x12\x0c\n\x04\x64t_s\x18\x16 \x01(\x01\x12/\n\x0blast_update\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bl1_strength\x18\x18 \x01(\x01\"\xbd\x02\n\x13UpdateConfigRequest\x12\x11\n\x04rank\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\trank_high\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12 \n\x13psi_drift_threshold\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0bl1_strength\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x1e\n\x11\x66orgetting_factor\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x16\n\tmax_modes\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x16\n\tauto_tune\x18\x07 \x01(\x08H\x06\x88\x01\x01\x42\x07\n\x05_rankB\x0c\n\n_rank_highB\x16\n\x14_psi_drift_thresholdB\x0e\n\x0c_l1_strengthB\x14\n\x12_forgetting_factorB\x0c\n\n_max_modesB\x0c\n\n_auto_tune\"*\n\x12ResetSystemRequest\x12\x14\n\x0crescan_vault\x18\x01 \x01(\x08\"<\n\x13ResetSystemResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\x12\x15\n\rmodel_version\x18\x02 \x01(\x03*n\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10UPDATE_KIND_NONE\x10\x01\x12\x16\n\x12UPDATE_KIND_ONLINE\x10\x02\x12\x15\n\x11UPDATE_KIND_REFIT\x10\x03*\x8b\x01\n\x08ModeSort\x12\x19\n\x15MODE_SORT_UNSPECIFIED\x10\x00\x12\x17\n\x13MODE_SORT_AMPLITUDE\x10\x01\x12\x17\n\x13MODE_SORT_FREQUENCY\x10\x02\x12\x19\n\x15MODE_SORT_GROWTH_RATE\x10\x03\x12\x17\n\x13MODE_SORT_MAGNITUDE\x10\x04*\x8a\x01\n\x0e\x43ouplingStatus\x12\x1f\n\x1b\x43OUPLING_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43OUPLING_STATUS_OK\x10\x01\x12\x1b\n\x17\x43OUPLING_STATUS_PARTIAL\x10\x02\x12\"\n\x1e\x43OUPLING_STATUS_UNIDENTIFIABLE\x10\x03*_\n\x0bPhaseSource\x12\x1c\n\x18PHASE_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13PHASE_SOURCE_FIELDS\x10\x01\x12\x19\n\x15PHASE_SOURCE_ANALYTIC\x10\x02\x32\x88\x08\n\x0eKoopmanLearner\x12N\n\tGetConfig\x12!.tori.koopman.v1.GetConfigRequest\x1a\x1e.tori.koopman.v1.KoopmanConfig\x12y\n\x16ProcessActivationBatch\x12..tori.koopman.v1.ProcessActivationBatchRequest\x1a/.tori.koopman.v1.ProcessActivationBatchResponse\x12\x65\n\x13GetProcessingStatus\x12+.tori.koopman.v1.GetProcessingStatusRequest\x1a!.tori.koopman.v1.ProcessingStatus\x12g\n\x10GetSpectralModes\x12(.tori.koopman.v1.GetSpectralModesRequest\x1a).tori.koopman.v1.GetSpectralModesResponse\x12\x82\x01\n\x19UpdateOscillatorCouplings\x12\x31.tori.koopman.v1.UpdateOscillatorCouplingsRequest\x1a\x32.tori.koopman.v1.UpdateOscillatorCouplingsResponse\x12m\n\x12PredictActivations\x12*.tori.koopman.v1.PredictActivationsRequest\x1a+.tori.koopman.v1.PredictActivationsResponse\x12h\n\x14GetStabilityAnalysis\x12,.tori.koopman.v1.GetStabilityAnalysisRequest\x1a\".tori.koopman.v1.StabilityAnalysis\x12M\n\x0bGetKclStats\x12#.tori.koopman.v1.GetKclStatsRequest\x1a\x19.tori.koopman.v1.KclStats\x12T\n\x0cUpdateConfig\x12$.tori.koopman.v1.UpdateConfigRequest\x1a\x1e.tori.koopman.v1.KoopmanConfig\x12X\n\x0bResetSystem\x12#.tori.koopman.v1.ResetSystemRequest\x1a$.tori.koopman.v1.ResetSystemResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tori.koopman.v1.koopman_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCONFIGREQUEST']._serialized_start=50
-  _globals['_GETCONFIGREQUEST']._serialized_end=68
-  _globals['_KOOPMANCONFIG']._serialized_start=71
-  _globals['_KOOPMANCONFIG']._serialized_end=234
-  _globals['_KOOPMANLEARNER']._serialized_start=236
-  _globals['_KOOPMANLEARNER']._serialized_end=332
+  _globals['_UPDATEKIND']._serialized_start=4392
+  _globals['_UPDATEKIND']._serialized_end=4502
+  _globals['_MODESORT']._serialized_start=4505
+  _globals['_MODESORT']._serialized_end=4644
+  _globals['_COUPLINGSTATUS']._serialized_start=4647
+  _globals['_COUPLINGSTATUS']._serialized_end=4785
+  _globals['_PHASESOURCE']._serialized_start=4787
+  _globals['_PHASESOURCE']._serialized_end=4882
+  _globals['_GETCONFIGREQUEST']._serialized_start=83
+  _globals['_GETCONFIGREQUEST']._serialized_end=101
+  _globals['_KOOPMANCONFIG']._serialized_start=104
+  _globals['_KOOPMANCONFIG']._serialized_end=304
+  _globals['_CONCEPTACTIVATION']._serialized_start=306
+  _globals['_CONCEPTACTIVATION']._serialized_end=381
+  _globals['_ACTIVATIONTRACE']._serialized_start=383
+  _globals['_ACTIVATIONTRACE']._serialized_end=455
+  _globals['_PROCESSACTIVATIONBATCHREQUEST']._serialized_start=457
+  _globals['_PROCESSACTIVATIONBATCHREQUEST']._serialized_end=573
+  _globals['_UPDATESUMMARY']._serialized_start=576
+  _globals['_UPDATESUMMARY']._serialized_end=830
+  _globals['_PROCESSACTIVATIONBATCHRESPONSE']._serialized_start=832
+  _globals['_PROCESSACTIVATIONBATCHRESPONSE']._serialized_end=912
+  _globals['_GETPROCESSINGSTATUSREQUEST']._serialized_start=914
+  _globals['_GETPROCESSINGSTATUSREQUEST']._serialized_end=942
+  _globals['_PROCESSINGSTATUS']._serialized_start=945
+  _globals['_PROCESSINGSTATUS']._serialized_end=1379
+  _globals['_DOMINANTCONCEPT']._serialized_start=1381
+  _globals['_DOMINANTCONCEPT']._serialized_end=1455
+  _globals['_SPECTRALMODE']._serialized_start=1458
+  _globals['_SPECTRALMODE']._serialized_end=1718
+  _globals['_GETSPECTRALMODESREQUEST']._serialized_start=1721
+  _globals['_GETSPECTRALMODESREQUEST']._serialized_end=1901
+  _globals['_GETSPECTRALMODESRESPONSE']._serialized_start=1904
+  _globals['_GETSPECTRALMODESRESPONSE']._serialized_end=2137
+  _globals['_UPDATEOSCILLATORCOUPLINGSREQUEST']._serialized_start=2139
+  _globals['_UPDATEOSCILLATORCOUPLINGSREQUEST']._serialized_end=2224
+  _globals['_COUPLING']._serialized_start=2226
+  _globals['_COUPLING']._serialized_end=2284
+  _globals['_OSCILLATORCOUPLINGS']._serialized_start=2287
+  _globals['_OSCILLATORCOUPLINGS']._serialized_end=2626
+  _globals['_UPDATEOSCILLATORCOUPLINGSRESPONSE']._serialized_start=2628
+  _globals['_UPDATEOSCILLATORCOUPLINGSRESPONSE']._serialized_end=2720
+  _globals['_PREDICTACTIVATIONSREQUEST']._serialized_start=2722
+  _globals['_PREDICTACTIVATIONSREQUEST']._serialized_end=2815
+  _globals['_PREDICTEDSNAPSHOT']._serialized_start=2817
+  _globals['_PREDICTEDSNAPSHOT']._serialized_end=2885
+  _globals['_PREDICTACTIVATIONSRESPONSE']._serialized_start=2888
+  _globals['_PREDICTACTIVATIONSRESPONSE']._serialized_end=3094
+  _globals['_GETSTABILITYANALYSISREQUEST']._serialized_start=3096
+  _globals['_GETSTABILITYANALYSISREQUEST']._serialized_end=3125
+  _globals['_STABILITYANALYSIS']._serialized_start=3128
+  _globals['_STABILITYANALYSIS']._serialized_end=3330
+  _globals['_GETKCLSTATSREQUEST']._serialized_start=3332
+  _globals['_GETKCLSTATSREQUEST']._serialized_end=3352
+  _globals['_KCLSTATS']._serialized_start=3355
+  _globals['_KCLSTATS']._serialized_end=3964
+  _globals['_UPDATECONFIGREQUEST']._serialized_start=3967
+  _globals['_UPDATECONFIGREQUEST']._serialized_end=4284
+  _globals['_RESETSYSTEMREQUEST']._serialized_start=4286
+  _globals['_RESETSYSTEMREQUEST']._serialized_end=4328
+  _globals['_RESETSYSTEMRESPONSE']._serialized_start=4330
+  _globals['_RESETSYSTEMRESPONSE']._serialized_end=4390
+  _globals['_KOOPMANLEARNER']._serialized_start=4885
+  _globals['_KOOPMANLEARNER']._serialized_end=5917
 # @@protoc_insertion_point(module_scope)

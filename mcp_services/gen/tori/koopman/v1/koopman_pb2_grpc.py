@@ -39,6 +39,51 @@ class KoopmanLearnerStub:
                 request_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetConfigRequest.SerializeToString,
                 response_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.KoopmanConfig.FromString,
                 _registered_method=True)
+        self.ProcessActivationBatch = channel.unary_unary(
+                '/tori.koopman.v1.KoopmanLearner/ProcessActivationBatch',
+                request_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.ProcessActivationBatchRequest.SerializeToString,
+                response_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.ProcessActivationBatchResponse.FromString,
+                _registered_method=True)
+        self.GetProcessingStatus = channel.unary_unary(
+                '/tori.koopman.v1.KoopmanLearner/GetProcessingStatus',
+                request_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetProcessingStatusRequest.SerializeToString,
+                response_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.ProcessingStatus.FromString,
+                _registered_method=True)
+        self.GetSpectralModes = channel.unary_unary(
+                '/tori.koopman.v1.KoopmanLearner/GetSpectralModes',
+                request_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetSpectralModesRequest.SerializeToString,
+                response_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetSpectralModesResponse.FromString,
+                _registered_method=True)
+        self.UpdateOscillatorCouplings = channel.unary_unary(
+                '/tori.koopman.v1.KoopmanLearner/UpdateOscillatorCouplings',
+                request_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.UpdateOscillatorCouplingsRequest.SerializeToString,
+                response_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.UpdateOscillatorCouplingsResponse.FromString,
+                _registered_method=True)
+        self.PredictActivations = channel.unary_unary(
+                '/tori.koopman.v1.KoopmanLearner/PredictActivations',
+                request_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.PredictActivationsRequest.SerializeToString,
+                response_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.PredictActivationsResponse.FromString,
+                _registered_method=True)
+        self.GetStabilityAnalysis = channel.unary_unary(
+                '/tori.koopman.v1.KoopmanLearner/GetStabilityAnalysis',
+                request_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetStabilityAnalysisRequest.SerializeToString,
+                response_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.StabilityAnalysis.FromString,
+                _registered_method=True)
+        self.GetKclStats = channel.unary_unary(
+                '/tori.koopman.v1.KoopmanLearner/GetKclStats',
+                request_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetKclStatsRequest.SerializeToString,
+                response_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.KclStats.FromString,
+                _registered_method=True)
+        self.UpdateConfig = channel.unary_unary(
+                '/tori.koopman.v1.KoopmanLearner/UpdateConfig',
+                request_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.UpdateConfigRequest.SerializeToString,
+                response_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.KoopmanConfig.FromString,
+                _registered_method=True)
+        self.ResetSystem = channel.unary_unary(
+                '/tori.koopman.v1.KoopmanLearner/ResetSystem',
+                request_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.ResetSystemRequest.SerializeToString,
+                response_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.ResetSystemResponse.FromString,
+                _registered_method=True)
 
 
 class KoopmanLearnerServicer:
@@ -50,6 +95,63 @@ class KoopmanLearnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProcessActivationBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProcessingStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSpectralModes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateOscillatorCouplings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictActivations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStabilityAnalysis(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKclStats(self, request, context):
+        """The summary the MCP gateway's memory.kcl_status shows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetSystem(self, request, context):
+        """Forget modes, couplings, the window and the online state; the cursor stays unless
+        rescan_vault.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KoopmanLearnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +159,51 @@ def add_KoopmanLearnerServicer_to_server(servicer, server):
                     servicer.GetConfig,
                     request_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetConfigRequest.FromString,
                     response_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.KoopmanConfig.SerializeToString,
+            ),
+            'ProcessActivationBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProcessActivationBatch,
+                    request_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.ProcessActivationBatchRequest.FromString,
+                    response_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.ProcessActivationBatchResponse.SerializeToString,
+            ),
+            'GetProcessingStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProcessingStatus,
+                    request_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetProcessingStatusRequest.FromString,
+                    response_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.ProcessingStatus.SerializeToString,
+            ),
+            'GetSpectralModes': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSpectralModes,
+                    request_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetSpectralModesRequest.FromString,
+                    response_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetSpectralModesResponse.SerializeToString,
+            ),
+            'UpdateOscillatorCouplings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateOscillatorCouplings,
+                    request_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.UpdateOscillatorCouplingsRequest.FromString,
+                    response_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.UpdateOscillatorCouplingsResponse.SerializeToString,
+            ),
+            'PredictActivations': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictActivations,
+                    request_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.PredictActivationsRequest.FromString,
+                    response_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.PredictActivationsResponse.SerializeToString,
+            ),
+            'GetStabilityAnalysis': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStabilityAnalysis,
+                    request_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetStabilityAnalysisRequest.FromString,
+                    response_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.StabilityAnalysis.SerializeToString,
+            ),
+            'GetKclStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKclStats,
+                    request_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.GetKclStatsRequest.FromString,
+                    response_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.KclStats.SerializeToString,
+            ),
+            'UpdateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConfig,
+                    request_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.UpdateConfigRequest.FromString,
+                    response_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.KoopmanConfig.SerializeToString,
+            ),
+            'ResetSystem': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetSystem,
+                    request_deserializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.ResetSystemRequest.FromString,
+                    response_serializer=tori_dot_koopman_dot_v1_dot_koopman__pb2.ResetSystemResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +233,249 @@ class KoopmanLearner:
             '/tori.koopman.v1.KoopmanLearner/GetConfig',
             tori_dot_koopman_dot_v1_dot_koopman__pb2.GetConfigRequest.SerializeToString,
             tori_dot_koopman_dot_v1_dot_koopman__pb2.KoopmanConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProcessActivationBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.koopman.v1.KoopmanLearner/ProcessActivationBatch',
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.ProcessActivationBatchRequest.SerializeToString,
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.ProcessActivationBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProcessingStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.koopman.v1.KoopmanLearner/GetProcessingStatus',
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.GetProcessingStatusRequest.SerializeToString,
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.ProcessingStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSpectralModes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.koopman.v1.KoopmanLearner/GetSpectralModes',
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.GetSpectralModesRequest.SerializeToString,
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.GetSpectralModesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateOscillatorCouplings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.koopman.v1.KoopmanLearner/UpdateOscillatorCouplings',
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.UpdateOscillatorCouplingsRequest.SerializeToString,
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.UpdateOscillatorCouplingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictActivations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.koopman.v1.KoopmanLearner/PredictActivations',
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.PredictActivationsRequest.SerializeToString,
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.PredictActivationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStabilityAnalysis(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.koopman.v1.KoopmanLearner/GetStabilityAnalysis',
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.GetStabilityAnalysisRequest.SerializeToString,
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.StabilityAnalysis.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKclStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.koopman.v1.KoopmanLearner/GetKclStats',
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.GetKclStatsRequest.SerializeToString,
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.KclStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.koopman.v1.KoopmanLearner/UpdateConfig',
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.UpdateConfigRequest.SerializeToString,
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.KoopmanConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetSystem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.koopman.v1.KoopmanLearner/ResetSystem',
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.ResetSystemRequest.SerializeToString,
+            tori_dot_koopman_dot_v1_dot_koopman__pb2.ResetSystemResponse.FromString,
             options,
             channel_credentials,
             insecure,
