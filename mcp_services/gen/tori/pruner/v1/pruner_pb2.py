@@ -22,19 +22,66 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btori/pruner/v1/pruner.proto\x12\x0etori.pruner.v1\"\x12\n\x10GetConfigRequest\"^\n\x0cPrunerConfig\x12\x0b\n\x03tau\x18\x01 \x01(\x01\x12\x14\n\x0cl1_threshold\x18\x02 \x01(\x01\x12\x18\n\x10max_quality_drop\x18\x03 \x01(\x01\x12\x11\n\tauto_tune\x18\x04 \x01(\x08\x32[\n\x0cSparsePruner\x12K\n\tGetConfig\x12 .tori.pruner.v1.GetConfigRequest\x1a\x1c.tori.pruner.v1.PrunerConfigb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btori/pruner/v1/pruner.proto\x12\x0etori.pruner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetConfigRequest\"\xa1\x02\n\x0cPrunerConfig\x12\x0b\n\x03tau\x18\x01 \x01(\x01\x12\x14\n\x0cl1_threshold\x18\x02 \x01(\x01\x12\x18\n\x10max_quality_drop\x18\x03 \x01(\x01\x12\x11\n\tauto_tune\x18\x04 \x01(\x08\x12\x18\n\x10retention_target\x18\x05 \x01(\x01\x12\x1a\n\x12max_edges_to_prune\x18\x06 \x01(\x03\x12\x14\n\x0cmax_backoffs\x18\x07 \x01(\x05\x12\x18\n\x10\x62\x61\x63kup_retention\x18\x08 \x01(\x05\x12 \n\x18trigger_on_consolidation\x18\t \x01(\x08\x12\x1b\n\x13schedule_interval_s\x18\n \x01(\x01\x12\x1c\n\x14max_conflict_retries\x18\x0b \x01(\x05\"\x81\x04\n\x13UpdateConfigRequest\x12\x10\n\x03tau\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cl1_threshold\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10max_quality_drop\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\tauto_tune\x18\x04 \x01(\x08H\x03\x88\x01\x01\x12\x1d\n\x10retention_target\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1f\n\x12max_edges_to_prune\x18\x06 \x01(\x03H\x05\x88\x01\x01\x12\x19\n\x0cmax_backoffs\x18\x07 \x01(\x05H\x06\x88\x01\x01\x12\x1d\n\x10\x62\x61\x63kup_retention\x18\x08 \x01(\x05H\x07\x88\x01\x01\x12%\n\x18trigger_on_consolidation\x18\t \x01(\x08H\x08\x88\x01\x01\x12!\n\x14max_conflict_retries\x18\x0b \x01(\x05H\t\x88\x01\x01\x42\x06\n\x04_tauB\x0f\n\r_l1_thresholdB\x13\n\x11_max_quality_dropB\x0c\n\n_auto_tuneB\x13\n\x11_retention_targetB\x15\n\x13_max_edges_to_pruneB\x0f\n\r_max_backoffsB\x13\n\x11_backup_retentionB\x1b\n\x19_trigger_on_consolidationB\x17\n\x15_max_conflict_retries\"\xa0\x02\n\x0cPruneOptions\x12\x10\n\x03tau\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cl1_threshold\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10max_quality_drop\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10retention_target\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x1f\n\x12max_edges_to_prune\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x19\n\x0cmax_backoffs\x18\x06 \x01(\x05H\x05\x88\x01\x01\x42\x06\n\x04_tauB\x0f\n\r_l1_thresholdB\x13\n\x11_max_quality_dropB\x13\n\x11_retention_targetB\x15\n\x13_max_edges_to_pruneB\x0f\n\r_max_backoffs\"\x98\x01\n\x0cSolverReport\x12\x12\n\niterations\x18\x01 \x01(\x01\x12\x14\n\x0crelative_gap\x18\x02 \x01(\x01\x12\x1a\n\x12refit_kkt_residual\x18\x03 \x01(\x01\x12\x0b\n\x03lam\x18\x04 \x01(\x01\x12\x12\n\nlambda_max\x18\x05 \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\"\x84\x04\n\nPruningJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.tori.pruner.v1.JobState\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\x0f\n\x07trigger\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x62\x61se_version\x18\x07 \x01(\x03\x12\x19\n\x11\x63ommitted_version\x18\x08 \x01(\x03\x12\x14\n\x0c\x65\x64ges_before\x18\t \x01(\x03\x12\x13\n\x0b\x65\x64ges_after\x18\n \x01(\x03\x12\x16\n\x0equality_before\x18\x0b \x01(\x01\x12\x15\n\rquality_after\x18\x0c \x01(\x01\x12\x15\n\rtau_requested\x18\r \x01(\x01\x12\x10\n\x08tau_used\x18\x0e \x01(\x01\x12,\n\x06solver\x18\x0f \x01(\x0b\x32\x1c.tori.pruner.v1.SolverReport\x12\x18\n\x10\x63onflict_retries\x18\x10 \x01(\x05\x12\x11\n\tbackup_id\x18\x11 \x01(\t\x12\x0f\n\x07message\x18\x12 \x01(\t\x12\x1a\n\x12prototypes_checked\x18\x13 \x01(\x05\"{\n\x15TriggerPruningRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x12\n\nbackground\x18\x02 \x01(\x08\x12-\n\x07options\x18\x03 \x01(\x0b\x32\x1c.tori.pruner.v1.PruneOptions\x12\x0e\n\x06reason\x18\x04 \x01(\t\")\n\x17GetPruningStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"&\n\x14\x43\x61ncelPruningRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x18\n\x16GetPruningStatsRequest\"\xbe\x02\n\x0cPruningStats\x12\x12\n\nruns_total\x18\x01 \x01(\x03\x12\x16\n\x0eruns_committed\x18\x02 \x01(\x03\x12\x14\n\x0cruns_refused\x18\x03 \x01(\x03\x12\x13\n\x0bruns_failed\x18\x04 \x01(\x03\x12\x1a\n\x12pruned_edges_total\x18\x05 \x01(\x03\x12\x15\n\rgraph_version\x18\x06 \x01(\x03\x12\x12\n\nedge_count\x18\x07 \x01(\x03\x12\x0b\n\x03tau\x18\x08 \x01(\x01\x12\x15\n\rweekly_growth\x18\t \x01(\x01\x12\x14\n\x0cproposed_tau\x18\n \x01(\x01\x12\x0f\n\x07\x62\x61\x63kups\x18\x0b \x01(\x05\x12,\n\x08last_job\x18\x0c \x01(\x0b\x32\x1a.tori.pruner.v1.PruningJob\x12\x17\n\x0f\x63onflicts_total\x18\r \x01(\x03\"=\n\x16SchedulePruningRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"d\n\x0cScheduleInfo\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12/\n\x0bnext_run_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x04\x45\x64ge\x12\t\n\x01i\x18\x01 \x01(\x05\x12\t\n\x01j\x18\x02 \x01(\x05\x12\x11\n\tconcept_i\x18\x03 \x01(\t\x12\x11\n\tconcept_j\x18\x04 \x01(\t\x12\x0e\n\x06weight\x18\x05 \x01(\x01\"O\n\x13GetEdgeUsageRequest\x12\x15\n\rgraph_version\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\nconcept_id\x18\x03 \x01(\t\"X\n\tEdgeUsage\x12\"\n\x04\x65\x64ge\x18\x01 \x01(\x0b\x32\x14.tori.pruner.v1.Edge\x12\r\n\x05usage\x18\x02 \x01(\x01\x12\x18\n\x10support_fraction\x18\x03 \x01(\x01\"\x84\x01\n\x14GetEdgeUsageResponse\x12\x15\n\rgraph_version\x18\x01 \x01(\x03\x12\x12\n\nedge_count\x18\x02 \x01(\x03\x12\x17\n\x0fprototype_count\x18\x03 \x01(\x05\x12(\n\x05\x65\x64ges\x18\x04 \x03(\x0b\x32\x19.tori.pruner.v1.EdgeUsage\"U\n\x15PreviewPruningRequest\x12-\n\x07options\x18\x01 \x01(\x0b\x32\x1c.tori.pruner.v1.PruneOptions\x12\r\n\x05limit\x18\x02 \x01(\x05\"\xc4\x02\n\x0ePruningPreview\x12\x15\n\rgraph_version\x18\x01 \x01(\x03\x12\x14\n\x0cwould_accept\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0c\x65\x64ges_before\x18\x04 \x01(\x03\x12\x13\n\x0b\x65\x64ges_after\x18\x05 \x01(\x03\x12\x15\n\rrecall_before\x18\x06 \x01(\x01\x12\x14\n\x0crecall_after\x18\x07 \x01(\x01\x12\x1f\n\x17\x65xpected_quality_change\x18\x08 \x01(\x01\x12\x10\n\x08tau_used\x18\t \x01(\x01\x12%\n\x07removed\x18\n \x03(\x0b\x32\x14.tori.pruner.v1.Edge\x12\x15\n\rremoved_count\x18\x0b \x01(\x03\x12,\n\x06solver\x18\x0c \x01(\x0b\x32\x1c.tori.pruner.v1.SolverReport\"\xb5\x01\n\x06\x42\x61\x63kup\x12\x11\n\tbackup_id\x18\x01 \x01(\t\x12\x15\n\rgraph_version\x18\x02 \x01(\x03\x12\x16\n\x0epruned_version\x18\x03 \x01(\x03\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rconcept_count\x18\x06 \x01(\x05\x12\x12\n\nedge_count\x18\x07 \x01(\x03\"\x14\n\x12ListBackupsRequest\">\n\x13ListBackupsResponse\x12\'\n\x07\x62\x61\x63kups\x18\x01 \x03(\x0b\x32\x16.tori.pruner.v1.Backup\";\n\x16RollbackPruningRequest\x12\x11\n\tbackup_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"[\n\x17RollbackPruningResponse\x12&\n\x06\x62\x61\x63kup\x18\x01 \x01(\x0b\x32\x16.tori.pruner.v1.Backup\x12\x18\n\x10restored_version\x18\x02 \x01(\x03*\xb2\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11JOB_STATE_REFUSED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x32\xd1\x07\n\x0cSparsePruner\x12K\n\tGetConfig\x12 .tori.pruner.v1.GetConfigRequest\x1a\x1c.tori.pruner.v1.PrunerConfig\x12Q\n\x0cUpdateConfig\x12#.tori.pruner.v1.UpdateConfigRequest\x1a\x1c.tori.pruner.v1.PrunerConfig\x12S\n\x0eTriggerPruning\x12%.tori.pruner.v1.TriggerPruningRequest\x1a\x1a.tori.pruner.v1.PruningJob\x12W\n\x10GetPruningStatus\x12\'.tori.pruner.v1.GetPruningStatusRequest\x1a\x1a.tori.pruner.v1.PruningJob\x12Q\n\rCancelPruning\x12$.tori.pruner.v1.CancelPruningRequest\x1a\x1a.tori.pruner.v1.PruningJob\x12W\n\x0fGetPruningStats\x12&.tori.pruner.v1.GetPruningStatsRequest\x1a\x1c.tori.pruner.v1.PruningStats\x12W\n\x0fSchedulePruning\x12&.tori.pruner.v1.SchedulePruningRequest\x1a\x1c.tori.pruner.v1.ScheduleInfo\x12Y\n\x0cGetEdgeUsage\x12#.tori.pruner.v1.GetEdgeUsageRequest\x1a$.tori.pruner.v1.GetEdgeUsageResponse\x12W\n\x0ePreviewPruning\x12%.tori.pruner.v1.PreviewPruningRequest\x1a\x1e.tori.pruner.v1.PruningPreview\x12V\n\x0bListBackups\x12\".tori.pruner.v1.ListBackupsRequest\x1a#.tori.pruner.v1.ListBackupsResponse\x12\x62\n\x0fRollbackPruning\x12&.tori.pruner.v1.RollbackPruningRequest\x1a\'.tori.pruner.v1.RollbackPruningResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tori.pruner.v1.pruner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCONFIGREQUEST']._serialized_start=47
-  _globals['_GETCONFIGREQUEST']._serialized_end=65
-  _globals['_PRUNERCONFIG']._serialized_start=67
-  _globals['_PRUNERCONFIG']._serialized_end=161
-  _globals['_SPARSEPRUNER']._serialized_start=163
-  _globals['_SPARSEPRUNER']._serialized_end=254
+  _globals['_JOBSTATE']._serialized_start=3822
+  _globals['_JOBSTATE']._serialized_end=4000
+  _globals['_GETCONFIGREQUEST']._serialized_start=80
+  _globals['_GETCONFIGREQUEST']._serialized_end=98
+  _globals['_PRUNERCONFIG']._serialized_start=101
+  _globals['_PRUNERCONFIG']._serialized_end=390
+  _globals['_UPDATECONFIGREQUEST']._serialized_start=393
+  _globals['_UPDATECONFIGREQUEST']._serialized_end=906
+  _globals['_PRUNEOPTIONS']._serialized_start=909
+  _globals['_PRUNEOPTIONS']._serialized_end=1197
+  _globals['_SOLVERREPORT']._serialized_start=1200
+  _globals['_SOLVERREPORT']._serialized_end=1352
+  _globals['_PRUNINGJOB']._serialized_start=1355
+  _globals['_PRUNINGJOB']._serialized_end=1871
+  _globals['_TRIGGERPRUNINGREQUEST']._serialized_start=1873
+  _globals['_TRIGGERPRUNINGREQUEST']._serialized_end=1996
+  _globals['_GETPRUNINGSTATUSREQUEST']._serialized_start=1998
+  _globals['_GETPRUNINGSTATUSREQUEST']._serialized_end=2039
+  _globals['_CANCELPRUNINGREQUEST']._serialized_start=2041
+  _globals['_CANCELPRUNINGREQUEST']._serialized_end=2079
+  _globals['_GETPRUNINGSTATSREQUEST']._serialized_start=2081
+  _globals['_GETPRUNINGSTATSREQUEST']._serialized_end=2105
+  _globals['_PRUNINGSTATS']._serialized_start=2108
+  _globals['_PRUNINGSTATS']._serialized_end=2426
+  _globals['_SCHEDULEPRUNINGREQUEST']._serialized_start=2428
+  _globals['_SCHEDULEPRUNINGREQUEST']._serialized_end=2489
+  _globals['_SCHEDULEINFO']._serialized_start=2491
+  _globals['_SCHEDULEINFO']._serialized_end=2591
+  _globals['_EDGE']._serialized_start=2593
+  _globals['_EDGE']._serialized_end=2675
+  _globals['_GETEDGEUSAGEREQUEST']._serialized_start=2677
+  _globals['_GETEDGEUSAGEREQUEST']._serialized_end=2756
+  _globals['_EDGEUSAGE']._serialized_start=2758
+  _globals['_EDGEUSAGE']._serialized_end=2846
+  _globals['_GETEDGEUSAGERESPONSE']._serialized_start=2849
+  _globals['_GETEDGEUSAGERESPONSE']._serialized_end=2981
+  _globals['_PREVIEWPRUNINGREQUEST']._serialized_start=2983
+  _globals['_PREVIEWPRUNINGREQUEST']._serialized_end=3068
+  _globals['_PRUNINGPREVIEW']._serialized_start=3071
+  _globals['_PRUNINGPREVIEW']._serialized_end=3395
+  _globals['_BACKUP']._serialized_start=3398
+  _globals['_BACKUP']._serialized_end=3579
+  _globals['_LISTBACKUPSREQUEST']._serialized_start=3581
+  _globals['_LISTBACKUPSREQUEST']._serialized_end=3601
+  _globals['_LISTBACKUPSRESPONSE']._serialized_start=3603
+  _globals['_LISTBACKUPSRESPONSE']._serialized_end=3665
+  _globals['_ROLLBACKPRUNINGREQUEST']._serialized_start=3667
+  _globals['_ROLLBACKPRUNINGREQUEST']._serialized_end=3726
+  _globals['_ROLLBACKPRUNINGRESPONSE']._serialized_start=3728
+  _globals['_ROLLBACKPRUNINGRESPONSE']._serialized_end=3819
+  _globals['_SPARSEPRUNER']._serialized_start=4003
+  _globals['_SPARSEPRUNER']._serialized_end=4980
 # @@protoc_insertion_point(module_scope)

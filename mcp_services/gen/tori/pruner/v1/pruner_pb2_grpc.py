@@ -39,6 +39,56 @@ class SparsePrunerStub:
                 request_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.GetConfigRequest.SerializeToString,
                 response_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PrunerConfig.FromString,
                 _registered_method=True)
+        self.UpdateConfig = channel.unary_unary(
+                '/tori.pruner.v1.SparsePruner/UpdateConfig',
+                request_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.UpdateConfigRequest.SerializeToString,
+                response_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PrunerConfig.FromString,
+                _registered_method=True)
+        self.TriggerPruning = channel.unary_unary(
+                '/tori.pruner.v1.SparsePruner/TriggerPruning',
+                request_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.TriggerPruningRequest.SerializeToString,
+                response_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningJob.FromString,
+                _registered_method=True)
+        self.GetPruningStatus = channel.unary_unary(
+                '/tori.pruner.v1.SparsePruner/GetPruningStatus',
+                request_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.GetPruningStatusRequest.SerializeToString,
+                response_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningJob.FromString,
+                _registered_method=True)
+        self.CancelPruning = channel.unary_unary(
+                '/tori.pruner.v1.SparsePruner/CancelPruning',
+                request_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.CancelPruningRequest.SerializeToString,
+                response_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningJob.FromString,
+                _registered_method=True)
+        self.GetPruningStats = channel.unary_unary(
+                '/tori.pruner.v1.SparsePruner/GetPruningStats',
+                request_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.GetPruningStatsRequest.SerializeToString,
+                response_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningStats.FromString,
+                _registered_method=True)
+        self.SchedulePruning = channel.unary_unary(
+                '/tori.pruner.v1.SparsePruner/SchedulePruning',
+                request_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.SchedulePruningRequest.SerializeToString,
+                response_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.ScheduleInfo.FromString,
+                _registered_method=True)
+        self.GetEdgeUsage = channel.unary_unary(
+                '/tori.pruner.v1.SparsePruner/GetEdgeUsage',
+                request_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.GetEdgeUsageRequest.SerializeToString,
+                response_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.GetEdgeUsageResponse.FromString,
+                _registered_method=True)
+        self.PreviewPruning = channel.unary_unary(
+                '/tori.pruner.v1.SparsePruner/PreviewPruning',
+                request_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PreviewPruningRequest.SerializeToString,
+                response_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningPreview.FromString,
+                _registered_method=True)
+        self.ListBackups = channel.unary_unary(
+                '/tori.pruner.v1.SparsePruner/ListBackups',
+                request_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.ListBackupsRequest.SerializeToString,
+                response_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.ListBackupsResponse.FromString,
+                _registered_method=True)
+        self.RollbackPruning = channel.unary_unary(
+                '/tori.pruner.v1.SparsePruner/RollbackPruning',
+                request_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.RollbackPruningRequest.SerializeToString,
+                response_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.RollbackPruningResponse.FromString,
+                _registered_method=True)
 
 
 class SparsePrunerServicer:
@@ -50,6 +100,69 @@ class SparsePrunerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerPruning(self, request, context):
+        """Run a pruning job (the MCP tool memory.prune calls this).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPruningStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelPruning(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPruningStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SchedulePruning(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEdgeUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewPruning(self, request, context):
+        """What a run would remove and the expected quality change; nothing committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBackups(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackPruning(self, request, context):
+        """Restore a backup as a new graph version (identical to the backed-up one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SparsePrunerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +170,56 @@ def add_SparsePrunerServicer_to_server(servicer, server):
                     servicer.GetConfig,
                     request_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.GetConfigRequest.FromString,
                     response_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PrunerConfig.SerializeToString,
+            ),
+            'UpdateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConfig,
+                    request_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.UpdateConfigRequest.FromString,
+                    response_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PrunerConfig.SerializeToString,
+            ),
+            'TriggerPruning': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerPruning,
+                    request_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.TriggerPruningRequest.FromString,
+                    response_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningJob.SerializeToString,
+            ),
+            'GetPruningStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPruningStatus,
+                    request_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.GetPruningStatusRequest.FromString,
+                    response_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningJob.SerializeToString,
+            ),
+            'CancelPruning': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelPruning,
+                    request_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.CancelPruningRequest.FromString,
+                    response_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningJob.SerializeToString,
+            ),
+            'GetPruningStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPruningStats,
+                    request_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.GetPruningStatsRequest.FromString,
+                    response_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningStats.SerializeToString,
+            ),
+            'SchedulePruning': grpc.unary_unary_rpc_method_handler(
+                    servicer.SchedulePruning,
+                    request_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.SchedulePruningRequest.FromString,
+                    response_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.ScheduleInfo.SerializeToString,
+            ),
+            'GetEdgeUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEdgeUsage,
+                    request_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.GetEdgeUsageRequest.FromString,
+                    response_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.GetEdgeUsageResponse.SerializeToString,
+            ),
+            'PreviewPruning': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewPruning,
+                    request_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PreviewPruningRequest.FromString,
+                    response_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningPreview.SerializeToString,
+            ),
+            'ListBackups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBackups,
+                    request_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.ListBackupsRequest.FromString,
+                    response_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.ListBackupsResponse.SerializeToString,
+            ),
+            'RollbackPruning': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackPruning,
+                    request_deserializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.RollbackPruningRequest.FromString,
+                    response_serializer=tori_dot_pruner_dot_v1_dot_pruner__pb2.RollbackPruningResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +249,276 @@ class SparsePruner:
             '/tori.pruner.v1.SparsePruner/GetConfig',
             tori_dot_pruner_dot_v1_dot_pruner__pb2.GetConfigRequest.SerializeToString,
             tori_dot_pruner_dot_v1_dot_pruner__pb2.PrunerConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.pruner.v1.SparsePruner/UpdateConfig',
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.UpdateConfigRequest.SerializeToString,
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.PrunerConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerPruning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.pruner.v1.SparsePruner/TriggerPruning',
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.TriggerPruningRequest.SerializeToString,
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPruningStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.pruner.v1.SparsePruner/GetPruningStatus',
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.GetPruningStatusRequest.SerializeToString,
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelPruning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.pruner.v1.SparsePruner/CancelPruning',
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.CancelPruningRequest.SerializeToString,
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPruningStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.pruner.v1.SparsePruner/GetPruningStats',
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.GetPruningStatsRequest.SerializeToString,
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SchedulePruning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.pruner.v1.SparsePruner/SchedulePruning',
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.SchedulePruningRequest.SerializeToString,
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.ScheduleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEdgeUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.pruner.v1.SparsePruner/GetEdgeUsage',
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.GetEdgeUsageRequest.SerializeToString,
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.GetEdgeUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewPruning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.pruner.v1.SparsePruner/PreviewPruning',
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.PreviewPruningRequest.SerializeToString,
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.PruningPreview.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBackups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.pruner.v1.SparsePruner/ListBackups',
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.ListBackupsRequest.SerializeToString,
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.ListBackupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackPruning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.pruner.v1.SparsePruner/RollbackPruning',
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.RollbackPruningRequest.SerializeToString,
+            tori_dot_pruner_dot_v1_dot_pruner__pb2.RollbackPruningResponse.FromString,
             options,
             channel_credentials,
             insecure,
