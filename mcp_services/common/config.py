@@ -152,6 +152,18 @@ def load_raw(
     return tree, f"{base_path.name} / {overlay_path.name}"
 
 
+def config_files(
+    env: str | None = None,
+    config_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """The files :func:`load_config` reads with the same arguments (base, then the overlay)."""
+    environ = os.environ if environ is None else environ
+    config_dir = Path(config_dir or environ.get("TORI_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
+    env = env or environ.get("TORI_ENV") or DEFAULT_ENV
+    return [config_dir / "base.yaml", config_dir / f"{env}.yaml"]
+
+
 def load_config(
     env: str | None = None,
     config_dir: Path | None = None,

@@ -244,6 +244,9 @@ class SleepSchedulerConfig(_Strict):
     eta: PositiveFloat = 0.01
     auto_tune: bool = False
     pressure_threshold: Annotated[int, Field(ge=0)] = 1000
+    # Where graph versions are kept (empty: <paths.var_dir>/graphs), and how many versions.
+    graph_dir: str = ""
+    keep_versions: Annotated[int, Field(ge=1)] = 10
 
 
 class SparsePrunerConfig(_Strict):
@@ -276,6 +279,13 @@ class FleetConfig(_Strict):
     start_timeout_s: PositiveFloat = 60.0
 
 
+class ConfigReloadConfig(_Strict):
+    # The config files are re-read when they change (checked this often) or on SIGHUP; 0 turns
+    # the file watch off (SIGHUP still reloads). Only the tuning knobs take effect without a
+    # restart: see mcp_services/common/reload.py.
+    poll_interval_s: Annotated[float, Field(ge=0)] = 2.0
+
+
 class Settings(_Strict):
     environment: str = "local"
     paths: PathsConfig = PathsConfig()
@@ -289,3 +299,4 @@ class Settings(_Strict):
     sparse_pruner: SparsePrunerConfig = SparsePrunerConfig()
     koopman_learner: KoopmanLearnerConfig = KoopmanLearnerConfig()
     fleet: FleetConfig = FleetConfig()
+    config_reload: ConfigReloadConfig = ConfigReloadConfig()

@@ -32,5 +32,8 @@ SLEEP_ETA = "sleep_eta"
 PRUNER_TAU = "pruner_tau"
 KCL_RANK = "kcl_rank"
 
+# Config reloads by outcome (applied, unchanged, refused, restart_needed).
+CONFIG_RELOADS = "tori_config_reloads_total"
+
 # Process start, for uptime and restart counting.
 SERVICE_INFO = "tori_service_info"

@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer, make_server
 
@@ -31,11 +32,12 @@ from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 from mcp_services.common import metric_names as names
 from mcp_services.common.auth import ApiKeyInterceptor, AuthConfigError, load_api_keys
-from mcp_services.common.config import ConfigError, load_config
+from mcp_services.common.config import ConfigError, config_files, load_config
 from mcp_services.common.config_schema import Endpoint, GrpcConfig, Settings
 from mcp_services.common.event_bus import EventBus
 from mcp_services.common.grpc_metrics import GrpcServerMetrics, MetricsInterceptor
 from mcp_services.common.logging import configure_logging
+from mcp_services.common.reload import Change, ConfigReloader, Reloadable
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +102,7 @@ class Running:
     grpc_port: int = 0
     metrics_port: int = 0
     ready: threading.Event = field(default_factory=threading.Event)
+    reloader: ConfigReloader | None = None
 
 
 def _start_metrics(ep: Endpoint, registry: CollectorRegistry, name: str) -> tuple[WSGIServer, int]:
@@ -131,8 +134,13 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     running: Running | None = None,
+    reload: tuple[Callable[[], Settings], Sequence[Path]] | None = None,
 ) -> None:
-    """Run one service until `stop` is set or the process gets SIGTERM/SIGINT."""
+    """Run one service until `stop` is set or the process gets SIGTERM/SIGINT.
+
+    ``reload``: how to re-read the configuration and the files to watch; with it the service's
+    tuning knobs follow file changes and SIGHUP (see reload.py).
+    """
     ep: Endpoint = getattr(settings.services, endpoint_key)
     running = running or Running()
     stop = stop or asyncio.Event()
@@ -195,6 +203,12 @@ async def serve(
             auth="on" if keys else "off",
             events="on" if bus.enabled else "off",
         )
+        if reload is not None:
+            reloader = ConfigReloader(
+                settings, reload[0], reload[1], _apply_hook(service), registry
+            )
+            reloader.start(settings.config_reload.poll_interval_s)
+            running.reloader = reloader
         running.ready.set()
         await stop.wait()
 
@@ -203,6 +217,8 @@ async def serve(
         await server.stop(settings.grpc.shutdown_grace_s)
         server = None
     finally:
+        if running.reloader is not None:
+            await running.reloader.stop()
         if server is not None:
             await server.stop(0)
         if service is not None:
@@ -211,6 +227,16 @@ async def serve(
         httpd.shutdown()
         httpd.server_close()
         log.info("stopped")
+
+
+def _apply_hook(service: Service) -> Callable[[Settings, Sequence[Change]], None]:
+    if isinstance(service, Reloadable):
+        return service.apply_settings
+
+    def ignore(settings: Settings, changes: Sequence[Change]) -> None:
+        return None
+
+    return ignore
 
 
 def run(name: str, endpoint_key: str, factory: ServiceFactory) -> int:
@@ -223,7 +249,9 @@ def run(name: str, endpoint_key: str, factory: ServiceFactory) -> int:
         return 2
     configure_logging(settings.logging, name)
     try:
-        asyncio.run(serve(name, endpoint_key, factory, settings))
+        asyncio.run(
+            serve(name, endpoint_key, factory, settings, reload=(load_config, config_files()))
+        )
     except StartupError as exc:
         log.error("startup_failed", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
@@ -240,9 +268,16 @@ class ServerThread:
     """
 
     def __init__(
-        self, name: str, endpoint_key: str, factory: ServiceFactory, settings: Settings
+        self,
+        name: str,
+        endpoint_key: str,
+        factory: ServiceFactory,
+        settings: Settings,
+        *,
+        reload: tuple[Callable[[], Settings], Sequence[Path]] | None = None,
     ) -> None:
         self._args = (name, endpoint_key, factory, settings)
+        self._reload = reload
         self.running = Running()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -253,7 +288,7 @@ class ServerThread:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            await serve(*self._args, stop=self._stop, running=self.running)
+            await serve(*self._args, stop=self._stop, running=self.running, reload=self._reload)
 
         try:
             asyncio.run(main())
