@@ -250,26 +250,146 @@ class SleepSchedulerConfig(_Strict):
 
 
 class SparsePrunerConfig(_Strict):
-    tau: PositiveFloat = 0.001
-    l1_threshold: Annotated[float, Field(ge=0)] = 0.01
+    # L1 strength in units of lambda_max / 100 (lam = 100 * tau * lambda_max): the guide's 0.001
+    # is 0.1 lambda_max, and 0.01 already prunes every edge by L1. See sparse_pruner/knobs.py.
+    tau: Annotated[float, Field(gt=0, le=0.01)] = 0.001
+    # Edges below this fraction of the RMS nonzero weight are dropped after the L1 solve.
+    l1_threshold: Annotated[float, Field(ge=0, lt=1)] = 0.01
     max_quality_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
     auto_tune: bool = False
+    # One run keeps at least this fraction of the edges and removes at most this many (0: no cap).
+    retention_target: Annotated[float, Field(ge=0, le=1)] = 0.1
+    max_edges_to_prune: Annotated[int, Field(ge=0)] = 0
+    # Times the guard halves tau before refusing.
+    max_backoffs: Annotated[int, Field(ge=0, le=20)] = 6
+    # Backups of replaced versions kept (empty backup_dir: <paths.var_dir>/pruner/backups).
+    backup_dir: str = ""
+    backup_retention: Annotated[int, Field(ge=1)] = 10
+    # Triggers: every consolidation.completed event, and a schedule (0: off).
+    trigger_on_consolidation: bool = True
+    schedule_interval_s: Annotated[float, Field(ge=0)] = 0.0
+    schedule_dry_run: bool = False
+    # Re-read and recompute this many times on a version conflict before the job fails.
+    max_conflict_retries: Annotated[int, Field(ge=0)] = 3
+    # Deadline of each call to the SleepScheduler.
+    scheduler_timeout_s: PositiveFloat = 60.0
+    # Weekly growth needs versions at least this far apart; the rule fires at most once per
+    # cooldown (the operators' rule is weekly).
+    growth_min_window_s: Annotated[float, Field(ge=0)] = 86_400.0
+    auto_tune_cooldown_s: Annotated[float, Field(ge=0)] = 604_800.0
 
 
 class KoopmanLearnerConfig(_Strict):
     rank: Annotated[int, Field(ge=1)] = 50
     rank_high: Annotated[int, Field(ge=1)] = 75
     psi_drift_threshold: PositiveFloat = 0.2
-    l1_strength: Annotated[float, Field(ge=0)] = 0.01
+    # Scale-free: 0 keeps every mode, 1 none (see koopman_learner/domain/spdmd.py).
+    l1_strength: Annotated[float, Field(ge=0, le=1)] = 0.01
     forgetting_factor: Annotated[float, Field(gt=0, le=1)] = 0.98
     max_modes: Annotated[int, Field(ge=1)] = 100
     auto_tune: bool = False
+    # Sampling interval of the activation stream (s); episode frames are resampled onto it.
+    dt_s: PositiveFloat = 0.1
+    # Learn from the vault (Scan cursor, episode.stored as trigger); off: explicit traces only.
+    follow_vault: bool = True
+    # host:port of the vault; empty: services.episodic_vault (0.0.0.0 read as 127.0.0.1).
+    vault_target: str = ""
+    # Re-check the vault this often even when no event arrives (a lost event only delays).
+    poll_interval_s: PositiveFloat = 5.0
+    scan_batch: Annotated[int, Field(ge=1, le=100_000)] = 500
+    # Activation-only episodes of one source further apart than this start a new trajectory.
+    stream_max_gap_s: PositiveFloat = 1.0
+    # Snapshots kept for refits (oldest traces leave first).
+    window_snapshots: Annotated[int, Field(ge=10)] = 4000
+    # Online updates (snapshot pairs) between full refits.
+    refit_interval: Annotated[int, Field(ge=1)] = 2000
+    # Concepts one fit may cover, and snapshots one ProcessActivationBatch may carry.
+    max_concepts: Annotated[int, Field(ge=2)] = 2048
+    max_batch_snapshots: Annotated[int, Field(ge=2)] = 100_000
+    # Re-estimate the oscillator couplings after every refit (UpdateOscillatorCouplings always).
+    auto_couplings: bool = True
+    # Modes, couplings, window and cursor; empty: <paths.var_dir>/data/koopman.
+    data_dir: str = ""
 
     @model_validator(mode="after")
     def _rank_order(self) -> KoopmanLearnerConfig:
         if self.rank_high < self.rank:
             raise ValueError(f"rank_high ({self.rank_high}) must be >= rank ({self.rank})")
         return self
+
+
+class GatewayRoute(_Strict):
+    """One route's service addresses as host:port; empty means the address under services."""
+
+    episodic_vault: str = ""
+    sleep_scheduler: str = ""
+    sparse_pruner: str = ""
+    koopman_learner: str = ""
+
+    @field_validator("episodic_vault", "sleep_scheduler", "sparse_pruner", "koopman_learner")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if v and (not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535):
+            raise ValueError("must be host:port (e.g. 10.0.0.7:50051), or empty for the primary")
+        return v
+
+
+class GatewayDeadlines(_Strict):
+    """Longest wait, in seconds, for the service call behind each tool (retries included)."""
+
+    put_s: PositiveFloat = 5.0
+    get_s: PositiveFloat = 5.0
+    search_s: PositiveFloat = 10.0
+    recall_s: PositiveFloat = 10.0
+    # A sleep cycle run with {once: true} waits for the whole consolidation.
+    sleep_s: PositiveFloat = 300.0
+    prune_s: PositiveFloat = 300.0
+    kcl_s: PositiveFloat = 10.0
+    stats_s: PositiveFloat = 5.0
+
+
+class GatewayConfig(_Strict):
+    """The MCP gateway (mcp_services/gateway): transport, API keys, canary routing, deadlines."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8765
+    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~/-]*$")] = "/mcp"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Port = 9095
+    # dotted: memory.put ...; underscore: memory_put ... (clients that reject dots); both.
+    tool_names: Literal["dotted", "underscore", "both"] = "dotted"
+    # With no key configured: true refuses to start, false lets anonymous callers in (loopback
+    # development only). With keys configured every HTTP call needs one.
+    auth_required: bool = True
+    # Entries "KEY" or "KEY TENANT"; the environment gives them comma-separated.
+    api_keys: list[str] = []
+    # One entry a line as above; "revoked KEY" refuses a key; blank lines and # comments skipped.
+    # Re-read when it changes, so adding or revoking a key needs no restart.
+    api_keys_file: str = ""
+    # The key a stdio session acts with (it names the caller for routing; checked like HTTP's).
+    stdio_api_key: str = ""
+    # Share of callers (0-100) sent to the canary route, sticky per tenant or key.
+    canary_percent: Annotated[float, Field(ge=0, le=100)] = 0.0
+    canary: GatewayRoute = GatewayRoute()
+    # A YAML mapping of keys of this section (e.g. "canary_percent: 50") merged over it and
+    # re-read when it changes: how routing changes without a restart. Empty: none.
+    runtime_file: str = ""
+    # How often the key file and runtime file are checked for changes (SIGHUP also reloads).
+    reload_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    deadlines: GatewayDeadlines = GatewayDeadlines()
+    # Attempts for idempotent calls that fail with UNAVAILABLE (1: no retry).
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    retry_backoff_s: Annotated[float, Field(ge=0)] = 0.05
+    # Episodes one memory.put call may carry in `episodes`.
+    max_batch: Annotated[int, Field(ge=1, le=10_000)] = 1000
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
 
 
 class FleetConfig(_Strict):
@@ -299,4 +419,5 @@ class Settings(_Strict):
     sparse_pruner: SparsePrunerConfig = SparsePrunerConfig()
     koopman_learner: KoopmanLearnerConfig = KoopmanLearnerConfig()
     fleet: FleetConfig = FleetConfig()
+    gateway: GatewayConfig = GatewayConfig()
     config_reload: ConfigReloadConfig = ConfigReloadConfig()

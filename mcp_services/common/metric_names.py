@@ -32,6 +32,19 @@ SLEEP_ETA = "sleep_eta"
 PRUNER_TAU = "pruner_tau"
 KCL_RANK = "kcl_rank"
 
+# KoopmanLearner.
+KCL_MODES_TOTAL = "kcl_modes_total"
+COUPLING_UPDATES_TOTAL = "coupling_updates_total"
+KCL_PSI_DRIFT = "kcl_psi_drift"
+KCL_PSI_DRIFT_THRESHOLD = "kcl_psi_drift_threshold"
+KCL_RANK_RECOMMENDED = "kcl_rank_recommended"
+KCL_PREDICTION_ERROR = "kcl_prediction_error"
+KCL_UPDATE_SECONDS = "kcl_update_seconds"
+KCL_SNAPSHOTS_PROCESSED = "kcl_snapshots_processed_total"
+KCL_COUPLING_COUNT = "kcl_coupling_count"
+KCL_SPECTRAL_RADIUS = "kcl_spectral_radius"
+KCL_VAULT_LAG = "kcl_vault_lag_episodes"
+
 # Config reloads by outcome (applied, unchanged, refused, restart_needed).
 CONFIG_RELOADS = "tori_config_reloads_total"
 
