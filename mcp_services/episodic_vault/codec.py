@@ -22,13 +22,9 @@ from mcp_services.episodic_vault.model import (
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 
 # Fields of tori.episodic.v1.Episode that the server sets; ignored on put, excluded from hashes.
-SERVER_FIELDS: tuple[Literal["tier", "consolidated", "stored_at", "seq", "content_hash"], ...] = (
-    "tier",
-    "consolidated",
-    "stored_at",
-    "seq",
-    "content_hash",
-)
+SERVER_FIELDS: tuple[
+    Literal["tier", "consolidated", "stored_at", "seq", "content_hash", "graph_version"], ...
+] = ("tier", "consolidated", "stored_at", "seq", "content_hash", "graph_version")
 
 
 def client_content(ep: episodic_pb2.Episode) -> episodic_pb2.Episode:
@@ -87,6 +83,7 @@ def episode_to_proto(ep: Episode) -> episodic_pb2.Episode:
     msg.stored_at.CopyFrom(timestamp_from_ms(ep.stored_ms))
     msg.seq = ep.seq
     msg.content_hash = ep.content_hash
+    msg.graph_version = ep.graph_version
     return msg
 
 
@@ -103,6 +100,7 @@ def decode_body(
     stored_ms: int,
     seq: int,
     content_hash: str,
+    graph_version: int = 0,
 ) -> Episode:
     """A domain Episode from a stored body and its server-side columns."""
     msg = episodic_pb2.Episode.FromString(body)
@@ -124,6 +122,7 @@ def decode_body(
         seq=seq,
         content_hash=content_hash,
         size_bytes=len(body),
+        graph_version=graph_version,
     )
 
 

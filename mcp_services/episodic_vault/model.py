@@ -64,6 +64,8 @@ class Episode:
     content_hash: str = ""
     # Encoded size in bytes, as counted in the vault's size statistics.
     size_bytes: int = 0
+    # The graph version the episode was consolidated into; 0 while unconsolidated.
+    graph_version: int = 0
 
 
 class PutStatus(enum.IntEnum):
@@ -77,6 +79,15 @@ class PutOutcome:
     status: PutStatus
     seq: int
     content_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkOutcome:
+    """What mark_consolidated did: newly marked, already consolidated, and unknown ids."""
+
+    marked: int
+    already: int
+    missing: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
+MAX_MARK_IDS = 10_000
 MAX_PAGE_SIZE = 1000
 SCAN_CHUNK = 500
 SERVICE = "episodic-vault"
@@ -336,3 +337,51 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
         if deleted:
             self._metrics.set_totals(await self._storage(context, self._backend.totals))
         return episodic_pb2.DeleteEpisodeResponse(deleted=deleted)
+
+    async def MarkConsolidated(
+        self, request: episodic_pb2.MarkConsolidatedRequest, context: grpc.aio.ServicerContext
+    ) -> episodic_pb2.MarkConsolidatedResponse:
+        try:
+            n = len(request.episode_ids)
+            if not 1 <= n <= MAX_MARK_IDS:
+                raise InvalidEpisode(
+                    "episode_ids",
+                    f"holds {n} ids; send 1..{MAX_MARK_IDS} per call (split larger sets)",
+                )
+            for i, episode_id in enumerate(request.episode_ids):
+                check_id(episode_id, f"episode_ids[{i}]")
+            if request.graph_version <= 0:
+                raise InvalidEpisode(
+                    "graph_version",
+                    f"{request.graph_version} is not > 0; pass the version of the committed graph",
+                )
+        except InvalidEpisode as exc:
+            await self._invalid(context, exc)
+        out = await self._storage(
+            context,
+            self._backend.mark_consolidated,
+            list(request.episode_ids),
+            request.graph_version,
+        )
+        log.info(
+            "marked_consolidated",
+            marked=out.marked,
+            already=out.already,
+            missing=len(out.missing),
+            graph_version=request.graph_version,
+        )
+        return episodic_pb2.MarkConsolidatedResponse(
+            marked=out.marked, already=out.already, missing=out.missing
+        )
+
+    # Interim, until the vector and concept indexes land (issue 3, in progress): the RPCs exist in
+    # the proto so clients can code against them, and say plainly that they are not served yet.
+    async def Search(
+        self, request: episodic_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> episodic_pb2.SearchResponse:
+        await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Search is not served yet (issue 3)")
+
+    async def Recall(
+        self, request: episodic_pb2.RecallRequest, context: grpc.aio.ServicerContext
+    ) -> episodic_pb2.RecallResponse:
+        await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Recall is not served yet (issue 3)")

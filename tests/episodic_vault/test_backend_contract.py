@@ -39,6 +39,7 @@ from mcp_services.episodic_vault.model import (
     ListCursor,
     PutStatus,
     Source,
+    Tier,
 )
 
 Opener = Callable[[], VaultBackend]
@@ -506,3 +507,104 @@ class TestServerBackendConfig:
         """Unknown keys and bad values under vault.redis / vault.postgres fail validation."""
         with pytest.raises(ValueError, match=message):
             VaultConfig.model_validate({sub: bad})
+
+
+class TestMarkConsolidated:
+    def test_marking_moves_episodes_to_ltm_and_out_of_the_unconsolidated_scan(
+        self, backend: VaultBackend
+    ) -> None:
+        """Marked episodes are consolidated, in LTM with the graph version, and leave the scan."""
+        backend.put_many([make_ep(i) for i in range(6)], 1)
+        out = backend.mark_consolidated(["ep-00001", "ep-00003"], graph_version=7)
+        assert (out.marked, out.already, out.missing) == (2, 0, ())
+        got = backend.get("ep-00001")
+        assert got is not None and got.consolidated and got.tier is Tier.LTM
+        assert got.graph_version == 7
+        untouched = backend.get("ep-00002")
+        assert untouched is not None and not untouched.consolidated
+        assert untouched.tier is Tier.MTM and untouched.graph_version == 0
+        left = [e.id for e in backend.scan(0, 100, True)]
+        assert left == ["ep-00000", "ep-00002", "ep-00004", "ep-00005"]
+        assert len(backend.scan(0, 100, False)) == 6
+
+    def test_stats_count_marked_episodes_as_consolidated_per_tier(
+        self, backend: VaultBackend
+    ) -> None:
+        """Stats move the marked episodes' counts and bytes from MTM to LTM."""
+        backend.put_many([make_ep(i) for i in range(5)], 1)
+        before = backend.stats()
+        backend.mark_consolidated(["ep-00000", "ep-00004"], 1)
+        s = backend.stats()
+        assert s.consolidated_count == 2 and s.unconsolidated_count == 3
+        tiers = {t.tier: t for t in s.tiers}
+        e0, e4 = backend.get("ep-00000"), backend.get("ep-00004")
+        assert e0 is not None and e4 is not None
+        assert tiers[Tier.LTM].episode_count == 2
+        assert tiers[Tier.LTM].size_bytes == e0.size_bytes + e4.size_bytes
+        assert tiers[Tier.MTM].episode_count == 3
+        assert s.size_bytes == before.size_bytes == sum(t.size_bytes for t in s.tiers)
+
+    def test_marking_is_idempotent_and_keeps_the_first_version(self, backend: VaultBackend) -> None:
+        """A second mark reports `already`, changes nothing, and duplicates count once."""
+        backend.put_many([make_ep(i) for i in range(3)], 1)
+        backend.mark_consolidated(["ep-00000"], 3)
+        out = backend.mark_consolidated(["ep-00000", "ep-00001", "ep-00001"], 5)
+        assert (out.marked, out.already, out.missing) == (1, 1, ())
+        first = backend.get("ep-00000")
+        assert first is not None and first.graph_version == 3
+        assert backend.stats().consolidated_count == 2
+
+    def test_unknown_ids_are_reported_missing_in_request_order(self, backend: VaultBackend) -> None:
+        """Ids the store does not hold come back as missing; the known ones are still marked."""
+        backend.put_many([make_ep(1)], 1)
+        backend.delete("ep-00001")
+        backend.put_many([make_ep(2)], 1)
+        out = backend.mark_consolidated(["zz", "ep-00001", "ep-00002", "zz"], 1)
+        assert (out.marked, out.already, out.missing) == (1, 0, ("zz", "ep-00001"))
+
+    def test_marked_episodes_survive_the_ttl_purge(self, backend: VaultBackend) -> None:
+        """Consolidated episodes are never purged by TTL."""
+        backend.put_many([make_ep(1), make_ep(2)], stored_ms=1_000)
+        backend.mark_consolidated(["ep-00001"], 1)
+        assert backend.purge_expired(2_000, 3, dry_run=False) == 1
+        assert [e.id for e in backend.scan(0, 10, False)] == ["ep-00001"]
+
+    def test_marks_survive_reopening_durable_backends(self, opener: Opener) -> None:
+        """A mark is durable: after close and reopen the episode is still consolidated."""
+        if not opener.durable:  # type: ignore[attr-defined]
+            pytest.skip("the memory backend without a snapshot file keeps nothing by design")
+        b = opener()
+        b.put_many([make_ep(i) for i in range(3)], 1)
+        b.mark_consolidated(["ep-00002"], 4)
+        b.close()
+        b2 = opener()
+        got = b2.get("ep-00002")
+        assert got is not None and got.consolidated and got.graph_version == 4
+        assert [e.id for e in b2.scan(0, 10, True)] == ["ep-00000", "ep-00001"]
+        assert b2.stats().consolidated_count == 1
+
+    def test_sqlite_migration_2_moves_consolidated_episodes_to_ltm(self, tmp_path: Path) -> None:
+        """A version-1 database opens migrated: graph_version added, consolidated rows in LTM."""
+        import sqlite3
+
+        from mcp_services.episodic_vault.backends.sqlite_backend import MIGRATIONS
+        from mcp_services.episodic_vault.codec import encode_body
+
+        path = tmp_path / "v1.db"
+        conn = sqlite3.connect(path)
+        conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+        for i, cons in ((1, 0), (2, 1)):
+            body = encode_body(make_ep(i))
+            conn.execute(
+                "INSERT INTO episodes (id, ts_ms, stored_ms, source_type, energy, ref_count, tier,"
+                " consolidated, content_hash, size_bytes, body) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (f"ep-{i:05d}", i, 1, "test", 0.0, 0, 2, cons, f"hash-{i}", len(body), body),
+            )
+        conn.commit()
+        conn.close()
+        b = SqliteBackend(SqliteConfig(), path)
+        one, two = b.get("ep-00001"), b.get("ep-00002")
+        assert one is not None and one.tier is Tier.MTM and not one.consolidated
+        assert two is not None and two.tier is Tier.LTM and two.consolidated
+        assert two.graph_version == 0
+        b.close()

@@ -20,6 +20,7 @@ from mcp_services.episodic_vault.model import (
     Episode,
     EpisodeFilter,
     ListCursor,
+    MarkOutcome,
     PutOutcome,
     VaultStats,
 )
@@ -78,6 +79,16 @@ class VaultBackend(Protocol):
 
     def delete(self, episode_id: str) -> bool:
         """Remove the episode; False when there was none."""
+        ...
+
+    def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
+        """Mark the episodes consolidated into `graph_version`, moving them to the LTM tier.
+
+        Atomic and idempotent: an episode already consolidated keeps its first graph_version and
+        counts as `already`; an id the store does not hold is reported in `missing` (in request
+        order, once). Duplicate ids count once. Marked episodes leave scan(only_unconsolidated)
+        and the TTL purge, and count as consolidated in stats().
+        """
         ...
 
     def purge_expired(self, stored_before_ms: int, keep_ref_count: int, dry_run: bool) -> int:

@@ -11,6 +11,7 @@ episode: a 4-byte big-endian length and the episode's proto (server fields inclu
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import os
 import struct
 import threading
@@ -30,6 +31,7 @@ from mcp_services.episodic_vault.model import (
     Episode,
     EpisodeFilter,
     ListCursor,
+    MarkOutcome,
     PutOutcome,
     PutStatus,
     Tier,
@@ -64,6 +66,7 @@ def _from_full_proto(msg: episodic_pb2.Episode) -> Episode:
         stored_ms=ms_from_timestamp(msg.stored_at),
         seq=msg.seq,
         content_hash=msg.content_hash,
+        graph_version=msg.graph_version,
     )
 
 
@@ -232,6 +235,25 @@ class MemoryBackend:
             self._remove(ep)
             self._dirty = True
             return True
+
+    def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
+        with self._lock:
+            marked = already = 0
+            missing: list[str] = []
+            for episode_id in dict.fromkeys(episode_ids):
+                ep = self._by_id.get(episode_id)
+                if ep is None:
+                    missing.append(episode_id)
+                elif ep.consolidated:
+                    already += 1
+                else:
+                    new = dataclasses.replace(
+                        ep, consolidated=True, tier=Tier.LTM, graph_version=graph_version
+                    )
+                    self._by_id[episode_id] = self._by_seq[ep.seq] = new
+                    marked += 1
+            self._dirty = self._dirty or marked > 0
+            return MarkOutcome(marked, already, tuple(missing))
 
     def purge_expired(self, stored_before_ms: int, keep_ref_count: int, dry_run: bool) -> int:
         with self._lock:

@@ -37,6 +37,7 @@ from mcp_services.episodic_vault.model import (
     Episode,
     EpisodeFilter,
     ListCursor,
+    MarkOutcome,
     PutOutcome,
     PutStatus,
     Tier,
@@ -117,10 +118,15 @@ MIGRATIONS: tuple[str, ...] = (
         REFERENCING OLD TABLE AS before_rows NEW TABLE AS after_rows
         FOR EACH STATEMENT EXECUTE FUNCTION episodes_count_upd();
     """,
+    # 2: the graph version an episode was consolidated into; consolidated episodes are LTM.
+    """
+    ALTER TABLE episodes ADD COLUMN graph_version bigint NOT NULL DEFAULT 0;
+    UPDATE episodes SET tier = 3 WHERE consolidated AND tier <> 3;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_COLUMNS = "seq, ref_count, tier, consolidated, stored_ms, content_hash, body"
+_COLUMNS = "seq, ref_count, tier, consolidated, stored_ms, content_hash, body, graph_version"
 _INSERT_COLUMNS = (
     "seq, id, ts_ms, stored_ms, source_type, energy, ref_count, tier, consolidated,"
     " content_hash, size_bytes, tags, body"
@@ -172,7 +178,7 @@ def migrate(conn: psycopg.Connection[Any], schema: str, where: str) -> int:
 
 
 def _row_to_episode(row: tuple[Any, ...]) -> Episode:
-    seq, ref_count, tier, consolidated, stored_ms, content_hash, body = row
+    seq, ref_count, tier, consolidated, stored_ms, content_hash, body, graph_version = row
     return decode_body(
         bytes(body),
         ref_count=ref_count,
@@ -181,6 +187,7 @@ def _row_to_episode(row: tuple[Any, ...]) -> Episode:
         stored_ms=stored_ms,
         seq=seq,
         content_hash=content_hash,
+        graph_version=graph_version,
     )
 
 
@@ -302,6 +309,27 @@ class PostgresBackend:
         with self._connection() as conn, conn.transaction():
             conn.execute(_LOCK_WRITERS)
             return conn.execute("DELETE FROM episodes WHERE id = %s", (episode_id,)).rowcount > 0
+
+    def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
+        ids = list(dict.fromkeys(episode_ids))
+        found: set[str] = set()
+        marked = 0
+        with self._connection() as conn, conn.transaction():
+            for i in range(0, len(ids), self._batch):
+                chunk = ids[i : i + self._batch]
+                # FOR UPDATE: a concurrent delete waits, so found and marked agree.
+                found.update(
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM episodes WHERE id = ANY(%s) FOR UPDATE", (chunk,)
+                    )
+                )
+                marked += conn.execute(
+                    "UPDATE episodes SET consolidated = true, tier = %s, graph_version = %s"
+                    " WHERE id = ANY(%s) AND NOT consolidated",
+                    (int(Tier.LTM), graph_version, chunk),
+                ).rowcount
+        return MarkOutcome(marked, len(found) - marked, tuple(i for i in ids if i not in found))
 
     def purge_expired(self, stored_before_ms: int, keep_ref_count: int, dry_run: bool) -> int:
         """Deletes in transactions of batch_size rows, oldest first, so puts wait at most one

@@ -5,7 +5,8 @@ Keys, all under vault.redis.key_prefix (P):
     P meta              hash: format version, last_seq, and counters (episodes, bytes,
                         consolidated, tier:<t>:count, tier:<t>:bytes) so totals() is one HMGET
     P ep:<id>           hash per episode: body (the encoded client content) and its columns
-                        (seq, stored, src, energy, ref, tier, cons, hash, size, tags, tkey)
+                        (seq, stored, src, energy, ref, tier, cons, hash, size, tags, tkey;
+                        gver, the graph version, once consolidated)
     P by_time           sorted set, every score 0, members "<ts><seq><id>" (ts biased by 2^63 and
                         seq, each 16 hex digits) so lexicographic order is (timestamp, seq) order
                         and ListRecent pages with ZRANGE BYLEX REV, exactly, without float scores
@@ -47,6 +48,7 @@ from mcp_services.episodic_vault.model import (
     Episode,
     EpisodeFilter,
     ListCursor,
+    MarkOutcome,
     PutOutcome,
     PutStatus,
     Tier,
@@ -159,6 +161,36 @@ return out
 # ARGV: prefix, id.
 _DELETE_LUA = _REMOVE_LUA + "return remove(ARGV[1], ARGV[2])\n"
 
+# ARGV: prefix, graph_version, then the ids (distinct). Returns {marked, already, missing ids...}.
+_MARK_LUA = """
+local prefix, version = ARGV[1], ARGV[2]
+local marked, already = 0, 0
+local missing = {}
+local ltm = '3'
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local key = prefix .. 'ep:' .. id
+  local r = redis.call('HMGET', key, 'cons', 'tier', 'size')
+  if not r[1] then
+    missing[#missing + 1] = id
+  elseif r[1] == '1' then
+    already = already + 1
+  else
+    redis.call('HSET', key, 'cons', '1', 'tier', ltm, 'gver', version)
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('ZREM', KEYS[5], id)
+    redis.call('HINCRBY', KEYS[1], 'consolidated', 1)
+    redis.call('HINCRBY', KEYS[1], 'tier:' .. r[2] .. ':count', -1)
+    local neg = string.format('%d', -tonumber(r[3]))
+    redis.call('HINCRBY', KEYS[1], 'tier:' .. r[2] .. ':bytes', neg)
+    redis.call('HINCRBY', KEYS[1], 'tier:' .. ltm .. ':count', 1)
+    redis.call('HINCRBY', KEYS[1], 'tier:' .. ltm .. ':bytes', r[3])
+    marked = marked + 1
+  end
+end
+return {marked, already, missing}
+"""
+
 # ARGV: prefix, cutoff_ms, keep_ref_count, limit, offset, dry_run ('1'|'0').
 # One batch of the oldest unconsolidated episodes: returns {fetched, matched, kept}.
 _PURGE_LUA = (
@@ -263,6 +295,7 @@ class RedisBackend:
         self._put = self._r.register_script(_PUT_LUA)
         self._delete = self._r.register_script(_DELETE_LUA)
         self._purge = self._r.register_script(_PURGE_LUA)
+        self._mark = self._r.register_script(_MARK_LUA)
         try:
             self._check_format()
         except BaseException:
@@ -295,6 +328,7 @@ class RedisBackend:
             stored_ms=int(h[b"stored"]),
             seq=int(h[b"seq"]),
             content_hash=h[b"hash"].decode(),
+            graph_version=int(h.get(b"gver", b"0")),
         )
 
     def _fetch(self, ids: Sequence[bytes]) -> list[Episode]:
@@ -443,6 +477,18 @@ class RedisBackend:
     def delete(self, episode_id: str) -> bool:
         with _errors(self._url):
             return bool(self._delete(keys=self._keys, args=[self._prefix, episode_id]))
+
+    def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
+        """One atomic script for the whole call (at most 10000 ids, a few ms of server time)."""
+        ids = list(dict.fromkeys(episode_ids))
+        if not ids:
+            return MarkOutcome(0, 0, ())
+        with _errors(self._url):
+            marked, already, missing = cast(
+                list[Any],
+                self._mark(keys=self._keys, args=[self._prefix, graph_version, *ids]),
+            )
+        return MarkOutcome(int(marked), int(already), tuple(m.decode() for m in missing))
 
     def purge_expired(self, stored_before_ms: int, keep_ref_count: int, dry_run: bool) -> int:
         """Walks by_stored in batches of batch_size, each batch one atomic script; the purge as a

@@ -22,6 +22,7 @@ from mcp_services.episodic_vault.model import (
     Episode,
     EpisodeFilter,
     ListCursor,
+    MarkOutcome,
     PutOutcome,
     PutStatus,
     Tier,
@@ -74,10 +75,17 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE counters SET consolidated = consolidated + NEW.consolidated - OLD.consolidated;
     END;
     """,
+    # 2: the graph version an episode was consolidated into; consolidated episodes are LTM.
+    """
+    ALTER TABLE episodes ADD COLUMN graph_version INTEGER NOT NULL DEFAULT 0;
+    UPDATE episodes SET tier = 3 WHERE consolidated = 1;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_COLUMNS = "seq, ts_ms, stored_ms, ref_count, tier, consolidated, content_hash, body"
+_COLUMNS = "seq, ts_ms, stored_ms, ref_count, tier, consolidated, content_hash, body, graph_version"
+# SQLite's default limit on bound parameters is 32766 since 3.32, 999 before: stay under both.
+_ID_CHUNK = 900
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> int:
@@ -96,7 +104,7 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
 
 
 def _row_to_episode(row: sqlite3.Row | tuple[Any, ...]) -> Episode:
-    seq, _ts, stored_ms, ref_count, tier, consolidated, content_hash, body = row
+    seq, _ts, stored_ms, ref_count, tier, consolidated, content_hash, body, graph_version = row
     return decode_body(
         body,
         ref_count=ref_count,
@@ -105,6 +113,7 @@ def _row_to_episode(row: sqlite3.Row | tuple[Any, ...]) -> Episode:
         stored_ms=stored_ms,
         seq=seq,
         content_hash=content_hash,
+        graph_version=graph_version,
     )
 
 
@@ -242,6 +251,24 @@ class SqliteBackend:
     def delete(self, episode_id: str) -> bool:
         with self._transaction() as conn:
             return conn.execute("DELETE FROM episodes WHERE id = ?", (episode_id,)).rowcount > 0
+
+    def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
+        ids = list(dict.fromkeys(episode_ids))
+        found: set[str] = set()
+        marked = 0
+        with self._transaction() as conn:
+            for i in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[i : i + _ID_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(f"SELECT id FROM episodes WHERE id IN ({marks})", chunk)
+                found.update(r[0] for r in rows)
+                marked += conn.execute(
+                    f"UPDATE episodes SET consolidated = 1, tier = {int(Tier.LTM)},"
+                    f" graph_version = ? WHERE consolidated = 0 AND id IN ({marks})",
+                    [graph_version, *chunk],
+                ).rowcount
+        missing = tuple(i for i in ids if i not in found)
+        return MarkOutcome(marked, len(found) - marked, missing)
 
     def purge_expired(self, stored_before_ms: int, keep_ref_count: int, dry_run: bool) -> int:
         cond = "stored_ms < ? AND ref_count < ? AND consolidated = 0"

@@ -67,6 +67,39 @@ PUT_STATUS_EXISTING: PutStatus.ValueType  # 2
 """An episode with this id and the same content was already stored; nothing changed."""
 Global___PutStatus: _TypeAlias = PutStatus  # noqa: Y015
 
+class _Completion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CompletionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Completion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMPLETION_UNSPECIFIED: _Completion.ValueType  # 0
+    COMPLETION_APPLIED: _Completion.ValueType  # 1
+    """The cue was expanded through the consolidated graph (SleepScheduler.Complete)."""
+    COMPLETION_DISABLED: _Completion.ValueType  # 2
+    """Not asked for (RecallRequest.no_completion) or no scheduler configured
+    (vault.recall.scheduler_address empty).
+    """
+    COMPLETION_UNAVAILABLE: _Completion.ValueType  # 3
+    """Asked for, but the scheduler did not answer within vault.recall.completion_timeout_ms (or
+    failed); the hits come from the inverted concept index with the cue as given.
+    """
+
+class Completion(_Completion, metaclass=_CompletionEnumTypeWrapper): ...
+
+COMPLETION_UNSPECIFIED: Completion.ValueType  # 0
+COMPLETION_APPLIED: Completion.ValueType  # 1
+"""The cue was expanded through the consolidated graph (SleepScheduler.Complete)."""
+COMPLETION_DISABLED: Completion.ValueType  # 2
+"""Not asked for (RecallRequest.no_completion) or no scheduler configured
+(vault.recall.scheduler_address empty).
+"""
+COMPLETION_UNAVAILABLE: Completion.ValueType  # 3
+"""Asked for, but the scheduler did not answer within vault.recall.completion_timeout_ms (or
+failed); the hits come from the inverted concept index with the cue as given.
+"""
+Global___Completion: _TypeAlias = Completion  # noqa: Y015
+
 @_typing.final
 class ConceptActivation(_message.Message):
     """Parallel lists: concept_ids[i] has strengths[i] and, when phases is not empty, phases[i]."""
@@ -192,6 +225,7 @@ class Episode(_message.Message):
     STORED_AT_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    GRAPH_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Client-given for idempotency ([A-Za-z0-9][A-Za-z0-9._:-]{0,127}); the server makes a
     time-sortable one (ULID) when empty.
@@ -209,6 +243,8 @@ class Episode(_message.Message):
     """Storage order within this vault; the cursor for Scan."""
     content_hash: _builtins.str
     """Hex SHA-256 of the client-given content; equal hashes mean an idempotent re-put."""
+    graph_version: _builtins.int
+    """The graph version the episode was consolidated into (MarkConsolidated); 0 while unconsolidated."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """When the episode happened, kept to the millisecond; the server's clock when unset."""
@@ -250,10 +286,11 @@ class Episode(_message.Message):
         stored_at: _timestamp_pb2.Timestamp | None = ...,
         seq: _builtins.int = ...,
         content_hash: _builtins.str = ...,
+        graph_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "source", b"source", "stored_at", b"stored_at", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "consolidated", b"consolidated", "content_hash", b"content_hash", "embedding", b"embedding", "energy", b"energy", "id", b"id", "metadata", b"metadata", "payload", b"payload", "ref_count", b"ref_count", "seq", b"seq", "source", b"source", "stored_at", b"stored_at", "tags", b"tags", "tier", b"tier", "timestamp", b"timestamp", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "consolidated", b"consolidated", "content_hash", b"content_hash", "embedding", b"embedding", "energy", b"energy", "graph_version", b"graph_version", "id", b"id", "metadata", b"metadata", "payload", b"payload", "ref_count", b"ref_count", "seq", b"seq", "source", b"source", "stored_at", b"stored_at", "tags", b"tags", "tier", b"tier", "timestamp", b"timestamp", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -774,3 +811,216 @@ class MarkConsolidatedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MarkConsolidatedResponse: _TypeAlias = MarkConsolidatedResponse  # noqa: Y015
+
+@_typing.final
+class SearchRequest(_message.Message):
+    """---- Semantic search and recall by concept ------------------------------------------------------
+
+    Search: the k episodes whose embeddings are nearest the query by cosine similarity.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMBEDDING_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    OMIT_BODIES_FIELD_NUMBER: _builtins.int
+    k: _builtins.int
+    """1..1000; 10 when 0."""
+    tier: Global___Tier.ValueType
+    """Only episodes in this tier; TIER_UNSPECIFIED means every tier."""
+    omit_bodies: _builtins.bool
+    """Leave payload and embedding out of the returned episodes (smaller responses)."""
+    @_builtins.property
+    def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Exactly vault.embedding_dim finite values, not all zero."""
+
+    @_builtins.property
+    def filter(self) -> Global___EpisodeFilter: ...
+    def __init__(
+        self,
+        *,
+        embedding: _abc.Iterable[_builtins.float] | None = ...,
+        k: _builtins.int = ...,
+        filter: Global___EpisodeFilter | None = ...,
+        tier: Global___Tier.ValueType = ...,
+        omit_bodies: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "filter", b"filter", "k", b"k", "omit_bodies", b"omit_bodies", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
+
+@_typing.final
+class SearchHit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPISODE_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    """Cosine similarity to the query, in [-1, 1]; hits come highest first."""
+    @_builtins.property
+    def episode(self) -> Global___Episode: ...
+    def __init__(
+        self,
+        *,
+        episode: Global___Episode | None = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["episode", b"episode"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["episode", b"episode", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchHit: _TypeAlias = SearchHit  # noqa: Y015
+
+@_typing.final
+class SearchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    EXACT_FIELD_NUMBER: _builtins.int
+    INDEX_SIZE_FIELD_NUMBER: _builtins.int
+    exact: _builtins.bool
+    """True when the hits came from an exact scan of the filtered candidates (a selective filter)
+    rather than the approximate (HNSW) index.
+    """
+    index_size: _builtins.int
+    """Episodes in the vector index."""
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]: ...
+    def __init__(
+        self,
+        *,
+        hits: _abc.Iterable[Global___SearchHit] | None = ...,
+        exact: _builtins.bool = ...,
+        index_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exact", b"exact", "hits", b"hits", "index_size", b"index_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
+
+@_typing.final
+class RecallRequest(_message.Message):
+    """Recall: episodes whose concept activations match a cue best, ranked by strength-weighted overlap:
+    the sum over shared concepts of cue_strength * episode_strength, divided by the product of the
+    cue's and the episode's strength norms (a cosine over concept strengths, in [0, 1]). A trace
+    counts with each concept's strongest strength over its frames.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUE_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    NO_COMPLETION_FIELD_NUMBER: _builtins.int
+    OMIT_BODIES_FIELD_NUMBER: _builtins.int
+    k: _builtins.int
+    """1..1000; 10 when 0."""
+    tier: Global___Tier.ValueType
+    """Only episodes in this tier; TIER_UNSPECIFIED means every tier."""
+    no_completion: _builtins.bool
+    """Rank by the cue as given, even when a scheduler is configured to complete it through the
+    consolidated graph (the default when vault.recall.scheduler_address is set).
+    """
+    omit_bodies: _builtins.bool
+    @_builtins.property
+    def cue(self) -> Global___ConceptActivation:
+        """The cue: concept ids with strengths in (0, 1]; phases are ignored. 1..vault.limits.max_concepts."""
+
+    @_builtins.property
+    def filter(self) -> Global___EpisodeFilter: ...
+    def __init__(
+        self,
+        *,
+        cue: Global___ConceptActivation | None = ...,
+        k: _builtins.int = ...,
+        filter: Global___EpisodeFilter | None = ...,
+        tier: Global___Tier.ValueType = ...,
+        no_completion: _builtins.bool = ...,
+        omit_bodies: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cue", b"cue", "filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cue", b"cue", "filter", b"filter", "k", b"k", "no_completion", b"no_completion", "omit_bodies", b"omit_bodies", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecallRequest: _TypeAlias = RecallRequest  # noqa: Y015
+
+@_typing.final
+class RecallHit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPISODE_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    MATCHED_CONCEPTS_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    """Strength-weighted overlap with the (expanded) cue, in [0, 1]; hits come highest first."""
+    @_builtins.property
+    def episode(self) -> Global___Episode: ...
+    @_builtins.property
+    def matched_concepts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The cue concepts this episode activates, strongest contribution first."""
+
+    def __init__(
+        self,
+        *,
+        episode: Global___Episode | None = ...,
+        score: _builtins.float = ...,
+        matched_concepts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["episode", b"episode"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["episode", b"episode", "matched_concepts", b"matched_concepts", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecallHit: _TypeAlias = RecallHit  # noqa: Y015
+
+@_typing.final
+class RecallResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    COMPLETION_DETAIL_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_CUE_FIELD_NUMBER: _builtins.int
+    GRAPH_VERSION_FIELD_NUMBER: _builtins.int
+    completion: Global___Completion.ValueType
+    completion_detail: _builtins.str
+    """Why completion was not applied, for a person (empty when applied)."""
+    graph_version: _builtins.int
+    """The graph version that completed the cue (0 when not applied)."""
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecallHit]: ...
+    @_builtins.property
+    def effective_cue(self) -> Global___ConceptActivation:
+        """The cue the hits were ranked by: the request's, or the completed one."""
+
+    def __init__(
+        self,
+        *,
+        hits: _abc.Iterable[Global___RecallHit] | None = ...,
+        completion: Global___Completion.ValueType = ...,
+        completion_detail: _builtins.str = ...,
+        effective_cue: Global___ConceptActivation | None = ...,
+        graph_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_cue", b"effective_cue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "completion_detail", b"completion_detail", "effective_cue", b"effective_cue", "graph_version", b"graph_version", "hits", b"hits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecallResponse: _TypeAlias = RecallResponse  # noqa: Y015

@@ -79,6 +79,16 @@ class EpisodicVaultStub:
                 request_serializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedRequest.SerializeToString,
                 response_deserializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedResponse.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/tori.episodic.v1.EpisodicVault/Search',
+                request_serializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.SearchRequest.SerializeToString,
+                response_deserializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.SearchResponse.FromString,
+                _registered_method=True)
+        self.Recall = channel.unary_unary(
+                '/tori.episodic.v1.EpisodicVault/Recall',
+                request_serializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.RecallRequest.SerializeToString,
+                response_deserializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.RecallResponse.FromString,
+                _registered_method=True)
 
 
 class EpisodicVaultServicer:
@@ -133,8 +143,19 @@ class EpisodicVaultServicer:
         raise NotImplementedError('Method not implemented!')
 
     def MarkConsolidated(self, request, context):
-        """Search (embeddings) and Recall (concept cue) are added by issue 3.
-        """
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Search(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recall(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -186,6 +207,16 @@ def add_EpisodicVaultServicer_to_server(servicer, server):
                     servicer.MarkConsolidated,
                     request_deserializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedRequest.FromString,
                     response_serializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.SearchRequest.FromString,
+                    response_serializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.SearchResponse.SerializeToString,
+            ),
+            'Recall': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recall,
+                    request_deserializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.RecallRequest.FromString,
+                    response_serializer=tori_dot_episodic_dot_v1_dot_episodic__pb2.RecallResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -431,6 +462,60 @@ class EpisodicVault:
             '/tori.episodic.v1.EpisodicVault/MarkConsolidated',
             tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedRequest.SerializeToString,
             tori_dot_episodic_dot_v1_dot_episodic__pb2.MarkConsolidatedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.episodic.v1.EpisodicVault/Search',
+            tori_dot_episodic_dot_v1_dot_episodic__pb2.SearchRequest.SerializeToString,
+            tori_dot_episodic_dot_v1_dot_episodic__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.episodic.v1.EpisodicVault/Recall',
+            tori_dot_episodic_dot_v1_dot_episodic__pb2.RecallRequest.SerializeToString,
+            tori_dot_episodic_dot_v1_dot_episodic__pb2.RecallResponse.FromString,
             options,
             channel_credentials,
             insecure,

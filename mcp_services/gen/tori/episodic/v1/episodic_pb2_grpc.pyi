@@ -47,7 +47,8 @@ class EpisodicVaultStub:
     PurgeTTL: _grpc.UnaryUnaryMultiCallable[_episodic_pb2.PurgeTTLRequest, _episodic_pb2.PurgeTTLResponse]
     DeleteEpisode: _grpc.UnaryUnaryMultiCallable[_episodic_pb2.DeleteEpisodeRequest, _episodic_pb2.DeleteEpisodeResponse]
     MarkConsolidated: _grpc.UnaryUnaryMultiCallable[_episodic_pb2.MarkConsolidatedRequest, _episodic_pb2.MarkConsolidatedResponse]
-    """Search (embeddings) and Recall (concept cue) are added by issue 3."""
+    Search: _grpc.UnaryUnaryMultiCallable[_episodic_pb2.SearchRequest, _episodic_pb2.SearchResponse]
+    Recall: _grpc.UnaryUnaryMultiCallable[_episodic_pb2.RecallRequest, _episodic_pb2.RecallResponse]
 
 @_typing.type_check_only
 class EpisodicVaultAsyncStub(EpisodicVaultStub):
@@ -61,7 +62,8 @@ class EpisodicVaultAsyncStub(EpisodicVaultStub):
     PurgeTTL: _aio.UnaryUnaryMultiCallable[_episodic_pb2.PurgeTTLRequest, _episodic_pb2.PurgeTTLResponse]  # type: ignore[assignment]
     DeleteEpisode: _aio.UnaryUnaryMultiCallable[_episodic_pb2.DeleteEpisodeRequest, _episodic_pb2.DeleteEpisodeResponse]  # type: ignore[assignment]
     MarkConsolidated: _aio.UnaryUnaryMultiCallable[_episodic_pb2.MarkConsolidatedRequest, _episodic_pb2.MarkConsolidatedResponse]  # type: ignore[assignment]
-    """Search (embeddings) and Recall (concept cue) are added by issue 3."""
+    Search: _aio.UnaryUnaryMultiCallable[_episodic_pb2.SearchRequest, _episodic_pb2.SearchResponse]  # type: ignore[assignment]
+    Recall: _aio.UnaryUnaryMultiCallable[_episodic_pb2.RecallRequest, _episodic_pb2.RecallResponse]  # type: ignore[assignment]
 
 class EpisodicVaultServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -125,7 +127,20 @@ class EpisodicVaultServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _episodic_pb2.MarkConsolidatedRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_episodic_pb2.MarkConsolidatedResponse, _abc.Awaitable[_episodic_pb2.MarkConsolidatedResponse]]:
-        """Search (embeddings) and Recall (concept cue) are added by issue 3."""
+    ) -> _typing.Union[_episodic_pb2.MarkConsolidatedResponse, _abc.Awaitable[_episodic_pb2.MarkConsolidatedResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Search(
+        self,
+        request: _episodic_pb2.SearchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_episodic_pb2.SearchResponse, _abc.Awaitable[_episodic_pb2.SearchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Recall(
+        self,
+        request: _episodic_pb2.RecallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_episodic_pb2.RecallResponse, _abc.Awaitable[_episodic_pb2.RecallResponse]]: ...
 
 def add_EpisodicVaultServicer_to_server(servicer: EpisodicVaultServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
