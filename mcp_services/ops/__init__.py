@@ -1,0 +1,1 @@
+"""Operators' toolkit: `tori-ops <command>` (also `python -m mcp_services.ops <command>`)."""

@@ -1,0 +1,3 @@
+from mcp_services.ops.cli import main
+
+raise SystemExit(main())
