@@ -48,5 +48,19 @@ KCL_VAULT_LAG = "kcl_vault_lag_episodes"
 # Config reloads by outcome (applied, unchanged, refused, restart_needed).
 CONFIG_RELOADS = "tori_config_reloads_total"
 
+# SparsePruner (the tau it uses is PRUNER_TAU above, in operator units).
+PRUNED_EDGES = "pruned_edges_total"
+EDGE_COUNT = "edge_count"
+PRUNER_QUALITY_BEFORE = "pruner_quality_before"
+PRUNER_QUALITY_AFTER = "pruner_quality_after"
+PRUNER_SOLVER_ITERATIONS = "pruner_solver_iterations"
+PRUNER_DUALITY_GAP = "pruner_duality_gap"
+PRUNER_GRAPH_GROWTH = "pruner_graph_growth_weekly"
+PRUNER_TAU_PROPOSED = "pruner_tau_proposed"
+PRUNER_RUNS = "pruner_runs_total"
+PRUNER_RUN_SECONDS = "pruner_run_seconds"
+PRUNER_CONFLICTS = "pruner_commit_conflicts_total"
+PRUNER_BACKUPS = "pruner_backups"
+
 # Process start, for uptime and restart counting.
 SERVICE_INFO = "tori_service_info"
