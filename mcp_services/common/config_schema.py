@@ -224,6 +224,63 @@ class VaultPostgresConfig(_Strict):
         return self
 
 
+class StmTierConfig(_Strict):
+    """The hot in-process tier before the durable one; write-through: eviction loses nothing."""
+
+    # Episodes held; 0 turns the tier off.
+    capacity: Annotated[int, Field(ge=0, le=10_000_000)] = 10_000
+    # An episode leaves STM (for MTM) this long after it was written.
+    ttl_s: PositiveFloat = 3600.0
+
+
+class DurableTierConfig(_Strict):
+    # Importance-based pruning deletes the least important episodes beyond this; 0: no limit.
+    max_items: Annotated[int, Field(ge=0)] = 0
+
+
+class TiersConfig(_Strict):
+    """STM -> MTM (vault.backend) -> LTM (consolidated episodes, same backend, plus the index)."""
+
+    stm: StmTierConfig = StmTierConfig()
+    mtm: DurableTierConfig = DurableTierConfig()
+    ltm: DurableTierConfig = DurableTierConfig()
+    # Importance = weighted sum of energy, ref_count, recency and access, each squashed to 0..1.
+    weight_energy: Annotated[float, Field(ge=0)] = 0.35
+    weight_ref_count: Annotated[float, Field(ge=0)] = 0.25
+    weight_recency: Annotated[float, Field(ge=0)] = 0.25
+    weight_access: Annotated[float, Field(ge=0)] = 0.15
+    # Recency halves every this many hours since the episode was stored.
+    recency_half_life_h: PositiveFloat = 24.0
+    # How often tiers are checked against max_items and STM against its TTL.
+    maintenance_interval_s: PositiveFloat = 30.0
+
+
+class VaultIndexConfig(_Strict):
+    """The vector index (faiss HNSW, cosine) over embeddings; dimension is vault.embedding_dim."""
+
+    enabled: bool = True
+    # Where the index is persisted; empty: beside the data (next to the SQLite file or memory
+    # snapshot; var/data/vault-index-<backend> for the server backends).
+    dir: str = ""
+    hnsw_m: Annotated[int, Field(ge=4, le=128)] = 32
+    ef_construction: Annotated[int, Field(ge=8, le=4096)] = 200
+    ef_search: Annotated[int, Field(ge=1, le=4096)] = 128
+    # A filtered search with at most this many candidates is answered exactly (HNSW recall
+    # falls when a filter leaves few reachable neighbours).
+    exact_max_candidates: Annotated[int, Field(ge=0)] = 8192
+    # The index is saved when it changed, this often and at shutdown.
+    save_interval_s: PositiveFloat = 60.0
+    # Threads faiss uses to build (searches run one per request).
+    threads: Annotated[int, Field(ge=1, le=64)] = 1
+
+
+class RecallConfig(_Strict):
+    # host:port of the SleepScheduler whose Complete expands cues; empty: no completion.
+    scheduler_address: str = ""
+    # Longest wait for Complete before Recall answers from the concept index alone.
+    completion_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 250
+
+
 class VaultConfig(_Strict):
     backend: Literal["sqlite", "memory", "redis", "postgres"] = "sqlite"
     sqlite: SqliteConfig = SqliteConfig()
@@ -237,6 +294,9 @@ class VaultConfig(_Strict):
     ttl_keep_ref_count: Annotated[int, Field(ge=1)] = 3
     # Threads running storage calls off the event loop.
     io_threads: Annotated[int, Field(ge=1, le=64)] = 4
+    tiers: TiersConfig = TiersConfig()
+    index: VaultIndexConfig = VaultIndexConfig()
+    recall: RecallConfig = RecallConfig()
 
 
 class SleepSchedulerConfig(_Strict):
