@@ -9,30 +9,52 @@ import argparse
 import importlib
 import sys
 from types import ModuleType
+from typing import Any
 
-# subcommand -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "validate-config": ("validate_config", "check every config file and key, per environment"),
-    "health-check": ("health_check", "services, Redis, vault backend; exit 1 on any failure"),
-}
+# subcommand -> (module, its add-arguments function, its run function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "validate-config": (
+        "validate_config", "add_arguments", "run",
+        "check every config file and key, per environment",
+    ),
+    "health-check": (
+        "health_check", "add_arguments", "run",
+        "services, Redis, vault backend; exit 1 on any failure",
+    ),
+    "export": (
+        "transfer", "add_export_arguments", "run_export",
+        "stream a vault backend's episodes to JSONL (resumable)",
+    ),
+    "import": (
+        "transfer", "add_import_arguments", "run_import",
+        "load a JSONL export into a vault backend (resumable)",
+    ),
+    "verify-consistency": (
+        "consistency", "add_arguments", "run",
+        "compare two backends (or one with its counters); exit 1 on any difference",
+    ),
+}  # fmt: skip
 
 
 def _module(name: str) -> ModuleType:
     return importlib.import_module(f"mcp_services.ops.{COMMANDS[name][0]}")
 
 
+def _fn(name: str, which: int) -> Any:
+    return getattr(_module(name), COMMANDS[name][which])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tori-ops", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        mod = _module(name)
-        p = sub.add_parser(name, help=help_text, description=mod.__doc__)
-        mod.add_arguments(p)
+    for name, (*_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=_module(name).__doc__)
+        _fn(name, 1)(p)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 2
-    code: int = _module(args.command).run(args)
+    code: int = _fn(args.command, 2)(args)
     return code
 
 
