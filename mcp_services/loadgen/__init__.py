@@ -1,0 +1,1 @@
+"""tori-loadgen: a load generator for the TORI Memory fleet (soak tests, dashboards)."""
