@@ -1,57 +1,105 @@
 """SparsePruner server: `python -m mcp_services.sparse_pruner.server` (gRPC 50053, metrics 9093).
 
-This version serves the tuning knobs in force (GetConfig) and exports them as metrics; the pruning
-RPCs arrive with the SparsePruner issue.
+Wires the engine (jobs, backups, tuning) to the SleepScheduler client, the servicer, the
+schedule and the consolidation-event trigger. Backups live under ``sparse_pruner.backup_dir``
+(default ``<paths.var_dir>/pruner/backups``). The tuning knobs follow config reloads live.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
-from prometheus_client import Gauge
 
-from mcp_services.common import metric_names as names
-from mcp_services.common.config_schema import SparsePrunerConfig
+from mcp_services.common.auth import load_api_keys
+from mcp_services.common.config_schema import Settings
+from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED
+from mcp_services.common.reload import Change
 from mcp_services.common.server import Context, run
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
+from mcp_services.sparse_pruner.backups import BackupStore
+from mcp_services.sparse_pruner.engine import PruningEngine
+from mcp_services.sparse_pruner.knobs import KnobError, Knobs
+from mcp_services.sparse_pruner.metrics import PrunerMetrics
+from mcp_services.sparse_pruner.schedule import ConsolidationTrigger, Schedule
+from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
+from mcp_services.sparse_pruner.servicer import SparsePrunerServicer
 
 SERVICE_NAME = pruner_pb2.DESCRIPTOR.services_by_name["SparsePruner"].full_name
 
 
-class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
-    def __init__(self, cfg: SparsePrunerConfig) -> None:
-        self._cfg = cfg
+def backup_root(settings: Settings) -> Path:
+    cfg = settings.sparse_pruner
+    return (
+        Path(cfg.backup_dir)
+        if cfg.backup_dir
+        else Path(settings.paths.var_dir) / "pruner" / "backups"
+    )
 
-    async def GetConfig(
-        self, request: pruner_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
-    ) -> pruner_pb2.PrunerConfig:
-        c = self._cfg
-        return pruner_pb2.PrunerConfig(
-            tau=c.tau,
-            l1_threshold=c.l1_threshold,
-            max_quality_drop=c.max_quality_drop,
-            auto_tune=c.auto_tune,
-        )
+
+def scheduler_target(settings: Settings) -> str:
+    """host:port of the SleepScheduler (a wildcard bind address is reached on loopback)."""
+    ep = settings.services.sleep_scheduler
+    host = "127.0.0.1" if ep.host in ("0.0.0.0", "::", "") else ep.host
+    return f"{host}:{ep.port}"
+
+
+def client_metadata(settings: Settings) -> dict[str, str]:
+    """The API key the fleet shares, when auth is on."""
+    keys = load_api_keys(settings.auth)
+    return {"x-api-key": keys[0]} if keys else {}
 
 
 class SparsePrunerService:
     service_names = (SERVICE_NAME,)
 
     def __init__(self, ctx: Context) -> None:
-        self._cfg = ctx.settings.sparse_pruner
-        Gauge(names.PRUNER_TAU, "L1 strength in force (relative).", registry=ctx.registry).set(
-            self._cfg.tau
+        settings = ctx.settings
+        cfg = settings.sparse_pruner
+        self._bus = ctx.bus
+        self.client = SchedulerClient(
+            scheduler_target(settings), cfg.scheduler_timeout_s, client_metadata(settings)
         )
+        self.engine = PruningEngine(
+            Knobs.from_config(cfg),
+            self.client,
+            BackupStore(backup_root(settings), cfg.backup_retention),
+            PrunerMetrics(ctx.registry),
+            ctx.bus,
+            growth_min_window_s=cfg.growth_min_window_s,
+            auto_tune_cooldown_s=cfg.auto_tune_cooldown_s,
+        )
+        self.schedule = Schedule(self.engine, cfg.schedule_interval_s, cfg.schedule_dry_run)
+        self.trigger = ConsolidationTrigger(self.engine)
 
     def register(self, server: grpc.aio.Server) -> None:
-        pruner_pb2_grpc.add_SparsePrunerServicer_to_server(SparsePrunerServicer(self._cfg), server)
+        pruner_pb2_grpc.add_SparsePrunerServicer_to_server(
+            SparsePrunerServicer(self.engine, self.schedule), server
+        )
 
     async def start(self) -> None:
-        return None
+        self.schedule.start()
+        self._bus.subscribe([CONSOLIDATION_COMPLETED], self.trigger.on_event)
 
     async def stop(self) -> None:
-        return None
+        await self.schedule.stop()
+        await self.trigger.stop()
+        await self.engine.close()
+        await self.client.close()
+
+    def apply_settings(self, settings: Settings, changes: Sequence[Change]) -> None:
+        """Config reload: the knobs follow the files (invalid combinations were refused before)."""
+        if not any(c.key.startswith("sparse_pruner.") and c.live for c in changes):
+            return
+        cfg = settings.sparse_pruner
+        try:
+            self.engine.set_knobs(Knobs.from_config(cfg))
+        except KnobError:
+            return
+        if cfg.schedule_interval_s != self.schedule.interval_s:
+            self.schedule.set(cfg.schedule_interval_s, cfg.schedule_dry_run)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from .guard import PruneAttempt, PruningPlan, PruningPreview, plan_pruning, prev
 from .objective import DualityCertificate, PruningProblem, build_problem, lambda_max
 from .recall import QualityReport, assess_quality, settle
 from .settings import PruneSettings
-from .solver import L1Solution, relative_lambda, solve_l1
+from .solver import L1Solution, SolveCancelled, relative_lambda, solve_l1
 from .tuning import tuned_tau, weekly_growth
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "PruningPreview",
     "PruningProblem",
     "QualityReport",
+    "SolveCancelled",
     "assess_quality",
     "build_problem",
     "graph_from_edges",

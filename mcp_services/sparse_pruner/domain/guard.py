@@ -12,7 +12,8 @@ changed, the caller commits the returned graph (or not).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +42,7 @@ class PruneAttempt:
     quality: QualityReport
     passed: bool
     reason: str
+    sweeps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class PruningPlan:
     tau_requested: float
     tau_used: float
     attempts: tuple[PruneAttempt, ...]
+    lambda_max: float = 0.0
 
     @property
     def quality_change(self) -> float:
@@ -109,11 +112,16 @@ def plan_pruning(
     graph: ConceptGraph,
     prototypes: NDArray[np.floating],
     settings: PruneSettings | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> PruningPlan:
     """Prune ``graph`` against its stored ``prototypes`` (``(P, N)``, +-1) behind the guard.
 
+    ``should_stop`` is polled between solver rounds and guard attempts; when it returns true the
+    run raises :class:`SolveCancelled` and returns nothing.
+
     Raises:
         ValueError: prototypes of the wrong shape or values (settings validate themselves).
+        SolveCancelled: ``should_stop`` returned true.
     """
     cfg = settings or PruneSettings()
     xi = check_prototypes(prototypes, graph.n_concepts)
@@ -138,7 +146,13 @@ def plan_pruning(
     after = before
     for _ in range(cfg.max_backoffs + 1):
         solution = solve_l1(
-            problem, tau * lmax, tol=cfg.tol, max_sweeps=cfg.max_sweeps, initial=warm, lam_max=lmax
+            problem,
+            tau * lmax,
+            tol=cfg.tol,
+            max_sweeps=cfg.max_sweeps,
+            initial=warm,
+            lam_max=lmax,
+            should_stop=should_stop,
         )
         warm = solution.weights
         keep = _choose_survivors(problem, solution, threshold, max_removed)
@@ -159,6 +173,7 @@ def plan_pruning(
                 quality=after,
                 passed=passed,
                 reason=reason,
+                sweeps=solution.sweeps,
             )
         )
         if passed:
@@ -177,9 +192,10 @@ def plan_pruning(
                 tau_requested=cfg.tau,
                 tau_used=tau,
                 attempts=tuple(attempts),
+                lambda_max=lmax,
             )
         tau *= 0.5
-    return _refused(
+    refused = _refused(
         graph,
         before,
         after,
@@ -188,6 +204,7 @@ def plan_pruning(
         f"refused after {len(attempts)} attempts down to tau={attempts[-1].tau:.3g}: "
         f"{attempts[-1].reason}",
     )
+    return replace(refused, lambda_max=lmax)
 
 
 def preview_pruning(

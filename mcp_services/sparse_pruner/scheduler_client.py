@@ -1,0 +1,199 @@
+"""The pruner's client of the SleepScheduler's versioned graph API (tori.sleep.v1).
+
+The graph belongs to the scheduler; the pruner reads a version (ReadGraph, streamed chunks) and
+commits a new one against the version it read (CommitGraph). Errors::
+
+    SchedulerError
+    ├── VersionConflict      the base version is no longer the latest (FAILED_PRECONDITION)
+    ├── VersionGone          no such version, e.g. dropped by retention (NOT_FOUND)
+    └── SchedulerUnavailable the scheduler cannot be reached or timed out (UNAVAILABLE, ...)
+
+Any other status (INVALID_ARGUMENT for a graph the scheduler rejects) is a plain SchedulerError
+carrying the scheduler's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+import numpy as np
+
+from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
+from mcp_services.sparse_pruner.snapshot import GraphSnapshot, snapshot_from_edges
+
+# Edges per CommitGraph chunk: ~1.3 MB of proto per chunk, far below the message limit.
+COMMIT_CHUNK_EDGES = 65_536
+_PROTO_ENTRIES_PER_CHUNK = 262_144
+
+
+class SchedulerError(Exception):
+    """A call to the SleepScheduler failed; the message carries its status and text."""
+
+
+class VersionConflict(SchedulerError):
+    """The commit's base version is stale: re-read the latest version and recompute."""
+
+
+class VersionGone(SchedulerError):
+    """The requested version does not exist (never made, or dropped by retention)."""
+
+
+class SchedulerUnavailable(SchedulerError):
+    """The scheduler did not answer; retry later."""
+
+
+def _translate(exc: grpc.aio.AioRpcError, what: str) -> SchedulerError:
+    code = exc.code()
+    msg = f"SleepScheduler {what}: {code.name}: {exc.details()}"
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return VersionConflict(msg)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return VersionGone(msg)
+    if code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    ):
+        return SchedulerUnavailable(msg)
+    return SchedulerError(msg)
+
+
+class SchedulerClient:
+    """Async client over one channel to ``target`` (host:port); every call has ``timeout_s``."""
+
+    def __init__(
+        self, target: str, timeout_s: float, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        self.target = target
+        self._timeout = timeout_s
+        self._metadata = tuple((metadata or {}).items())
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ],
+        )
+        self._stub = sleep_pb2_grpc.SleepSchedulerStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def read_graph(self, version: int = 0) -> GraphSnapshot:
+        """Read ``version`` (0: the latest) whole."""
+        ids: list[str] = []
+        biases: list[float] = []
+        ei: list[int] = []
+        ej: list[int] = []
+        ew: list[float] = []
+        protos: list[np.ndarray] = []
+        support: list[int] = []
+        header: sleep_pb2.GraphHeader | None = None
+        call = self._stub.ReadGraph(
+            sleep_pb2.ReadGraphRequest(version=version),
+            timeout=self._timeout,
+            metadata=self._metadata,
+        )
+        try:
+            async for chunk in call:
+                if chunk.HasField("header"):
+                    header = chunk.header
+                ids.extend(chunk.concept_ids)
+                biases.extend(chunk.biases)
+                ei.extend(chunk.edge_i)
+                ej.extend(chunk.edge_j)
+                ew.extend(chunk.edge_w)
+                for p in chunk.prototypes:
+                    protos.append(np.sort(np.asarray(p.active, dtype=np.int64)))
+                    support.append(int(p.support))
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, f"ReadGraph(version={version})") from None
+        if header is None:
+            raise SchedulerError("SleepScheduler ReadGraph sent no header: the scheduler is broken")
+        return snapshot_from_edges(
+            int(header.version),
+            tuple(ids),
+            np.asarray(biases, dtype=np.float64),
+            np.asarray(ei, dtype=np.int64),
+            np.asarray(ej, dtype=np.int64),
+            np.asarray(ew, dtype=np.float64),
+            prototypes=tuple(protos),
+            support=tuple(support),
+            created_at_ms=header.created_at.ToMilliseconds()
+            if header.HasField("created_at")
+            else 0,
+            author=header.author,
+            reason=header.reason,
+            metadata=dict(header.metadata),
+        )
+
+    async def commit_graph(
+        self,
+        graph: GraphSnapshot,
+        base_version: int,
+        author: str,
+        reason: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> sleep_pb2.GraphHeader:
+        """Commit ``graph`` (with its prototypes) on top of ``base_version``; returns its header.
+
+        Raises:
+            VersionConflict: ``base_version`` is no longer the latest.
+        """
+        header = sleep_pb2.GraphHeader(
+            base_version=base_version,
+            concept_count=graph.n_concepts,
+            edge_count=graph.edge_count,
+            author=author,
+            reason=reason,
+        )
+        header.metadata.update(metadata or {})
+        try:
+            response = await self._stub.CommitGraph(
+                _chunks(graph, header), timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, f"CommitGraph(base_version={base_version})") from None
+        out: sleep_pb2.GraphHeader = response.header
+        return out
+
+    async def list_versions(self) -> list[sleep_pb2.GraphHeader]:
+        """Headers of the retained versions, newest first."""
+        try:
+            response = await self._stub.ListGraphVersions(
+                sleep_pb2.ListGraphVersionsRequest(), timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, "ListGraphVersions") from None
+        return [v.header for v in response.versions]
+
+
+async def _chunks(
+    graph: GraphSnapshot, header: sleep_pb2.GraphHeader
+) -> AsyncIterator[sleep_pb2.GraphChunk]:
+    """Header and concepts first, then edges, then prototypes, each in bounded chunks."""
+    ei, ej, ew = graph.upper_edges()
+    ids = graph.concept_ids
+    yield sleep_pb2.GraphChunk(header=header)
+    for lo in range(0, len(ids), COMMIT_CHUNK_EDGES):
+        yield sleep_pb2.GraphChunk(
+            concept_ids=ids[lo : lo + COMMIT_CHUNK_EDGES],
+            biases=graph.biases[lo : lo + COMMIT_CHUNK_EDGES].tolist(),
+        )
+    for lo in range(0, ew.size, COMMIT_CHUNK_EDGES):
+        hi = lo + COMMIT_CHUNK_EDGES
+        yield sleep_pb2.GraphChunk(
+            edge_i=ei[lo:hi].tolist(), edge_j=ej[lo:hi].tolist(), edge_w=ew[lo:hi].tolist()
+        )
+    chunk = sleep_pb2.GraphChunk()
+    entries = 0
+    for active, support in zip(graph.prototypes, graph.support, strict=True):
+        chunk.prototypes.add(active=active.tolist(), support=support)
+        entries += len(active) + 1
+        if entries >= _PROTO_ENTRIES_PER_CHUNK:
+            yield chunk
+            chunk, entries = sleep_pb2.GraphChunk(), 0
+    if entries:
+        yield chunk
