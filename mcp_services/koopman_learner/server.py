@@ -1,61 +1,213 @@
 """KoopmanLearner server:
 `python -m mcp_services.koopman_learner.server` (gRPC 50054, metrics 9094).
 
-This version serves the tuning knobs in force (GetConfig) and exports the rank as a metric; the
-learning RPCs arrive with the KoopmanLearner issue.
+Owns the learner, its single numerics worker, the state file and the vault follower. After each
+change it saves the state (atomically, with the cursor), exports the metrics and publishes
+`tori.memory.kcl.modes.updated` / `tori.memory.kcl.couplings.updated`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
 
 import grpc
-from prometheus_client import Gauge
+import structlog
 
-from mcp_services.common import metric_names as names
-from mcp_services.common.config_schema import KoopmanLearnerConfig
-from mcp_services.common.server import Context, run
+from mcp_services.common.auth import load_api_keys
+from mcp_services.common.config_schema import KoopmanLearnerConfig, Settings
+from mcp_services.common.event_bus import (
+    KCL_COUPLINGS_UPDATED,
+    KCL_MODES_UPDATED,
+    new_header,
+)
+from mcp_services.common.reload import Change
+from mcp_services.common.server import Context, StartupError, run
+from mcp_services.gen.tori.episodic.v1 import episodic_pb2
+from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2, koopman_pb2_grpc
+from mcp_services.koopman_learner import codec, state_store
+from mcp_services.koopman_learner.follower import VaultFollower
+from mcp_services.koopman_learner.learner import CouplingsOutcome, Knobs, Learner, UpdateResult
+from mcp_services.koopman_learner.metrics import KclMetrics
+from mcp_services.koopman_learner.servicer import Backend, KoopmanLearnerServicer
 
 SERVICE_NAME = koopman_pb2.DESCRIPTOR.services_by_name["KoopmanLearner"].full_name
+SOURCE = "koopman-learner"
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 
-class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
-    def __init__(self, cfg: KoopmanLearnerConfig) -> None:
-        self._cfg = cfg
-
-    async def GetConfig(
-        self, request: koopman_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
-    ) -> koopman_pb2.KoopmanConfig:
-        c = self._cfg
-        return koopman_pb2.KoopmanConfig(
-            rank=c.rank,
-            rank_high=c.rank_high,
-            psi_drift_threshold=c.psi_drift_threshold,
-            l1_strength=c.l1_strength,
-            forgetting_factor=c.forgetting_factor,
-            max_modes=c.max_modes,
-            auto_tune=c.auto_tune,
-        )
+def knobs_from_config(cfg: KoopmanLearnerConfig) -> Knobs:
+    return Knobs(
+        rank=cfg.rank,
+        rank_high=cfg.rank_high,
+        psi_drift_threshold=cfg.psi_drift_threshold,
+        l1_strength=cfg.l1_strength,
+        forgetting=cfg.forgetting_factor,
+        max_modes=cfg.max_modes,
+        auto_tune=cfg.auto_tune,
+        dt=cfg.dt_s,
+        window_snapshots=cfg.window_snapshots,
+        refit_interval=cfg.refit_interval,
+        max_concepts=cfg.max_concepts,
+        auto_couplings=cfg.auto_couplings,
+    )
 
 
-class KoopmanLearnerService:
+def vault_target(settings: Settings) -> str:
+    """koopman_learner.vault_target, else the vault's endpoint (0.0.0.0 read as loopback)."""
+    if settings.koopman_learner.vault_target:
+        return settings.koopman_learner.vault_target
+    ep = settings.services.episodic_vault
+    host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.host
+    return f"{host}:{ep.port}"
+
+
+def data_dir(settings: Settings) -> Path:
+    cfg = settings.koopman_learner
+    return Path(cfg.data_dir) if cfg.data_dir else Path(settings.paths.var_dir) / "data" / "koopman"
+
+
+class KoopmanLearnerService(Backend):
     service_names = (SERVICE_NAME,)
 
     def __init__(self, ctx: Context) -> None:
-        self._cfg = ctx.settings.koopman_learner
-        Gauge(names.KCL_RANK, "DMD rank in force.", registry=ctx.registry).set(self._cfg.rank)
+        self._ctx = ctx
+        cfg = ctx.settings.koopman_learner
+        self._cfg = cfg
+        self.learner = Learner(knobs_from_config(cfg), stream_max_gap_s=cfg.stream_max_gap_s)
+        self.max_batch_snapshots = cfg.max_batch_snapshots
+        self.following_vault = cfg.follow_vault
+        self._path = data_dir(ctx.settings) / state_store.FILE_NAME
+        # One worker: updates are serialised, and numerics never run on the event loop.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="kcl-numerics")
+        self._metrics = KclMetrics(ctx.registry)
+        self._follower: VaultFollower | None = None
+        self._last_published_version = -1
 
-    def register(self, server: grpc.aio.Server) -> None:
-        koopman_pb2_grpc.add_KoopmanLearnerServicer_to_server(
-            KoopmanLearnerServicer(self._cfg), server
-        )
+    # -- Service -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        return None
+        try:
+            restored = await self.run(lambda: state_store.load(self._path, self.learner))
+        except state_store.StateError as exc:
+            raise StartupError(f"koopman-learner: {exc}") from exc
+        view = self.learner.view
+        self._last_published_version = view.model_version
+        self._metrics.set_knobs(self.learner.knobs, view.rank_in_force)
+        self._metrics.set_view(view)
+        log.info(
+            "kcl_state_loaded" if restored else "kcl_state_new",
+            path=str(self._path),
+            cursor=view.cursor,
+            modes=view.model.rank if view.model is not None else 0,
+        )
+        if self._cfg.follow_vault:
+            keys = load_api_keys(self._ctx.settings.auth)
+            self._follower = VaultFollower(
+                vault_target(self._ctx.settings),
+                cursor=lambda: self.learner.cursor,
+                learn=self._learn_episodes,
+                bus=self._ctx.bus,
+                poll_interval_s=self._cfg.poll_interval_s,
+                scan_batch=self._cfg.scan_batch,
+                metadata=[("x-api-key", keys[0])] if keys else [],
+                on_lag=self._metrics.vault_lag.set,
+            )
+            self._follower.start()
+
+    def register(self, server: grpc.aio.Server) -> None:
+        koopman_pb2_grpc.add_KoopmanLearnerServicer_to_server(KoopmanLearnerServicer(self), server)
 
     async def stop(self) -> None:
-        return None
+        if self._follower is not None:
+            await self._follower.stop()
+        self._executor.shutdown(wait=True)
+
+    # -- config reload (reload.py) -------------------------------------------------------------
+
+    def apply_settings(self, settings: Settings, changes: Sequence[Change]) -> None:
+        new = knobs_from_config(settings.koopman_learner)
+        old = self.learner.knobs
+        # dt and the window shape the stored state: they change only with a restart.
+        fixed = {"dt": old.dt, "window_snapshots": old.window_snapshots}
+        knobs = Knobs(**{**vars(new), **fixed})
+        # Queued on the worker: applies after any update in progress, never in its middle.
+        self._executor.submit(self._apply_knobs, knobs)
+
+    # -- Backend -------------------------------------------------------------------------------
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def set_knobs(self, knobs: Knobs) -> None:
+        # On the worker, so a knob never changes in the middle of an update.
+        await self.run(lambda: self._apply_knobs(knobs))
+
+    def _apply_knobs(self, knobs: Knobs) -> None:
+        self.learner.set_knobs(knobs)
+        self._metrics.set_knobs(knobs, self.learner.view.rank_in_force)
+        log.info("kcl_knobs_changed", **vars(knobs))
+
+    async def _learn_episodes(self, episodes: Sequence[episodic_pb2.Episode]) -> None:
+        activity = [codec.activity_from_episode(e) for e in episodes]
+        result = await self.run(lambda: self.learner.process_episodes(activity))
+        await self.after_update(result)
+
+    async def after_update(self, result: UpdateResult) -> None:
+        await self.run(lambda: state_store.save(self._path, self.learner))
+        view = self.learner.view
+        self._metrics.observe_update(result)
+        self._metrics.set_view(view)
+        if view.model is not None and view.model_version != self._last_published_version:
+            self._last_published_version = view.model_version
+            self._ctx.bus.publish(
+                KCL_MODES_UPDATED,
+                events_pb2.ModesUpdated(
+                    header=new_header(SOURCE),
+                    mode_count=view.model.rank,
+                    rank=view.rank_in_force,
+                    psi_drift=view.psi_drift,
+                ),
+            )
+        if result.couplings is not None:
+            self._publish_couplings(result.couplings)
+
+    async def after_couplings(self, outcome: CouplingsOutcome) -> None:
+        await self.run(lambda: state_store.save(self._path, self.learner))
+        if outcome.accepted:
+            self._metrics.coupling_updates.inc()
+        self._metrics.set_view(self.learner.view)
+        self._publish_couplings(outcome)
+
+    def _publish_couplings(self, outcome: CouplingsOutcome) -> None:
+        estimate = outcome.estimate
+        if not outcome.accepted or estimate is None:
+            return
+        self._ctx.bus.publish(
+            KCL_COUPLINGS_UPDATED,
+            events_pb2.CouplingsUpdated(
+                header=new_header(SOURCE),
+                coupling_count=int((estimate.couplings > 0).sum()),
+                oscillator_count=len(estimate.concept_ids),
+            ),
+        )
+
+    async def after_reset(self) -> None:
+        await self.run(lambda: state_store.save(self._path, self.learner))
+        self._metrics.set_view(self.learner.view)
+        self._last_published_version = self.learner.view.model_version
+        if self._follower is not None:
+            self._follower.wake()
+
+    def vault_status(self) -> tuple[bool, int, str]:
+        f = self._follower
+        return (False, 0, "") if f is None else (f.connected, f.vault_last_seq, f.last_error)
 
 
 def main() -> None:

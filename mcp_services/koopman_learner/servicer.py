@@ -1,0 +1,422 @@
+"""The KoopmanLearner gRPC servicer: proto in, proto out, errors mapped to status codes.
+
+Every call that changes the learner runs on the service's single numerics worker (off the event
+loop, one at a time); read calls use the learner's immutable view and never wait for an update.
+INVALID_ARGUMENT names the field; FAILED_PRECONDITION says what data is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+import numpy as np
+
+from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
+from mcp_services.gen.tori.koopman.v1 import koopman_pb2_grpc
+from mcp_services.koopman_learner import codec
+from mcp_services.koopman_learner.domain import describe_modes, predict, stability
+from mcp_services.koopman_learner.learner import (
+    CouplingsOutcome,
+    Knobs,
+    Learner,
+    NotReady,
+    UpdateResult,
+    View,
+)
+
+T = TypeVar("T")
+
+_UPDATE_KIND = {"none": pb.UPDATE_KIND_NONE, "online": pb.UPDATE_KIND_ONLINE}
+_UPDATE_KIND["refit"] = pb.UPDATE_KIND_REFIT
+_COUPLING_STATUS = {
+    "ok": pb.COUPLING_STATUS_OK,
+    "partial": pb.COUPLING_STATUS_PARTIAL,
+    "unidentifiable": pb.COUPLING_STATUS_UNIDENTIFIABLE,
+}
+_PHASE_SOURCE = {"fields": pb.PHASE_SOURCE_FIELDS, "analytic": pb.PHASE_SOURCE_ANALYTIC}
+MAX_PREDICT_STEPS = 10_000
+DEFAULT_COUPLING_LIMIT = 1000
+
+
+class Backend:
+    """What the servicer needs from the service: the learner, its worker, config and events."""
+
+    learner: Learner
+    max_batch_snapshots: int
+    following_vault: bool
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the numerics worker."""
+        raise NotImplementedError
+
+    async def after_update(self, result: UpdateResult) -> None:
+        """Persist, export metrics and publish events after a change."""
+        raise NotImplementedError
+
+    async def after_couplings(self, outcome: CouplingsOutcome) -> None:
+        raise NotImplementedError
+
+    async def after_reset(self) -> None:
+        raise NotImplementedError
+
+    async def set_knobs(self, knobs: Knobs) -> None:
+        raise NotImplementedError
+
+    def vault_status(self) -> tuple[bool, int, str]:
+        """(connected, vault_last_seq, last_error)."""
+        raise NotImplementedError
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> NoReturn:
+    await context.abort(code, msg)
+    raise AssertionError("context.abort returned")  # abort always raises
+
+
+async def _guard(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except codec.TooLarge as exc:
+        await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    except NotReady as exc:
+        await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except ValueError as exc:
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
+def config_to_proto(knobs: Knobs, rank_in_force: int) -> pb.KoopmanConfig:
+    return pb.KoopmanConfig(
+        rank=knobs.rank,
+        rank_high=knobs.rank_high,
+        psi_drift_threshold=knobs.psi_drift_threshold,
+        l1_strength=knobs.l1_strength,
+        forgetting_factor=knobs.forgetting,
+        max_modes=knobs.max_modes,
+        auto_tune=knobs.auto_tune,
+        dt_s=knobs.dt,
+        rank_in_force=rank_in_force,
+    )
+
+
+def couplings_to_proto(
+    view: View, outcome: CouplingsOutcome | None, limit: int
+) -> pb.OscillatorCouplings:
+    estimate = view.couplings if outcome is None else outcome.estimate
+    status = view.coupling_status if outcome is None else outcome.status
+    links = estimate.links() if estimate is not None else ()
+    out = pb.OscillatorCouplings(
+        status=_COUPLING_STATUS.get(status, pb.COUPLING_STATUS_UNSPECIFIED),
+        message="" if outcome is None else outcome.message,
+        phase_source=_PHASE_SOURCE.get(view.phase_source, pb.PHASE_SOURCE_UNSPECIFIED),
+        couplings=[
+            pb.Coupling(target=link.target, source=link.source, weight=link.weight)
+            for link in links[:limit]
+        ],
+        coupling_count=len(links),
+        oscillator_count=len(estimate.concept_ids) if estimate is not None else 0,
+        clamped=0 if outcome is None else outcome.clamped,
+        rate_limited=0 if outcome is None else outcome.rate_limited,
+        version=view.couplings_version,
+    )
+    ts = codec.timestamp(view.couplings_updated_at)
+    if ts is not None:
+        out.updated_at.CopyFrom(ts)
+    return out
+
+
+def _check_knobs(request: pb.UpdateConfigRequest, current: Knobs) -> Knobs:
+    def has(name: str) -> bool:
+        return request.HasField(name)  # type: ignore[arg-type]  # only field names below
+
+    rank = request.rank if has("rank") else current.rank
+    rank_high = request.rank_high if has("rank_high") else current.rank_high
+    if rank < 1:
+        raise codec.InvalidInput("rank", f"is {rank}; give an integer >= 1")
+    if rank_high < rank:
+        raise codec.InvalidInput("rank_high", f"({rank_high}) must be >= rank ({rank})")
+    threshold = (
+        request.psi_drift_threshold if has("psi_drift_threshold") else current.psi_drift_threshold
+    )
+    if not math.isfinite(threshold) or threshold <= 0:
+        raise codec.InvalidInput("psi_drift_threshold", f"is {threshold}; give radians > 0")
+    l1 = request.l1_strength if has("l1_strength") else current.l1_strength
+    if not math.isfinite(l1) or not 0 <= l1 <= 1:
+        raise codec.InvalidInput("l1_strength", f"is {l1}; give a number in [0, 1]")
+    rho = request.forgetting_factor if has("forgetting_factor") else current.forgetting
+    if not math.isfinite(rho) or not 0 < rho <= 1:
+        raise codec.InvalidInput("forgetting_factor", f"is {rho}; give a number in (0, 1]")
+    max_modes = request.max_modes if has("max_modes") else current.max_modes
+    if max_modes < 1:
+        raise codec.InvalidInput("max_modes", f"is {max_modes}; give an integer >= 1")
+    auto = request.auto_tune if has("auto_tune") else current.auto_tune
+    return Knobs(
+        rank=rank,
+        rank_high=rank_high,
+        psi_drift_threshold=threshold,
+        l1_strength=l1,
+        forgetting=rho,
+        max_modes=max_modes,
+        auto_tune=auto,
+        dt=current.dt,
+        window_snapshots=current.window_snapshots,
+        refit_interval=current.refit_interval,
+        max_concepts=current.max_concepts,
+        auto_couplings=current.auto_couplings,
+    )
+
+
+class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
+    def __init__(self, backend: Backend) -> None:
+        self._b = backend
+
+    @property
+    def _view(self) -> View:
+        return self._b.learner.view
+
+    async def _model_or_abort(self, context: grpc.aio.ServicerContext) -> View:
+        view = self._view
+        if view.model is None:
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no model yet; send ProcessActivationBatch traces with active concepts "
+                "(strength > 0.5) or store episodes in the vault the learner follows",
+            )
+        return view
+
+    async def GetConfig(
+        self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.KoopmanConfig:
+        return config_to_proto(self._b.learner.knobs, self._view.rank_in_force)
+
+    async def ProcessActivationBatch(
+        self, request: pb.ProcessActivationBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProcessActivationBatchResponse:
+        learner = self._b.learner
+
+        async def work() -> UpdateResult:
+            traces = codec.traces_from_request(
+                request,
+                learner.knobs.dt,
+                max_snapshots=self._b.max_batch_snapshots,
+                max_concepts=learner.knobs.max_concepts,
+            )
+            result = await self._b.run(
+                lambda: learner.process_traces(traces, force_refit=request.force_refit)
+            )
+            await self._b.after_update(result)
+            return result
+
+        result = await _guard(context, work())
+        return pb.ProcessActivationBatchResponse(
+            update=pb.UpdateSummary(
+                kind=_UPDATE_KIND[result.kind],
+                traces=result.traces,
+                snapshots=result.snapshots,
+                mode_count=result.mode_count,
+                rank=result.rank,
+                psi_drift=result.psi_drift,
+                rank_raised=result.rank_raised,
+                prediction_error=result.prediction_error,
+                update_seconds=result.update_seconds,
+                note=result.note,
+                model_version=result.model_version,
+            )
+        )
+
+    async def GetProcessingStatus(
+        self, request: pb.GetProcessingStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProcessingStatus:
+        view = self._view
+        connected, last_seq, error = self._b.vault_status()
+        c = view.counters
+        out = pb.ProcessingStatus(
+            following_vault=self._b.following_vault,
+            vault_connected=connected,
+            cursor=view.cursor,
+            vault_last_seq=last_seq,
+            episodes_behind=max(last_seq - view.cursor, 0),
+            episodes_processed=c.episodes_processed,
+            episodes_skipped=c.episodes_skipped,
+            traces_processed=c.traces_processed,
+            snapshots_processed=c.snapshots_processed,
+            online_updates=c.online_updates,
+            refits=c.refits,
+            last_error=error,
+            window_snapshots=view.window_snapshots,
+            window_traces=view.window_traces,
+            pending_stream_snapshots=view.pending_stream_snapshots,
+        )
+        ts = codec.timestamp(view.last_update)
+        if ts is not None:
+            out.last_update.CopyFrom(ts)
+        return out
+
+    async def GetSpectralModes(
+        self, request: pb.GetSpectralModesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSpectralModesResponse:
+        view = await self._model_or_abort(context)
+        assert view.model is not None
+        summaries, total = await _guard(
+            context,
+            _ready(lambda: codec.select_modes_for_request(view.model, request)),  # type: ignore[arg-type]
+        )
+        out = pb.GetSpectralModesResponse(
+            modes=[codec.mode_to_proto(s) for s in summaries],
+            total_modes=total,
+            rank=view.rank_in_force,
+            dt_s=view.model.dt,
+            model_version=view.model_version,
+            concept_count=len(view.model.concept_ids),
+            psi_drift=view.psi_drift,
+        )
+        ts = codec.timestamp(view.fitted_at)
+        if ts is not None:
+            out.fitted_at.CopyFrom(ts)
+        return out
+
+    async def UpdateOscillatorCouplings(
+        self, request: pb.UpdateOscillatorCouplingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateOscillatorCouplingsResponse:
+        if request.limit < 0 or request.limit > 100_000:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"limit is {request.limit}; give 0 (1000) to 100000",
+            )
+        strength = request.strength if request.HasField("strength") else 1.0
+        if not math.isfinite(strength) or strength < 0:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"strength is {strength}; give a finite number >= 0 (1 is the default rule)",
+            )
+        learner = self._b.learner
+
+        async def work() -> CouplingsOutcome:
+            outcome = await self._b.run(lambda: learner.update_couplings(strength))
+            await self._b.after_couplings(outcome)
+            return outcome
+
+        outcome = await _guard(context, work())
+        limit = request.limit or DEFAULT_COUPLING_LIMIT
+        return pb.UpdateOscillatorCouplingsResponse(
+            couplings=couplings_to_proto(self._view, outcome, limit)
+        )
+
+    async def PredictActivations(
+        self, request: pb.PredictActivationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PredictActivationsResponse:
+        if not 1 <= request.steps <= MAX_PREDICT_STEPS:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"steps is {request.steps}; give 1 to {MAX_PREDICT_STEPS}",
+            )
+        view = await self._model_or_abort(context)
+        model = view.model
+        assert model is not None
+        if model.rank == 0:
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the L1 selection kept no mode; lower l1_strength (UpdateConfig) to predict",
+            )
+        x0, ignored = await _guard(
+            context, _ready(lambda: codec.state_vector(request.state, model.concept_ids))
+        )
+        trajectory = await self._b.run(lambda: predict(model, x0, request.steps))
+        return pb.PredictActivationsResponse(
+            concept_ids=list(model.concept_ids),
+            predictions=[
+                pb.PredictedSnapshot(
+                    step=t, time_s=t * model.dt, strengths=trajectory[:, t].tolist()
+                )
+                for t in range(trajectory.shape[1])
+            ],
+            modes_used=[codec.mode_to_proto(s, False) for s in describe_modes(model)],
+            ignored_concepts=ignored,
+            model_version=view.model_version,
+        )
+
+    async def GetStabilityAnalysis(
+        self, request: pb.GetStabilityAnalysisRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StabilityAnalysis:
+        view = await self._model_or_abort(context)
+        model = view.model
+        assert model is not None
+        report = stability(model, codec.STABILITY_TOLERANCE)
+        summaries = describe_modes(model) if model.rank else ()
+        return pb.StabilityAnalysis(
+            stable=report.stable,
+            spectral_radius=report.spectral_radius,
+            max_growth_rate=report.max_growth_rate,
+            unstable_modes=[codec.mode_to_proto(summaries[i]) for i in report.unstable_modes],
+            mode_count=model.rank,
+            tolerance=codec.STABILITY_TOLERANCE,
+            model_version=view.model_version,
+        )
+
+    async def GetKclStats(
+        self, request: pb.GetKclStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.KclStats:
+        view = self._view
+        knobs = self._b.learner.knobs
+        model = view.model
+        radius = float(np.abs(model.eigenvalues).max()) if model is not None and model.rank else 0.0
+        couplings = view.couplings
+        c = view.counters
+        out = pb.KclStats(
+            model_ready=model is not None,
+            mode_count=model.rank if model is not None else 0,
+            rank=view.rank_in_force,
+            concept_count=len(model.concept_ids) if model is not None else 0,
+            psi_drift=view.psi_drift,
+            psi_drift_threshold=knobs.psi_drift_threshold,
+            recommended_rank=view.recommended_rank,
+            auto_tune=knobs.auto_tune,
+            stable=radius <= 1.0 + codec.STABILITY_TOLERANCE,
+            spectral_radius=radius,
+            prediction_error=view.prediction_error,
+            last_update_seconds=view.last_update_seconds,
+            snapshots_processed=c.snapshots_processed,
+            online_updates=c.online_updates,
+            refits=c.refits,
+            coupling_updates=c.coupling_updates,
+            coupling_count=int((couplings.couplings > 0).sum()) if couplings is not None else 0,
+            oscillator_count=len(couplings.concept_ids) if couplings is not None else 0,
+            coupling_status=_COUPLING_STATUS.get(
+                view.coupling_status, pb.COUPLING_STATUS_UNSPECIFIED
+            ),
+            model_version=view.model_version,
+            vault_cursor=view.cursor,
+            dt_s=knobs.dt,
+            l1_strength=knobs.l1_strength,
+        )
+        ts = codec.timestamp(view.last_update)
+        if ts is not None:
+            out.last_update.CopyFrom(ts)
+        return out
+
+    async def UpdateConfig(
+        self, request: pb.UpdateConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.KoopmanConfig:
+        knobs = await _guard(context, _ready(lambda: _check_knobs(request, self._b.learner.knobs)))
+        await self._b.set_knobs(knobs)
+        return config_to_proto(knobs, self._view.rank_in_force)
+
+    async def ResetSystem(
+        self, request: pb.ResetSystemRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResetSystemResponse:
+        learner = self._b.learner
+        await self._b.run(lambda: learner.reset(rescan_vault=request.rescan_vault))
+        await self._b.after_reset()
+        view = self._view
+        return pb.ResetSystemResponse(cursor=view.cursor, model_version=view.model_version)
+
+
+async def _ready(fn: Callable[[], T]) -> T:
+    """`fn()` as an awaitable, so cheap validation shares _guard's error mapping."""
+    return fn()
