@@ -62,5 +62,19 @@ PRUNER_RUN_SECONDS = "pruner_run_seconds"
 PRUNER_CONFLICTS = "pruner_commit_conflicts_total"
 PRUNER_BACKUPS = "pruner_backups"
 
+# SleepScheduler (its knobs in force are SLEEP_T0 / SLEEP_ETA above).
+CONSOL_OPS = "consol_ops_total"
+ENERGY_DELTA = "energy_delta"
+SLEEP_ENERGY_DROP = "sleep_energy_drop"
+SLEEP_SETTLE_LOOPS = "sleep_settle_loops"
+SLEEP_EPISODES_PER_CYCLE = "sleep_episodes_per_cycle"
+SLEEP_CYCLE_SECONDS = "sleep_cycle_seconds"
+SLEEP_STABILITY = "sleep_stability"
+SLEEP_GRAPH_VERSION = "sleep_graph_version"
+SLEEP_GRAPH_EDGES = "sleep_graph_edges"
+SLEEP_PROTOTYPES = "sleep_prototypes"
+SLEEP_TUNING_CHANGES = "sleep_tuning_changes_total"
+SLEEP_UNCONSOLIDATED = "sleep_vault_unconsolidated"
+
 # Process start, for uptime and restart counting.
 SERVICE_INFO = "tori_service_info"
