@@ -307,6 +307,31 @@ class SleepSchedulerConfig(_Strict):
     # Where graph versions are kept (empty: <paths.var_dir>/graphs), and how many versions.
     graph_dir: str = ""
     keep_versions: Annotated[int, Field(ge=1)] = 10
+    # The annealing schedule: sleep epochs cool from t0 to t_min by temperature_decay each; the
+    # settle-loop anneal cools by anneal_decay per sweep; at most max_epochs epochs per cycle.
+    t_min: PositiveFloat = 0.3
+    temperature_decay: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    anneal_decay: Annotated[float, Field(gt=0, lt=1)] = 0.85
+    max_epochs: Annotated[int, Field(ge=1)] = 400
+    # Episodes one cycle takes at most (oldest first).
+    max_episodes: Annotated[int, Field(ge=1)] = 100_000
+    # The cross-replica consolidation lease in Redis expires this long after its holder stops
+    # renewing it (renewed every third of it).
+    lease_ttl_s: Annotated[float, Field(ge=1)] = 30.0
+    # Vault pressure is re-checked from the vault this often, so a lost episode.stored event
+    # only delays a cycle (0: only events).
+    pressure_poll_s: Annotated[float, Field(ge=0)] = 30.0
+    # A recurring consolidation: a 5-field cron expression (UTC) or an interval (0: none).
+    schedule_cron: str = ""
+    schedule_every_s: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _temperatures(self) -> SleepSchedulerConfig:
+        if self.t_min > self.t0:
+            raise ValueError(f"t_min ({self.t_min}) must be <= t0 ({self.t0})")
+        if self.schedule_cron and self.schedule_every_s:
+            raise ValueError("set schedule_cron or schedule_every_s, not both")
+        return self
 
 
 class SparsePrunerConfig(_Strict):
