@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+import numpy as np
 import structlog
 
 from mcp_services.common.config_schema import VaultConfig
@@ -25,7 +26,6 @@ from mcp_services.episodic_vault.backends import (
     BackendUnavailable,
     CapacityExceeded,
     IdConflict,
-    VaultBackend,
 )
 from mcp_services.episodic_vault.codec import (
     episode_to_proto,
@@ -33,6 +33,7 @@ from mcp_services.episodic_vault.codec import (
     outcome_to_proto,
     timestamp_from_ms,
 )
+from mcp_services.episodic_vault.completion import CueCompleter
 from mcp_services.episodic_vault.metrics import VaultMetrics
 from mcp_services.episodic_vault.model import (
     Episode,
@@ -40,7 +41,9 @@ from mcp_services.episodic_vault.model import (
     ListCursor,
     PutOutcome,
     PutStatus,
+    Tier,
 )
+from mcp_services.episodic_vault.store import SearchDisabled, TieredStore
 from mcp_services.episodic_vault.validation import InvalidEpisode, check_id, validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.events.v1 import events_pb2
@@ -49,6 +52,8 @@ T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
+DEFAULT_K = 10
+MAX_K = 1000
 MAX_MARK_IDS = 10_000
 MAX_PAGE_SIZE = 1000
 SCAN_CHUNK = 500
@@ -107,13 +112,15 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
     def __init__(
         self,
         cfg: VaultConfig,
-        backend: VaultBackend,
+        backend: TieredStore,
         executor: ThreadPoolExecutor,
         bus: EventBus,
         metrics: VaultMetrics,
+        completer: CueCompleter,
     ) -> None:
         self._cfg = cfg
         self._backend = backend
+        self._completer = completer
         self._executor = executor
         self._bus = bus
         self._metrics = metrics
@@ -123,18 +130,24 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
     ) -> T:
         """Run a backend call on a worker thread, mapping its errors to status codes."""
         loop = asyncio.get_running_loop()
+        op = getattr(fn, "__name__", "call").lstrip("_")
+        start = time.perf_counter()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            result = await loop.run_in_executor(self._executor, fn, *args)
         except IdConflict as exc:
             await _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except CapacityExceeded as exc:
+            self._metrics.op_errors.labels(op, self._backend.name).inc()
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except BackendUnavailable as exc:
+            self._metrics.op_errors.labels(op, self._backend.name).inc()
             await _abort(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
                 f"the {self._backend.name} backend is unavailable ({exc}); retry later",
             )
+        self._metrics.observe_op(op, time.perf_counter() - start)
+        return result
 
     def _put_and_count(self, episodes: list[Episode]) -> tuple[list[PutOutcome], tuple[int, int]]:
         outcomes = self._backend.put_many(episodes, _now_ms())
@@ -374,14 +387,108 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
             marked=out.marked, already=out.already, missing=out.missing
         )
 
-    # Interim, until the vector and concept indexes land (issue 3, in progress): the RPCs exist in
-    # the proto so clients can code against them, and say plainly that they are not served yet.
+    def _retrieval_args(
+        self, k: int, flt: episodic_pb2.EpisodeFilter, tier: int
+    ) -> tuple[int, EpisodeFilter, Tier]:
+        k = k or DEFAULT_K
+        if not 1 <= k <= MAX_K:
+            raise InvalidEpisode("k", f"{k} is not in 1..{MAX_K} (0 means {DEFAULT_K})")
+        if tier not in {int(t) for t in Tier}:
+            raise InvalidEpisode("tier", f"{tier} is not a tier; use TIER_STM, _MTM, _LTM or 0")
+        return k, filter_from_proto(flt), Tier(tier)
+
+    def _hit_episode(self, ep: Episode, omit_bodies: bool) -> episodic_pb2.Episode:
+        msg = episode_to_proto(ep)
+        if omit_bodies:
+            msg.ClearField("payload")
+            msg.ClearField("embedding")
+        return msg
+
     async def Search(
         self, request: episodic_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> episodic_pb2.SearchResponse:
-        await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Search is not served yet (issue 3)")
+        try:
+            k, flt, tier = self._retrieval_args(request.k, request.filter, request.tier)
+            dim = self._cfg.embedding_dim
+            if len(request.embedding) != dim:
+                raise InvalidEpisode(
+                    "embedding",
+                    f"has {len(request.embedding)} values; this vault's embeddings have {dim} "
+                    "(vault.embedding_dim)",
+                )
+            q = np.asarray(request.embedding, np.float64)
+            if not np.isfinite(q).all():
+                i = int(np.argmin(np.isfinite(q)))
+                raise InvalidEpisode(f"embedding[{i}]", f"{request.embedding[i]} is not finite")
+            if not q.any():
+                raise InvalidEpisode("embedding", "is all zeros, which has no direction")
+        except InvalidEpisode as exc:
+            await self._invalid(context, exc)
+        try:
+            hits, exact, size = await self._storage(
+                context, self._backend.search, list(request.embedding), k, flt, tier
+            )
+        except SearchDisabled as exc:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return episodic_pb2.SearchResponse(
+            hits=[
+                episodic_pb2.SearchHit(
+                    episode=self._hit_episode(h.episode, request.omit_bodies), score=h.score
+                )
+                for h in hits
+            ],
+            exact=exact,
+            index_size=size,
+        )
+
+    def _cue(self, act: episodic_pb2.ConceptActivation) -> dict[str, float]:
+        n = len(act.concept_ids)
+        limit = self._cfg.limits.max_concepts
+        if not 1 <= n <= limit:
+            raise InvalidEpisode(
+                "cue.concept_ids",
+                f"holds {n} concepts; give 1..{limit} (vault.limits.max_concepts)",
+            )
+        if len(act.strengths) != n:
+            raise InvalidEpisode(
+                "cue.strengths",
+                f"has {len(act.strengths)} values for {n} concept_ids; give one strength each",
+            )
+        cue: dict[str, float] = {}
+        for i, (cid, st) in enumerate(zip(act.concept_ids, act.strengths, strict=True)):
+            if not cid.strip():
+                raise InvalidEpisode(f"cue.concept_ids[{i}]", "is blank; give a concept id")
+            if cid in cue:
+                raise InvalidEpisode(f"cue.concept_ids[{i}]", f"{cid!r} appears twice")
+            if not math.isfinite(st) or not 0.0 < st <= 1.0:
+                raise InvalidEpisode(f"cue.strengths[{i}]", f"{st} is not a finite value in (0, 1]")
+            cue[cid] = float(st)
+        return cue
 
     async def Recall(
         self, request: episodic_pb2.RecallRequest, context: grpc.aio.ServicerContext
     ) -> episodic_pb2.RecallResponse:
-        await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Recall is not served yet (issue 3)")
+        try:
+            k, flt, tier = self._retrieval_args(request.k, request.filter, request.tier)
+            cue = self._cue(request.cue)
+        except InvalidEpisode as exc:
+            await self._invalid(context, exc)
+        done = await self._completer.complete(cue, not request.no_completion)
+        self._metrics.completion.labels(done.status.name.lower()).inc()
+        hits = await self._storage(context, self._backend.recall, done.cue, k, flt, tier)
+        return episodic_pb2.RecallResponse(
+            hits=[
+                episodic_pb2.RecallHit(
+                    episode=self._hit_episode(h.episode, request.omit_bodies),
+                    score=h.score,
+                    matched_concepts=h.matched,
+                )
+                for h in hits
+            ],
+            completion=episodic_pb2.Completion.ValueType(int(done.status)),
+            completion_detail=done.detail,
+            effective_cue=episodic_pb2.ConceptActivation(
+                concept_ids=list(done.cue), strengths=list(done.cue.values())
+            ),
+            graph_version=done.graph_version,
+        )

@@ -43,8 +43,9 @@ class TestPutAndGet:
         res = put(vault, ep)
         got = vault.stub.GetEpisode(pb.GetEpisodeRequest(id="ep-1")).episode
         assert got.seq == res.seq and got.content_hash == res.content_hash
-        assert got.tier == pb.TIER_MTM and not got.consolidated and got.stored_at.seconds > 0
-        for name in ("tier", "consolidated", "stored_at", "seq", "content_hash"):
+        # Just written: held in the hot tier (STM), durable underneath.
+        assert got.tier == pb.TIER_STM and not got.consolidated and got.stored_at.seconds > 0
+        for name in ("tier", "consolidated", "stored_at", "seq", "content_hash", "graph_version"):
             got.ClearField(name)
         assert got == ep
 
@@ -138,7 +139,8 @@ class TestLifecycle:
         s = vault.stub.GetStats(pb.GetStatsRequest())
         assert s.episode_count == 3 and s.unconsolidated_count == 3 and s.size_bytes > 0
         assert s.last_seq >= 3 and s.backend == vault.settings.vault.backend
-        assert [(t.tier, t.episode_count) for t in s.tiers] == [(pb.TIER_MTM, 3)]
+        # Fresh puts are hot (STM); each episode is counted in exactly one tier.
+        assert [(t.tier, t.episode_count) for t in s.tiers] == [(pb.TIER_STM, 3)]
 
     def test_purge_ttl_dry_run_then_purge_keeps_referenced(self, vault: Vault) -> None:
         """A dry run counts without deleting; a purge removes expired episodes but those with
@@ -180,7 +182,13 @@ class TestLifecycle:
         v1.channel.close()
         v1.server.stop()
         v2 = start_vault(settings)
-        assert [r.episode for r in v2.stub.Scan(pb.ScanRequest())] == before
+        after = [r.episode for r in v2.stub.Scan(pb.ScanRequest())]
+        # The hot tier is in-process: after a restart the episodes are served from MTM.
+        assert {e.tier for e in before} == {pb.TIER_STM}
+        assert {e.tier for e in after} == {pb.TIER_MTM}
+        for e in before + after:
+            e.ClearField("tier")
+        assert after == before
 
 
 class TestObservability:

@@ -1,0 +1,92 @@
+"""The Recall seam to the SleepScheduler: complete a concept cue through the consolidated graph.
+
+With vault.recall.scheduler_address set, Recall first asks the scheduler's Complete (deadline
+vault.recall.completion_timeout_ms). The effective cue is the settled attractor's concepts with
+their strengths, plus the cue's concepts the graph does not know (it cannot speak for them); cue
+concepts the settling switched off are dropped. When the scheduler does not answer in time or
+fails, Recall ranks by the cue as given and says why in its response.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+
+from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
+
+
+class CompletionStatus(enum.IntEnum):
+    """Values match tori.episodic.v1.Completion."""
+
+    APPLIED = 1
+    DISABLED = 2
+    UNAVAILABLE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    status: CompletionStatus
+    cue: dict[str, float]
+    detail: str = ""
+    graph_version: int = 0
+
+
+class CueCompleter:
+    """Owns one aio channel to the scheduler, opened on first use in the serving event loop."""
+
+    def __init__(self, address: str, timeout_ms: int) -> None:
+        self.address = address
+        self._timeout_s = timeout_ms / 1000
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: sleep_pb2_grpc.SleepSchedulerStub | None = None
+
+    async def complete(self, cue: Mapping[str, float], wanted: bool) -> Completed:
+        given = dict(cue)
+        if not wanted:
+            return Completed(
+                CompletionStatus.DISABLED, given, "the request asked for no completion"
+            )
+        if not self.address:
+            return Completed(
+                CompletionStatus.DISABLED,
+                given,
+                "no scheduler configured (vault.recall.scheduler_address)",
+            )
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+            self._stub = sleep_pb2_grpc.SleepSchedulerStub(self._channel)
+        req = sleep_pb2.CompleteRequest(concept_ids=list(given), strengths=list(given.values()))
+        try:
+            resp = await self._stub.Complete(req, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            why = (
+                f"the scheduler at {self.address} did not answer within "
+                f"{self._timeout_s * 1000:.0f} ms"
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                else f"the scheduler at {self.address} failed: {exc.code().name}: {exc.details()}"
+            )
+            return Completed(
+                CompletionStatus.UNAVAILABLE, given, why + "; ranked by the cue as given"
+            )
+        effective = {c: float(s) for c, s in zip(resp.concept_ids, resp.strengths, strict=True)}
+        for c in resp.unknown:
+            if c in given:
+                effective.setdefault(c, given[c])
+        if not effective:
+            return Completed(
+                CompletionStatus.UNAVAILABLE,
+                given,
+                f"graph version {resp.version} settled to no active concept; ranked by the cue "
+                "as given",
+                int(resp.version),
+            )
+        return Completed(CompletionStatus.APPLIED, effective, "", int(resp.version))
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._stub = None

@@ -1,0 +1,78 @@
+"""STM: the bounded hot tier, in process, in front of the durable backend.
+
+Write-through: an episode enters STM only after the backend acknowledged it, so evicting one (by
+capacity, least recently used first, or by TTL since it was written) loses nothing; it is then
+served from MTM. Reads of a hot episode skip the backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import OrderedDict
+
+from mcp_services.episodic_vault.model import Episode, Tier
+
+
+class ShortTermTier:
+    def __init__(self, capacity: int, ttl_s: float) -> None:
+        self.capacity = capacity
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        # id -> (episode as stored, monotonic deadline); order is least recently used first.
+        self._items: OrderedDict[str, tuple[Episode, float]] = OrderedDict()
+        self._bytes = 0
+
+    def put(self, ep: Episode) -> list[str]:
+        """Hold `ep` (tier STM); the ids evicted to make room."""
+        if self.capacity == 0:
+            return []
+        hot = dataclasses.replace(ep, tier=Tier.STM)
+        with self._lock:
+            old = self._items.pop(ep.id, None)
+            if old is not None:
+                self._bytes -= old[0].size_bytes
+            self._items[ep.id] = (hot, time.monotonic() + self.ttl_s)
+            self._bytes += ep.size_bytes
+            evicted = []
+            while len(self._items) > self.capacity:
+                victim, (vep, _) = self._items.popitem(last=False)
+                self._bytes -= vep.size_bytes
+                evicted.append(victim)
+            return evicted
+
+    def get(self, episode_id: str) -> Episode | None:
+        with self._lock:
+            item = self._items.get(episode_id)
+            if item is None:
+                return None
+            if item[1] <= time.monotonic():
+                return None  # expired; expire() removes it
+            self._items.move_to_end(episode_id)
+            return item[0]
+
+    def __contains__(self, episode_id: str) -> bool:
+        with self._lock:
+            return episode_id in self._items
+
+    def remove(self, episode_id: str) -> bool:
+        with self._lock:
+            item = self._items.pop(episode_id, None)
+            if item is None:
+                return False
+            self._bytes -= item[0].size_bytes
+            return True
+
+    def expire(self) -> list[str]:
+        """Drop the episodes past their TTL; their ids."""
+        now = time.monotonic()
+        with self._lock:
+            gone = [i for i, (_, deadline) in self._items.items() if deadline <= now]
+            for i in gone:
+                self._bytes -= self._items.pop(i)[0].size_bytes
+            return gone
+
+    def totals(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._items), self._bytes

@@ -1,0 +1,450 @@
+"""The tiered store: STM in front of the durable backend (MTM), consolidated episodes (LTM), the
+vector index and the concept index, kept in step.
+
+It keeps the VaultBackend contract (base.py), so the servicer talks to it as to a backend, and adds
+search, recall and pruning. Writes are serialised (one write lock) so that the backend and the
+in-process indexes change together: a delete or purge can never leave a ghost in Search or Recall.
+The indexes cover the episodes written through this process and what the backend held at start;
+episodes written by another vault replica into a shared Redis or PostgreSQL are not indexed until
+this one restarts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from mcp_services.common.config import resolve_path
+from mcp_services.common.config_schema import VaultConfig
+from mcp_services.episodic_vault.backends import VaultBackend
+from mcp_services.episodic_vault.backends.postgres_backend import redacted as pg_redacted
+from mcp_services.episodic_vault.backends.redis_backend import _redacted as redis_redacted
+from mcp_services.episodic_vault.catalog import Catalog
+from mcp_services.episodic_vault.codec import encode_body
+from mcp_services.episodic_vault.importance import importance, least_important
+from mcp_services.episodic_vault.model import (
+    Episode,
+    EpisodeFilter,
+    ListCursor,
+    MarkOutcome,
+    PutOutcome,
+    PutStatus,
+    Tier,
+    TierCount,
+    VaultStats,
+)
+from mcp_services.episodic_vault.stm import ShortTermTier
+from mcp_services.episodic_vault.vector_index import F32, VectorIndex, content_key, normalised
+
+log = structlog.get_logger(__name__)
+
+SCAN_CHUNK = 1000
+# How often staged vectors are moved into HNSW.
+INDEX_FLUSH_S = 0.05
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    episode: Episode
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecallHit:
+    episode: Episode
+    score: float
+    matched: tuple[str, ...]
+
+
+class SearchDisabled(Exception):
+    """The deployment has no vector index (vault.index.enabled false or embedding_dim 0)."""
+
+
+def store_identity(cfg: VaultConfig) -> str:
+    """Names the store the index belongs to, so an index is never reused for another store."""
+    if cfg.backend == "sqlite":
+        return f"sqlite:{resolve_path(cfg.sqlite.path)}"
+    if cfg.backend == "memory":
+        return f"memory:{cfg.memory.snapshot_file}"
+    if cfg.backend == "redis":
+        return f"redis:{redis_redacted(cfg.redis.url)}:{cfg.redis.key_prefix}"
+    return f"postgres:{pg_redacted(cfg.postgres.dsn)}:{cfg.postgres.schema_name}"
+
+
+def index_dir(cfg: VaultConfig, var_dir: str) -> Path | None:
+    """Where the vector index persists: vault.index.dir, else beside the data."""
+    if cfg.index.dir:
+        return resolve_path(cfg.index.dir)
+    if cfg.backend == "sqlite":
+        p = resolve_path(cfg.sqlite.path)
+        return p.with_name(p.name + ".index")
+    if cfg.backend == "memory":
+        if not cfg.memory.snapshot_file:
+            return None  # nothing persists, so neither does the index
+        p = resolve_path(cfg.memory.snapshot_file)
+        return p.with_name(p.name + ".index")
+    tag = hashlib.sha256(store_identity(cfg).encode()).hexdigest()[:12]
+    return resolve_path(var_dir) / "data" / f"vault-index-{cfg.backend}-{tag}"
+
+
+class TieredStore:
+    """Thread-safe; open() before use, close() after."""
+
+    def __init__(
+        self,
+        cfg: VaultConfig,
+        backend: VaultBackend,
+        index_path: Path | None,
+        store_id: str,
+        on_change: Callable[[TieredStore], None] | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self.backend = backend
+        self.name = backend.name
+        self._write = threading.Lock()
+        self._cat_lock = threading.Lock()
+        self._catalog = Catalog()
+        self._stm = ShortTermTier(cfg.tiers.stm.capacity, cfg.tiers.stm.ttl_s)
+        self._dim = cfg.embedding_dim
+        self.index: VectorIndex | None = None
+        if cfg.index.enabled and cfg.embedding_dim > 0:
+            self.index = VectorIndex(cfg.embedding_dim, cfg.index, index_path, store_id)
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.pruned: dict[Tier, int] = {Tier.MTM: 0, Tier.LTM: 0}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> dict[str, object]:
+        """Build the catalog from the backend and load or rebuild the vector index; what it did."""
+        started = time.perf_counter()
+        held = self.index.load() if self.index is not None else {}
+        valid: dict[int, int] = {}
+        added = 0
+        after = 0
+        while True:
+            batch = self.backend.scan(after, SCAN_CHUNK, False)
+            for ep in batch:
+                vec = self._vector(ep)
+                with self._cat_lock:
+                    self._catalog.add(ep, has_vector=vec is not None)
+                if vec is not None and self.index is not None:
+                    key = content_key(ep.content_hash)
+                    valid[ep.seq] = key
+                    if held.get(ep.seq) != key:
+                        self.index.stage(ep.seq, key, vec)
+                        added += 1
+            if len(batch) < SCAN_CHUNK:
+                break
+            after = batch[-1].seq
+        report: dict[str, object] = {"episodes": self._catalog.live}
+        if self.index is not None:
+            dropped = self.index.keep_only(valid)
+            compacted = self.index.compact_if_sparse()
+            self.index.flush()
+            self.index.save()
+            report |= {
+                "index_loaded": self.index.loaded_from_disk,
+                "index_rebuild_reason": self.index.rebuild_reason,
+                "vectors_added": added,
+                "vectors_dropped": dropped,
+                "compacted": compacted,
+            }
+            self._spawn("vault-indexer", self._index_loop)
+        self._spawn("vault-maintenance", self._maintenance_loop)
+        report["seconds"] = round(time.perf_counter() - started, 3)
+        log.info("vault_store_opened", backend=self.name, **report)
+        return report
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _index_loop(self) -> None:
+        assert self.index is not None
+        last_save = time.monotonic()
+        while not self._stop.wait(INDEX_FLUSH_S):
+            try:
+                self.index.flush()
+                if time.monotonic() - last_save >= self._cfg.index.save_interval_s:
+                    self.index.save()
+                    last_save = time.monotonic()
+            except Exception:  # keep indexing; the failure is logged and staged vectors stay
+                log.exception("vault_index_flush_failed")
+
+    def _maintenance_loop(self) -> None:
+        while not self._stop.wait(self._cfg.tiers.maintenance_interval_s):
+            try:
+                self.expire_stm()
+                self.prune_tiers(_now_ms())
+            except Exception:  # a backend outage must not end maintenance for good
+                log.exception("vault_maintenance_failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        if self.index is not None:
+            self.index.flush()
+            self.index.save()
+        self.backend.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _vector(self, ep: Episode) -> F32 | None:
+        if self.index is None or len(ep.embedding) != self._dim:
+            return None
+        return normalised(ep.embedding)
+
+    def _forget(self, episode_id: str) -> None:
+        """Drop an episode from the in-process tiers and indexes (caller holds _write)."""
+        with self._cat_lock:
+            row = self._catalog.remove(episode_id)
+        self._stm.remove(episode_id)
+        if row is not None and self.index is not None:
+            self.index.remove(int(self._catalog.seq[row]))
+
+    def _hot(self, eps: list[Episode]) -> list[Episode]:
+        """Episodes as the tiers see them: those held in STM report tier STM."""
+        return [
+            dataclasses.replace(e, tier=Tier.STM) if not e.consolidated and e.id in self._stm else e
+            for e in eps
+        ]
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
+
+    # -- the backend contract ----------------------------------------------------------------
+    def put_many(self, episodes: Sequence[Episode], stored_ms: int) -> list[PutOutcome]:
+        with self._write:
+            outcomes = self.backend.put_many(episodes, stored_ms)
+            fresh: dict[str, Episode] = {}
+            for ep, out in zip(episodes, outcomes, strict=True):
+                if out.status is PutStatus.CREATED and ep.id not in fresh:
+                    fresh[ep.id] = dataclasses.replace(
+                        ep, seq=out.seq, stored_ms=stored_ms, size_bytes=len(encode_body(ep))
+                    )
+            for ep in fresh.values():
+                vec = self._vector(ep)
+                with self._cat_lock:
+                    row = self._catalog.add(ep, has_vector=vec is not None)
+                    self._catalog.in_stm[row] = self._stm.capacity > 0
+                for gone in self._stm.put(ep):
+                    self._left_stm(gone)
+                if vec is not None and self.index is not None:
+                    self.index.stage(ep.seq, content_key(ep.content_hash), vec)
+        return outcomes
+
+    def _left_stm(self, episode_id: str) -> None:
+        with self._cat_lock:
+            row = self._catalog.row(episode_id)
+            if row is not None:
+                self._catalog.in_stm[row] = False
+
+    def get(self, episode_id: str) -> Episode | None:
+        hot = self._stm.get(episode_id)
+        ep = hot if hot is not None else self.backend.get(episode_id)
+        if ep is not None:
+            self._touch([episode_id])
+        return ep
+
+    def _touch(self, ids: Sequence[str]) -> None:
+        with self._cat_lock:
+            for i in ids:
+                row = self._catalog.row(i)
+                if row is not None:
+                    self._catalog.access[row] += 1
+
+    def list_recent(
+        self, flt: EpisodeFilter, limit: int, after: ListCursor | None
+    ) -> list[Episode]:
+        return self._hot(self.backend.list_recent(flt, limit, after))
+
+    def scan(self, after_seq: int, limit: int, only_unconsolidated: bool) -> list[Episode]:
+        return self._hot(self.backend.scan(after_seq, limit, only_unconsolidated))
+
+    def delete(self, episode_id: str) -> bool:
+        with self._write:
+            deleted = self.backend.delete(episode_id)
+            self._forget(episode_id)
+        return deleted
+
+    def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
+        with self._write:
+            out = self.backend.mark_consolidated(episode_ids, graph_version)
+            with self._cat_lock:
+                rows = self._catalog.mark_consolidated(episode_ids)
+                for row in rows:
+                    self._catalog.in_stm[row] = False
+                ids = [self._catalog.ids[r] for r in rows]
+            for i in ids:
+                self._stm.remove(i)  # consolidated: it moved on to LTM
+        return out
+
+    def purge_expired(self, stored_before_ms: int, keep_ref_count: int, dry_run: bool) -> int:
+        with self._write:
+            n = self.backend.purge_expired(stored_before_ms, keep_ref_count, dry_run)
+            if not dry_run:
+                c = self._catalog
+                with self._cat_lock:
+                    k = c.n
+                    doomed = np.flatnonzero(
+                        c.alive[:k]
+                        & (c.stored[:k] < stored_before_ms)
+                        & (c.ref_count[:k] < keep_ref_count)
+                        & ~c.consolidated[:k]
+                    )
+                    ids = [c.ids[r] for r in doomed]
+                for i in ids:
+                    self._forget(i)
+        return n
+
+    def totals(self) -> tuple[int, int]:
+        return self.backend.totals()
+
+    def stats(self) -> VaultStats:
+        s = self.backend.stats()
+        hot_n, hot_b = self._stm.totals()
+        tiers = {t.tier: t for t in s.tiers}
+        mtm = tiers.get(Tier.MTM, TierCount(Tier.MTM, 0, 0))
+        out = []
+        if hot_n:
+            out.append(TierCount(Tier.STM, hot_n, hot_b))
+        # Write-through: the backend counts STM's episodes as MTM; each episode has one tier here.
+        if mtm.episode_count - hot_n > 0:
+            out.append(
+                TierCount(Tier.MTM, mtm.episode_count - hot_n, max(0, mtm.size_bytes - hot_b))
+            )
+        out += [t for t in s.tiers if t.tier not in (Tier.MTM, Tier.STM)]
+        return dataclasses.replace(s, tiers=tuple(out))
+
+    # -- tiers -------------------------------------------------------------------------------
+    def expire_stm(self) -> int:
+        gone = self._stm.expire()
+        for i in gone:
+            self._left_stm(i)
+        return len(gone)
+
+    def prune_tiers(self, now_ms: int) -> dict[Tier, int]:
+        """Delete the least important episodes of MTM and LTM beyond their max_items."""
+        done: dict[Tier, int] = {}
+        for tier, limit in ((Tier.MTM, self._cfg.tiers.mtm), (Tier.LTM, self._cfg.tiers.ltm)):
+            if limit.max_items == 0:
+                continue
+            with self._write:
+                c = self._catalog
+                with self._cat_lock:
+                    k = c.n
+                    in_tier = c.alive[:k] & (c.tier[:k] == int(tier))
+                    excess = int(in_tier.sum()) - limit.max_items
+                    if excess <= 0:
+                        continue
+                    # Hot (STM) episodes are the newest; prune among the rest.
+                    rows = np.flatnonzero(in_tier & ~c.in_stm[:k])
+                    scores = importance(
+                        self._cfg.tiers,
+                        c.energy[:k],
+                        c.ref_count[:k],
+                        c.stored[:k],
+                        c.access[:k],
+                        now_ms,
+                    )
+                    ids = [c.ids[r] for r in least_important(scores, rows, excess)]
+                for i in ids:
+                    self.backend.delete(i)
+                    self._forget(i)
+            done[tier] = len(ids)
+            self.pruned[tier] += len(ids)
+            log.info("vault_tier_pruned", tier=tier.name, deleted=len(ids), limit=limit.max_items)
+        if done:
+            self._changed()
+        return done
+
+    def tier_totals(self) -> dict[Tier, tuple[int, int]]:
+        """(count, bytes) per tier, from the catalog (cheap: for metrics)."""
+        c = self._catalog
+        with self._cat_lock:
+            k = c.n
+            alive, size = c.alive[:k], c.size[:k]
+            stm = alive & c.in_stm[:k]
+            ltm = alive & (c.tier[:k] == int(Tier.LTM))
+            mtm = alive & ~stm & ~ltm
+            return {
+                t: (int(m.sum()), int(size[m].sum()))
+                for t, m in ((Tier.STM, stm), (Tier.MTM, mtm), (Tier.LTM, ltm))
+            }
+
+    # -- retrieval ---------------------------------------------------------------------------
+    def _allowed(self, flt: EpisodeFilter, tier: Tier) -> npt.NDArray[np.bool_] | None:
+        if flt == EpisodeFilter() and tier is Tier.UNSPECIFIED:
+            return None
+        with self._cat_lock:
+            return self._catalog.mask(flt, tier)
+
+    def _fetch(self, ids: Sequence[str]) -> dict[str, Episode]:
+        out: dict[str, Episode] = {}
+        for i in ids:
+            ep = self._stm.get(i) or self.backend.get(i)
+            if ep is not None:
+                out[i] = ep
+        self._touch(list(out))
+        return out
+
+    def search(
+        self, query: Sequence[float], k: int, flt: EpisodeFilter, tier: Tier
+    ) -> tuple[list[SearchHit], bool, int]:
+        """The k nearest episodes by cosine, best first; whether exact; the index size.
+
+        Raises SearchDisabled without an index and ValueError for a zero query."""
+        if self.index is None:
+            raise SearchDisabled(
+                "semantic search is off in this deployment (vault.index.enabled is false or "
+                "vault.embedding_dim is 0)"
+            )
+        q = normalised(query)
+        if q is None:
+            raise ValueError("is all zeros; cosine similarity needs a non-zero vector")
+        mask = self._allowed(flt, tier)
+        allowed = None
+        if mask is not None:
+            with self._cat_lock:
+                allowed = self._catalog.seq[: len(mask)][
+                    mask & self._catalog.has_vector[: len(mask)]
+                ]
+        hits, exact = self.index.search(q, k, allowed)
+        with self._cat_lock:
+            rows = [self._catalog.row_of_seq(s) for s, _ in hits]
+            ids = [self._catalog.ids[r] if r is not None else "" for r in rows]
+        eps = self._fetch([i for i in ids if i])
+        out = [
+            SearchHit(eps[i], score) for i, (_, score) in zip(ids, hits, strict=True) if i in eps
+        ]
+        return out, exact, len(self.index)
+
+    def recall(
+        self, cue: Mapping[str, float], k: int, flt: EpisodeFilter, tier: Tier
+    ) -> list[RecallHit]:
+        mask = self._allowed(flt, tier)
+        with self._cat_lock:
+            matches = self._catalog.recall(cue, k, mask)
+            ids = [self._catalog.ids[m.row] for m in matches]
+        eps = self._fetch(ids)
+        return [
+            RecallHit(eps[i], m.score, m.matched)
+            for i, m in zip(ids, matches, strict=True)
+            if i in eps
+        ]
