@@ -33,6 +33,18 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "consistency", "add_arguments", "run",
         "compare two backends (or one with its counters); exit 1 on any difference",
     ),
+    "migrate": (
+        "schema", "add_migrate_arguments", "run_migrate",
+        "bring a vault store to this release's schema (--check: report only; never down)",
+    ),
+    "init-db": (
+        "schema", "add_init_arguments", "run_init",
+        "create an empty vault store (directories, schema, keys); safe to repeat",
+    ),
+    "diagnostic": (
+        "schema", "add_diagnostic_arguments", "run_diagnostic",
+        "connect to a vault backend: latency, sizes, schema, settings in force",
+    ),
 }  # fmt: skip
 
 

@@ -15,12 +15,7 @@ from mcp_services.episodic_vault.validation import validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
 from mcp_services.ops.backend_spec import vault_config
 from mcp_services.ops.transfer import iter_backend
-from tests.episodic_vault.test_backend_contract import (  # noqa: F401  (fixtures)
-    POSTGRES_DSN,
-    REDIS_URL,
-    pg_schema,
-    redis_prefix,
-)
+from tests.episodic_vault.test_backend_contract import POSTGRES_DSN, REDIS_URL
 
 N = 600
 CONSOLIDATED = 150
@@ -93,7 +88,7 @@ class TestExportImport:
         self,
         source: str,
         pg_schema: str,
-        tmp_path: Path,  # noqa: F811
+        tmp_path: Path,
     ) -> None:
         target = f"postgres:dsn={POSTGRES_DSN},schema_name={pg_schema}"
         out = tmp_path / "export.jsonl"
@@ -113,7 +108,7 @@ class TestExportImport:
         again = _ops("import", "--backend", target, "--in", str(out))
         assert f"0 created, {N} existing, 0 marked consolidated" in again.stdout
 
-    def test_sqlite_to_redis(self, source: str, redis_prefix: str, tmp_path: Path) -> None:  # noqa: F811
+    def test_sqlite_to_redis(self, source: str, redis_prefix: str, tmp_path: Path) -> None:
         target = f"redis:url={REDIS_URL},key_prefix={redis_prefix}"
         out = tmp_path / "export.jsonl"
         assert _ops("export", "--backend", source, "--out", str(out)).returncode == 0
