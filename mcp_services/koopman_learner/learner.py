@@ -69,6 +69,25 @@ MAX_OSCILLATORS = 200
 _MIN_ANALYTIC_SAMPLES = 10
 
 
+# A real eigenvalue this close to 1 is the steady level of the activations (their mean: they
+# are >= 0, so it is never zero), not a dynamic mode; see _dynamic.
+_STATIC_EIGENVALUE_GAP = 0.01
+
+
+def _dynamic(model: DmdModel) -> DmdModel:
+    """`model` without its steady-level modes, for psi-drift.
+
+    Activations are non-negative, so every fit carries a large real mode at lambda ~ 1 (their
+    mean level). Weighted by amplitude it would dominate psi-drift and hide how the oscillating
+    and decaying modes moved, which is what the rank rule is about.
+    """
+    lam = model.eigenvalues
+    static = (lam.imag == 0) & (np.abs(lam - 1.0) < _STATIC_EIGENVALUE_GAP)
+    if static.all():
+        return model
+    return model.select(np.flatnonzero(~static).tolist())
+
+
 class NotReady(Exception):
     """The call needs a model or more data first; the message says what (FAILED_PRECONDITION)."""
 
@@ -365,7 +384,7 @@ class Learner:
         raised = False
         previous = self._s.last_fit
         if previous is not None and np.isclose(previous.dt, model.dt):
-            self.psi_drift = psi_drift(previous, model).psi_drift
+            self.psi_drift = psi_drift(_dynamic(previous), _dynamic(model)).psi_drift
             policy = RankPolicy(
                 self._knobs.rank, self._knobs.rank_high, self._knobs.psi_drift_threshold
             )
