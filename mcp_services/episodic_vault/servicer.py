@@ -407,6 +407,13 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
     async def Search(
         self, request: episodic_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> episodic_pb2.SearchResponse:
+        if self._backend.index is None:
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "semantic search is off in this deployment (vault.index.enabled is false or "
+                "vault.embedding_dim is 0)",
+            )
         try:
             k, flt, tier = self._retrieval_args(request.k, request.filter, request.tier)
             dim = self._cfg.embedding_dim
