@@ -1,28 +1,36 @@
 """SleepScheduler server:
 `python -m mcp_services.sleep_scheduler.server` (gRPC 50052, metrics 9092).
 
-Owns the versioned concept graph (graph_store.py) and serves it (graph_servicer.py): ReadGraph,
-CommitGraph, ListGraphVersions, GetGraphStats, Complete, and the tuning knobs in force (GetConfig).
+Owns the versioned concept graph (graph_store.py, served by graph_servicer.py) and consolidates
+the vault's episodes into it (consolidator.py, served by jobs_servicer.py), started by an RPC,
+the trigger command, vault pressure or the schedule (triggers.py).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-from prometheus_client import Gauge
+import structlog
 
-from mcp_services.common import metric_names as names
-from mcp_services.common.config_schema import Settings, SleepSchedulerConfig
-from mcp_services.common.server import Context, run
+from mcp_services.common.config_schema import Settings
+from mcp_services.common.reload import Change
+from mcp_services.common.server import Context, StartupError, run
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
+from mcp_services.sleep_scheduler.consolidator import Consolidator, Knobs
 from mcp_services.sleep_scheduler.graph_servicer import GraphRpcs
 from mcp_services.sleep_scheduler.graph_store import GraphStore
+from mcp_services.sleep_scheduler.jobs_servicer import JobRpcs
+from mcp_services.sleep_scheduler.lease import Lease
+from mcp_services.sleep_scheduler.metrics import SleepMetrics
+from mcp_services.sleep_scheduler.triggers import PressureWatcher, Scheduler, ScheduleSpec
+from mcp_services.sleep_scheduler.vault_client import Selection, VaultClient
 
 SERVICE_NAME = sleep_pb2.DESCRIPTOR.services_by_name["SleepScheduler"].full_name
+log = structlog.get_logger(__name__)
 
 
 def graph_dir(settings: Settings) -> Path:
@@ -32,17 +40,14 @@ def graph_dir(settings: Settings) -> Path:
 
 
 class SleepSchedulerServicer(sleep_pb2_grpc.SleepSchedulerServicer):
-    def __init__(self, cfg: SleepSchedulerConfig, graphs: GraphRpcs) -> None:
-        self._cfg = cfg
+    def __init__(self, graphs: GraphRpcs, jobs: JobRpcs) -> None:
         self._graphs = graphs
+        self._jobs = jobs
 
     async def GetConfig(
         self, request: sleep_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
     ) -> sleep_pb2.SchedulerConfig:
-        c = self._cfg
-        return sleep_pb2.SchedulerConfig(
-            t0=c.t0, eta=c.eta, auto_tune=c.auto_tune, pressure_threshold=c.pressure_threshold
-        )
+        return self._jobs.config()
 
     async def ReadGraph(
         self, request: sleep_pb2.ReadGraphRequest, context: grpc.aio.ServicerContext
@@ -72,31 +77,123 @@ class SleepSchedulerServicer(sleep_pb2_grpc.SleepSchedulerServicer):
     ) -> sleep_pb2.CompleteResponse:
         return await self._graphs.complete(request, context)
 
+    async def StartConsolidation(
+        self, request: sleep_pb2.StartConsolidationRequest, context: grpc.aio.ServicerContext
+    ) -> sleep_pb2.ConsolidationJob:
+        return await self._jobs.start(request, context)
+
+    async def GetConsolidationStatus(
+        self, request: sleep_pb2.GetConsolidationStatusRequest, context: grpc.aio.ServicerContext
+    ) -> sleep_pb2.ConsolidationJob:
+        return await self._jobs.status(request, context)
+
+    async def CancelConsolidation(
+        self, request: sleep_pb2.CancelConsolidationRequest, context: grpc.aio.ServicerContext
+    ) -> sleep_pb2.ConsolidationJob:
+        return await self._jobs.cancel(request, context)
+
+    async def GetReplayStats(
+        self, request: sleep_pb2.GetReplayStatsRequest, context: grpc.aio.ServicerContext
+    ) -> sleep_pb2.ReplayStats:
+        return await self._graphs.call(context, self._jobs.replay_stats)
+
+    async def UpdateConfig(
+        self, request: sleep_pb2.UpdateConfigRequest, context: grpc.aio.ServicerContext
+    ) -> sleep_pb2.SchedulerConfig:
+        return await self._jobs.update_config(request, context)
+
+    async def ScheduleConsolidation(
+        self, request: sleep_pb2.ScheduleConsolidationRequest, context: grpc.aio.ServicerContext
+    ) -> sleep_pb2.ScheduleConsolidationResponse:
+        return await self._jobs.schedule(request, context)
+
 
 class SleepSchedulerService:
     service_names = (SERVICE_NAME,)
 
     def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
         self._cfg = ctx.settings.sleep_scheduler
-        self._executor = ThreadPoolExecutor(2, thread_name_prefix="sleep-graph")
-        self._store = GraphStore(graph_dir(ctx.settings), self._cfg.keep_versions)
-        Gauge(names.SLEEP_T0, "Initial annealing temperature in force.", registry=ctx.registry).set(
-            self._cfg.t0
+        # Graph reads/commits and completions; the cycle's numerics get their own thread so a
+        # long cycle never delays a ReadGraph or a Complete.
+        self._io = ThreadPoolExecutor(2, thread_name_prefix="sleep-graph")
+        self._numerics = ThreadPoolExecutor(1, thread_name_prefix="sleep-cycle")
+        try:
+            self._store = GraphStore(graph_dir(ctx.settings), self._cfg.keep_versions)
+        except OSError as exc:
+            raise StartupError(f"sleep-scheduler: cannot open the graph directory: {exc}") from exc
+        self._metrics = SleepMetrics(ctx.registry)
+        vault_ep = ctx.settings.services.episodic_vault
+        self._vault = VaultClient(f"{vault_ep.host}:{vault_ep.port}")
+        self._lease = Lease(ctx.settings.redis, self._cfg.lease_ttl_s)
+        self.consolidator = Consolidator(
+            self._store,
+            self._vault,
+            self._lease,
+            ctx.bus,
+            self._metrics,
+            Knobs.of(self._cfg),
+            self._numerics,
         )
-        Gauge(names.SLEEP_ETA, "Wake-sleep learning rate in force.", registry=ctx.registry).set(
-            self._cfg.eta
+        self._scheduler = Scheduler(self.consolidator)
+        knobs = self.consolidator.knobs
+        self._pressure = PressureWatcher(
+            self.consolidator,
+            lambda: knobs.pressure_threshold,
+            lambda: Selection(max_episodes=knobs.max_episodes),
+            self._cfg.pressure_poll_s,
         )
 
     def register(self, server: grpc.aio.Server) -> None:
         sleep_pb2_grpc.add_SleepSchedulerServicer_to_server(
-            SleepSchedulerServicer(self._cfg, GraphRpcs(self._store, self._executor)), server
+            SleepSchedulerServicer(
+                GraphRpcs(self._store, self._io), JobRpcs(self.consolidator, self._scheduler)
+            ),
+            server,
         )
 
     async def start(self) -> None:
-        return None
+        latest = self._store.read()
+        self._metrics.version.set(latest.meta.version)
+        self._metrics.edges.set(latest.meta.edge_count)
+        self._metrics.prototypes.set(latest.prototypes.shape[0])
+        if self._cfg.schedule_cron or self._cfg.schedule_every_s:
+            self._scheduler.set(
+                ScheduleSpec(
+                    self._cfg.schedule_cron,
+                    self._cfg.schedule_every_s,
+                    Selection(max_episodes=self._cfg.max_episodes),
+                )
+            )
+        self._pressure.start(self._ctx.bus)
+
+    def apply_settings(self, settings: Settings, changes: Sequence[Change]) -> None:
+        """Config reload: the tuning knobs follow the files (validated before they get here)."""
+        cfg = settings.sleep_scheduler
+        k = self.consolidator.knobs
+        for name in (
+            "t0",
+            "eta",
+            "auto_tune",
+            "pressure_threshold",
+            "t_min",
+            "temperature_decay",
+            "anneal_decay",
+            "max_epochs",
+            "max_episodes",
+        ):
+            setattr(k, name, getattr(cfg, name))
+        self._metrics.t0.set(k.t0)
+        self._metrics.eta.set(k.eta)
+        log.info("knobs_reloaded", changes=[c.key for c in changes if c.live])
 
     async def stop(self) -> None:
-        self._executor.shutdown(wait=True)
+        await self._pressure.stop()
+        await self._scheduler.stop()
+        await self.consolidator.close()
+        await self._vault.close()
+        self._numerics.shutdown(wait=True)
+        self._io.shutdown(wait=True)
 
 
 def main() -> None:

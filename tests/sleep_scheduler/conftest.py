@@ -8,9 +8,12 @@ from typing import Any
 
 import grpc
 import pytest
+import scipy.sparse as sp
 
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.server import ServerThread
+from mcp_services.episodic_vault.server import VaultService
+from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2_grpc
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
 from tests.conftest import SettingsFactory
@@ -59,3 +62,83 @@ def start_scheduler(make_settings: SettingsFactory) -> Iterator[SchedulerFactory
 @pytest.fixture
 def scheduler(start_scheduler: SchedulerFactory) -> Scheduler:
     return start_scheduler()
+
+
+@dataclass
+class Pair:
+    """A real vault and a scheduler wired to it and to the session's private Redis."""
+
+    vault_server: ServerThread
+    vault: episodic_pb2_grpc.EpisodicVaultStub
+    sched: Scheduler
+    redis_url: str
+    channels: list[grpc.Channel]
+
+    def put_states(self, states: sp.csr_matrix, prefix: str = "concept:", **fields: Any) -> int:
+        """Store each {0, 1} row as an episode whose activation is its active concepts."""
+        reqs = []
+        for r in range(states.shape[0]):
+            cols = states.indices[states.indptr[r] : states.indptr[r + 1]]
+            ids = [f"{prefix}{c}" for c in cols]
+            reqs.append(
+                episodic_pb2.PutEpisodeRequest(
+                    episode=episodic_pb2.Episode(
+                        source=episodic_pb2.Source(type="test"),
+                        activation=episodic_pb2.ConceptActivation(
+                            concept_ids=ids, strengths=[1.0] * len(ids)
+                        ),
+                        **fields,
+                    )
+                )
+            )
+        resp = self.vault.PutEpisodes(iter(reqs))
+        return int(resp.created)
+
+    def unconsolidated(self) -> int:
+        return int(self.vault.GetStats(episodic_pb2.GetStatsRequest()).unconsolidated_count)
+
+
+PairFactory = Callable[..., Pair]
+
+
+@pytest.fixture
+def start_pair(
+    make_settings: SettingsFactory, start_scheduler: SchedulerFactory, redis_url: str
+) -> Iterator[PairFactory]:
+    """Start a memory-backed vault and a scheduler pointing at it; overrides go to the scheduler."""
+    started: list[Pair] = []
+
+    def factory(**sleep_overrides: Any) -> Pair:
+        vault_settings = make_settings(
+            environ={"REDIS_URL": redis_url}, vault={"backend": "memory", "embedding_dim": 8}
+        )
+        vault_server = ServerThread(
+            "episodic-vault", "episodic_vault", VaultService, vault_settings
+        ).start()
+        overrides = {"pressure_threshold": 0, "lease_ttl_s": 5, **sleep_overrides}
+        sched_settings = make_settings(
+            environ={
+                "REDIS_URL": redis_url,
+                "VAULT_GRPC_PORT": str(vault_server.running.grpc_port),
+            },
+            sleep_scheduler=overrides,
+        )
+        sched = start_scheduler(settings=sched_settings)
+        channel = grpc.insecure_channel(f"127.0.0.1:{vault_server.running.grpc_port}")
+        pair = Pair(
+            vault_server,
+            episodic_pb2_grpc.EpisodicVaultStub(channel),
+            sched,
+            redis_url,
+            [channel],
+        )
+        started.append(pair)
+        return pair
+
+    yield factory
+    for p in started:
+        for c in p.channels:
+            c.close()
+        p.sched.channel.close()
+        p.sched.server.stop()
+        p.vault_server.stop()

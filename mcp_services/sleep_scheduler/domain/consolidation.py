@@ -25,7 +25,7 @@ new episodes do not overwrite older memories.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +47,9 @@ from mcp_services.sleep_scheduler.domain.prototypes import (
 from mcp_services.sleep_scheduler.domain.quality import RecallReport, stability_score
 from mcp_services.sleep_scheduler.domain.wake_sleep import sleep_epoch, swap_noise
 
+EpochHook = Callable[[int, int, float], None]
+"""``on_epoch(epoch, max_epochs, temperature)`` after each sleep epoch; raising aborts the cycle."""
+
 
 @dataclass(frozen=True)
 class ConsolidationConfig:
@@ -64,6 +67,7 @@ class ConsolidationConfig:
         eval_every: epochs between stability evaluations (>= 1).
         patience: evaluations without improvement before stopping (>= 1).
         max_validation: cap on the episodes settled per evaluation (>= 1).
+        anneal_sample: replays annealed from ``t0`` for the settle-loop figure (>= 1).
         seed: seeds every random choice of the cycle.
 
     Raises:
@@ -81,6 +85,7 @@ class ConsolidationConfig:
     eval_every: int = 5
     patience: int = 6
     max_validation: int = 1024
+    anneal_sample: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -96,6 +101,7 @@ class ConsolidationConfig:
             ("eval_every", self.eval_every >= 1, ">= 1"),
             ("patience", self.patience >= 1, ">= 1"),
             ("max_validation", self.max_validation >= 1, ">= 1"),
+            ("anneal_sample", self.anneal_sample >= 1, ">= 1"),
         ]
         for name, ok, fix in checks:
             if not ok:
@@ -156,6 +162,7 @@ def consolidate(
     config: ConsolidationConfig | None = None,
     rehearsal: Sequence[ConceptActivation] = (),
     rehearsal_weights: Sequence[float] | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> ConsolidationResult:
     """Run one consolidation cycle of ``episodes`` into ``graph`` (the service's entry point).
 
@@ -165,6 +172,8 @@ def consolidate(
         config: knobs; defaults when None.
         rehearsal: prototypes of earlier cycles to replay alongside (may be empty).
         rehearsal_weights: vote weight of each rehearsal prototype (default 1.0 each).
+        on_epoch: called after every sleep epoch as ``on_epoch(epoch, max_epochs, temperature)``;
+            an exception it raises aborts the cycle (the service's cancellation and progress).
 
     Returns:
         The new graph (same version number: the service assigns the next one), the merged
@@ -186,6 +195,7 @@ def consolidate(
         config,
         states_matrix(rehearsal, index),
         None if rehearsal_weights is None else np.asarray(rehearsal_weights, dtype=np.float64),
+        on_epoch,
     )
     protos = tuple(
         activation_of_state(out.prototypes.states[i], index) for i in range(out.prototypes.count)
@@ -201,6 +211,7 @@ def consolidate_states(
     config: ConsolidationConfig | None = None,
     rehearsal: sp.csr_matrix | None = None,
     rehearsal_weights: FloatArray | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> StatesResult:
     """:func:`consolidate` on binary state matrices over ``graph.index`` (E, N) and (R, N).
 
@@ -244,6 +255,8 @@ def consolidate_states(
         )
         error_rate = upd.error_rate
         current = current.with_update(cfg.eta * upd.delta_w, cfg.eta * upd.delta_b)
+        if on_epoch is not None:
+            on_epoch(epoch, cfg.max_epochs, temperature)
         if epoch % cfg.eval_every == 0:
             report = stability_score(current, cues, targets, eval_seed)
             # ">=" keeps the newest of equally good graphs; only a strict gain resets patience.
@@ -260,7 +273,9 @@ def consolidate_states(
 
     # The sleep-phase anneal of the noisy replays, from t0 down, for the settle-loop figure.
     pool = np.unique(replays.indices).astype(np.int64)
-    sample = replays[: cfg.max_validation]
+    # A bounded sample: a hot anneal spreads over the graph, so each replay can cost O(N), and the
+    # sweep count of 64 replays already reads the same as that of thousands.
+    sample = replays[: cfg.anneal_sample]
     anneal = settle(
         best_graph,
         swap_noise(sample, cfg.replay_noise, pool, rng),

@@ -139,7 +139,9 @@ def sleep_epoch(
     rw = np.ones(k) if replay_weights is None else np.asarray(replay_weights, dtype=np.float64)
     rw = rw / max(float(rw.sum()), 1e-300)
     pool = np.unique(replays.indices).astype(np.int64)
-    parts: list[sp.coo_matrix] = []
+    rows_g: list[NDArray[np.int64]] = []
+    cols_g: list[NDArray[np.int64]] = []
+    vals: list[FloatArray] = []
     dbt = np.zeros(n)
     wrong = 0.0
     seen = 0
@@ -176,14 +178,23 @@ def sleep_epoch(
         esum = np.asarray(e.sum(axis=0)).ravel()
         centring = sp.diags(esum) @ support @ sp.diags(mu[units])
         local = sp.coo_matrix(grad - centring)
-        parts.append(
-            sp.coo_matrix((local.data, (units[local.row], units[local.col])), shape=(n, n))
-        )
+        rows_g.append(units[local.row])
+        cols_g.append(units[local.col])
+        vals.append(local.data)
         dbt[units] += esum
-    delta_w = sp.csr_matrix((n, n))
-    for part in parts:
-        delta_w = delta_w + part.tocsr()
-    delta_w = sp.csr_matrix(delta_w)
+    # One COO -> CSR conversion sums the chunks' duplicates: adding chunk matrices one by one
+    # would re-copy the growing sum each time (quadratic in the number of replays).
+    delta_w = sp.csr_matrix(
+        (
+            np.concatenate(vals) if vals else np.zeros(0),
+            (
+                np.concatenate(rows_g) if rows_g else np.zeros(0, dtype=np.int64),
+                np.concatenate(cols_g) if cols_g else np.zeros(0, dtype=np.int64),
+            ),
+        ),
+        shape=(n, n),
+    )
+    delta_w.sum_duplicates()
     delta_w.setdiag(0.0)  # no self-coupling: keep the bias correction consistent with W
     delta_w.eliminate_zeros()
     # Plain bias: b = b_centred - W mu, so db = db_centred - sym(dW) mu.

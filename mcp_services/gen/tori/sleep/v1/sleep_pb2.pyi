@@ -22,6 +22,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -32,6 +33,29 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _JobState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
+    JOB_STATE_PENDING: _JobState.ValueType  # 1
+    JOB_STATE_RUNNING: _JobState.ValueType  # 2
+    JOB_STATE_SUCCEEDED: _JobState.ValueType  # 3
+    JOB_STATE_FAILED: _JobState.ValueType  # 4
+    JOB_STATE_CANCELLED: _JobState.ValueType  # 5
+
+class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
+
+JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
+JOB_STATE_PENDING: JobState.ValueType  # 1
+JOB_STATE_RUNNING: JobState.ValueType  # 2
+JOB_STATE_SUCCEEDED: JobState.ValueType  # 3
+JOB_STATE_FAILED: JobState.ValueType  # 4
+JOB_STATE_CANCELLED: JobState.ValueType  # 5
+Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
 class GetConfigRequest(_message.Message):
@@ -478,3 +502,365 @@ class CompleteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompleteResponse: _TypeAlias = CompleteResponse  # noqa: Y015
+
+@_typing.final
+class EpisodeSelection(_message.Message):
+    """---- Consolidation -----------------------------------------------------------------------------
+
+    Which unconsolidated episodes a cycle takes (all filters combine with AND).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_AGE_S_FIELD_NUMBER: _builtins.int
+    MAX_AGE_S_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    MIN_ENERGY_FIELD_NUMBER: _builtins.int
+    MAX_EPISODES_FIELD_NUMBER: _builtins.int
+    min_age_s: _builtins.float
+    """Only episodes at least this old (seconds since their timestamp; 0: any)."""
+    max_age_s: _builtins.float
+    """Only episodes at most this old (0: any)."""
+    min_energy: _builtins.float
+    """Only episodes with energy (replay priority) >= this."""
+    max_episodes: _builtins.int
+    """At most this many episodes, oldest first (0: the service default, 100000)."""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only episodes carrying every one of these tags (empty: any)."""
+
+    def __init__(
+        self,
+        *,
+        min_age_s: _builtins.float = ...,
+        max_age_s: _builtins.float = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        min_energy: _builtins.float = ...,
+        max_episodes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_age_s", b"max_age_s", "max_episodes", b"max_episodes", "min_age_s", b"min_age_s", "min_energy", b"min_energy", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EpisodeSelection: _TypeAlias = EpisodeSelection  # noqa: Y015
+
+@_typing.final
+class StartConsolidationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SELECTION_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    wait: _builtins.bool
+    """true: the call returns when the cycle has finished (its final state); false: it returns
+    the job at once and the cycle runs in the background (poll GetConsolidationStatus).
+    """
+    trigger: _builtins.str
+    """Who asked: "trigger", "schedule", "pressure", "mcp", ... (for logs and metrics)."""
+    @_builtins.property
+    def selection(self) -> Global___EpisodeSelection: ...
+    def __init__(
+        self,
+        *,
+        selection: Global___EpisodeSelection | None = ...,
+        wait: _builtins.bool = ...,
+        trigger: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["selection", b"selection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["selection", b"selection", "trigger", b"trigger", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartConsolidationRequest: _TypeAlias = StartConsolidationRequest  # noqa: Y015
+
+@_typing.final
+class ConsolidationJob(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    EPISODES_PROCESSED_FIELD_NUMBER: _builtins.int
+    PROTOTYPES_FIELD_NUMBER: _builtins.int
+    EPOCHS_RUN_FIELD_NUMBER: _builtins.int
+    ENERGY_BEFORE_FIELD_NUMBER: _builtins.int
+    ENERGY_AFTER_FIELD_NUMBER: _builtins.int
+    ENERGY_DELTA_FIELD_NUMBER: _builtins.int
+    ENERGY_DROP_FIELD_NUMBER: _builtins.int
+    SETTLE_LOOPS_FIELD_NUMBER: _builtins.int
+    STABILITY_BEFORE_FIELD_NUMBER: _builtins.int
+    STABILITY_AFTER_FIELD_NUMBER: _builtins.int
+    GRAPH_VERSION_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    T0_FIELD_NUMBER: _builtins.int
+    ETA_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    DURATION_S_FIELD_NUMBER: _builtins.int
+    TUNING_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    state: Global___JobState.ValueType
+    trigger: _builtins.str
+    progress: _builtins.float
+    """In [0, 1]."""
+    phase: _builtins.str
+    """Phase: "waiting_for_lease", "reading", "merging", "sleeping", "committing", "marking", "done"."""
+    temperature: _builtins.float
+    """Relative temperature of the current (or last) sleep epoch."""
+    episodes_processed: _builtins.int
+    prototypes: _builtins.int
+    epochs_run: _builtins.int
+    energy_before: _builtins.float
+    energy_after: _builtins.float
+    energy_delta: _builtins.float
+    energy_drop: _builtins.float
+    """-energy_delta / |energy_before| (the "energy improvement")."""
+    settle_loops: _builtins.int
+    stability_before: _builtins.float
+    """Label-free stability (recall of held-out episodes) before and after the cycle."""
+    stability_after: _builtins.float
+    graph_version: _builtins.int
+    """The committed version (0 when nothing was committed)."""
+    base_version: _builtins.int
+    t0: _builtins.float
+    eta: _builtins.float
+    error: _builtins.str
+    """Why the job failed or was cancelled."""
+    duration_s: _builtins.float
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def tuning(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Auto-tune changes applied after this cycle ("settle_loops_high:lower_t0", ...)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        trigger: _builtins.str = ...,
+        progress: _builtins.float = ...,
+        phase: _builtins.str = ...,
+        temperature: _builtins.float = ...,
+        episodes_processed: _builtins.int = ...,
+        prototypes: _builtins.int = ...,
+        epochs_run: _builtins.int = ...,
+        energy_before: _builtins.float = ...,
+        energy_after: _builtins.float = ...,
+        energy_delta: _builtins.float = ...,
+        energy_drop: _builtins.float = ...,
+        settle_loops: _builtins.int = ...,
+        stability_before: _builtins.float = ...,
+        stability_after: _builtins.float = ...,
+        graph_version: _builtins.int = ...,
+        base_version: _builtins.int = ...,
+        t0: _builtins.float = ...,
+        eta: _builtins.float = ...,
+        error: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        duration_s: _builtins.float = ...,
+        tuning: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "duration_s", b"duration_s", "energy_after", b"energy_after", "energy_before", b"energy_before", "energy_delta", b"energy_delta", "energy_drop", b"energy_drop", "episodes_processed", b"episodes_processed", "epochs_run", b"epochs_run", "error", b"error", "eta", b"eta", "finished_at", b"finished_at", "graph_version", b"graph_version", "job_id", b"job_id", "phase", b"phase", "progress", b"progress", "prototypes", b"prototypes", "settle_loops", b"settle_loops", "stability_after", b"stability_after", "stability_before", b"stability_before", "started_at", b"started_at", "state", b"state", "t0", b"t0", "temperature", b"temperature", "trigger", b"trigger", "tuning", b"tuning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsolidationJob: _TypeAlias = ConsolidationJob  # noqa: Y015
+
+@_typing.final
+class GetConsolidationStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Empty: the newest job."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsolidationStatusRequest: _TypeAlias = GetConsolidationStatusRequest  # noqa: Y015
+
+@_typing.final
+class CancelConsolidationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelConsolidationRequest: _TypeAlias = CancelConsolidationRequest  # noqa: Y015
+
+@_typing.final
+class GetReplayStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReplayStatsRequest: _TypeAlias = GetReplayStatsRequest  # noqa: Y015
+
+@_typing.final
+class ReplayStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLES_TOTAL_FIELD_NUMBER: _builtins.int
+    CYCLES_FAILED_FIELD_NUMBER: _builtins.int
+    EPISODES_TOTAL_FIELD_NUMBER: _builtins.int
+    LAST_ENERGY_DELTA_FIELD_NUMBER: _builtins.int
+    LAST_SETTLE_LOOPS_FIELD_NUMBER: _builtins.int
+    GRAPH_VERSION_FIELD_NUMBER: _builtins.int
+    PROTOTYPE_COUNT_FIELD_NUMBER: _builtins.int
+    RECENT_FIELD_NUMBER: _builtins.int
+    cycles_total: _builtins.int
+    cycles_failed: _builtins.int
+    episodes_total: _builtins.int
+    last_energy_delta: _builtins.float
+    last_settle_loops: _builtins.int
+    graph_version: _builtins.int
+    prototype_count: _builtins.int
+    @_builtins.property
+    def recent(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsolidationJob]:
+        """The latest cycles, newest first (at most 20)."""
+
+    def __init__(
+        self,
+        *,
+        cycles_total: _builtins.int = ...,
+        cycles_failed: _builtins.int = ...,
+        episodes_total: _builtins.int = ...,
+        last_energy_delta: _builtins.float = ...,
+        last_settle_loops: _builtins.int = ...,
+        graph_version: _builtins.int = ...,
+        prototype_count: _builtins.int = ...,
+        recent: _abc.Iterable[Global___ConsolidationJob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycles_failed", b"cycles_failed", "cycles_total", b"cycles_total", "episodes_total", b"episodes_total", "graph_version", b"graph_version", "last_energy_delta", b"last_energy_delta", "last_settle_loops", b"last_settle_loops", "prototype_count", b"prototype_count", "recent", b"recent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayStats: _TypeAlias = ReplayStats  # noqa: Y015
+
+@_typing.final
+class UpdateConfigRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def config(self) -> Global___SchedulerConfig:
+        """Only the fields named in `fields` change ("t0", "eta", "auto_tune", "pressure_threshold")."""
+
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        config: Global___SchedulerConfig | None = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "fields", b"fields"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateConfigRequest: _TypeAlias = UpdateConfigRequest  # noqa: Y015
+
+@_typing.final
+class ScheduleConsolidationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CRON_FIELD_NUMBER: _builtins.int
+    EVERY_S_FIELD_NUMBER: _builtins.int
+    SELECTION_FIELD_NUMBER: _builtins.int
+    CLEAR_FIELD_NUMBER: _builtins.int
+    cron: _builtins.str
+    """A 5-field cron expression (minute hour day-of-month month day-of-week; *, */n, a-b, a,b),
+    evaluated in UTC. Exclusive with every_s.
+    """
+    every_s: _builtins.float
+    """Or: run every this many seconds (> 0)."""
+    clear: _builtins.bool
+    """true: remove the schedule instead (cron and every_s ignored)."""
+    @_builtins.property
+    def selection(self) -> Global___EpisodeSelection: ...
+    def __init__(
+        self,
+        *,
+        cron: _builtins.str = ...,
+        every_s: _builtins.float = ...,
+        selection: Global___EpisodeSelection | None = ...,
+        clear: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["selection", b"selection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear", b"clear", "cron", b"cron", "every_s", b"every_s", "selection", b"selection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleConsolidationRequest: _TypeAlias = ScheduleConsolidationRequest  # noqa: Y015
+
+@_typing.final
+class ScheduleConsolidationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    EVERY_S_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_FIELD_NUMBER: _builtins.int
+    active: _builtins.bool
+    cron: _builtins.str
+    every_s: _builtins.float
+    @_builtins.property
+    def next_run(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        active: _builtins.bool = ...,
+        cron: _builtins.str = ...,
+        every_s: _builtins.float = ...,
+        next_run: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_run", b"next_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "cron", b"cron", "every_s", b"every_s", "next_run", b"next_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleConsolidationResponse: _TypeAlias = ScheduleConsolidationResponse  # noqa: Y015

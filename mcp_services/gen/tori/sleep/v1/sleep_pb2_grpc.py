@@ -64,6 +64,36 @@ class SleepSchedulerStub:
                 request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.StartConsolidation = channel.unary_unary(
+                '/tori.sleep.v1.SleepScheduler/StartConsolidation',
+                request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.StartConsolidationRequest.SerializeToString,
+                response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ConsolidationJob.FromString,
+                _registered_method=True)
+        self.GetConsolidationStatus = channel.unary_unary(
+                '/tori.sleep.v1.SleepScheduler/GetConsolidationStatus',
+                request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GetConsolidationStatusRequest.SerializeToString,
+                response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ConsolidationJob.FromString,
+                _registered_method=True)
+        self.CancelConsolidation = channel.unary_unary(
+                '/tori.sleep.v1.SleepScheduler/CancelConsolidation',
+                request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CancelConsolidationRequest.SerializeToString,
+                response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ConsolidationJob.FromString,
+                _registered_method=True)
+        self.GetReplayStats = channel.unary_unary(
+                '/tori.sleep.v1.SleepScheduler/GetReplayStats',
+                request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GetReplayStatsRequest.SerializeToString,
+                response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ReplayStats.FromString,
+                _registered_method=True)
+        self.UpdateConfig = channel.unary_unary(
+                '/tori.sleep.v1.SleepScheduler/UpdateConfig',
+                request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.UpdateConfigRequest.SerializeToString,
+                response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.SchedulerConfig.FromString,
+                _registered_method=True)
+        self.ScheduleConsolidation = channel.unary_unary(
+                '/tori.sleep.v1.SleepScheduler/ScheduleConsolidation',
+                request_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ScheduleConsolidationRequest.SerializeToString,
+                response_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ScheduleConsolidationResponse.FromString,
+                _registered_method=True)
 
 
 class SleepSchedulerServicer:
@@ -100,8 +130,43 @@ class SleepSchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Complete(self, request, context):
-        """Consolidation jobs, replay stats, config updates and schedules are added by issue 4.
-        """
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartConsolidation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsolidationStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelConsolidation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReplayStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScheduleConsolidation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -138,6 +203,36 @@ def add_SleepSchedulerServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteRequest.FromString,
                     response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteResponse.SerializeToString,
+            ),
+            'StartConsolidation': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartConsolidation,
+                    request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.StartConsolidationRequest.FromString,
+                    response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ConsolidationJob.SerializeToString,
+            ),
+            'GetConsolidationStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsolidationStatus,
+                    request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GetConsolidationStatusRequest.FromString,
+                    response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ConsolidationJob.SerializeToString,
+            ),
+            'CancelConsolidation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelConsolidation,
+                    request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.CancelConsolidationRequest.FromString,
+                    response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ConsolidationJob.SerializeToString,
+            ),
+            'GetReplayStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReplayStats,
+                    request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.GetReplayStatsRequest.FromString,
+                    response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ReplayStats.SerializeToString,
+            ),
+            'UpdateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConfig,
+                    request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.UpdateConfigRequest.FromString,
+                    response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.SchedulerConfig.SerializeToString,
+            ),
+            'ScheduleConsolidation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleConsolidation,
+                    request_deserializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ScheduleConsolidationRequest.FromString,
+                    response_serializer=tori_dot_sleep_dot_v1_dot_sleep__pb2.ScheduleConsolidationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +397,168 @@ class SleepScheduler:
             '/tori.sleep.v1.SleepScheduler/Complete',
             tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteRequest.SerializeToString,
             tori_dot_sleep_dot_v1_dot_sleep__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartConsolidation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.sleep.v1.SleepScheduler/StartConsolidation',
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.StartConsolidationRequest.SerializeToString,
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.ConsolidationJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsolidationStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.sleep.v1.SleepScheduler/GetConsolidationStatus',
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.GetConsolidationStatusRequest.SerializeToString,
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.ConsolidationJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelConsolidation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.sleep.v1.SleepScheduler/CancelConsolidation',
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.CancelConsolidationRequest.SerializeToString,
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.ConsolidationJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReplayStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.sleep.v1.SleepScheduler/GetReplayStats',
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.GetReplayStatsRequest.SerializeToString,
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.ReplayStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.sleep.v1.SleepScheduler/UpdateConfig',
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.UpdateConfigRequest.SerializeToString,
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.SchedulerConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleConsolidation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tori.sleep.v1.SleepScheduler/ScheduleConsolidation',
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.ScheduleConsolidationRequest.SerializeToString,
+            tori_dot_sleep_dot_v1_dot_sleep__pb2.ScheduleConsolidationResponse.FromString,
             options,
             channel_credentials,
             insecure,

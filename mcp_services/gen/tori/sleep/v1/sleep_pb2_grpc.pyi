@@ -51,7 +51,12 @@ class SleepSchedulerStub:
     ListGraphVersions: _grpc.UnaryUnaryMultiCallable[_sleep_pb2.ListGraphVersionsRequest, _sleep_pb2.ListGraphVersionsResponse]
     GetGraphStats: _grpc.UnaryUnaryMultiCallable[_sleep_pb2.GetGraphStatsRequest, _sleep_pb2.GraphStats]
     Complete: _grpc.UnaryUnaryMultiCallable[_sleep_pb2.CompleteRequest, _sleep_pb2.CompleteResponse]
-    """Consolidation jobs, replay stats, config updates and schedules are added by issue 4."""
+    StartConsolidation: _grpc.UnaryUnaryMultiCallable[_sleep_pb2.StartConsolidationRequest, _sleep_pb2.ConsolidationJob]
+    GetConsolidationStatus: _grpc.UnaryUnaryMultiCallable[_sleep_pb2.GetConsolidationStatusRequest, _sleep_pb2.ConsolidationJob]
+    CancelConsolidation: _grpc.UnaryUnaryMultiCallable[_sleep_pb2.CancelConsolidationRequest, _sleep_pb2.ConsolidationJob]
+    GetReplayStats: _grpc.UnaryUnaryMultiCallable[_sleep_pb2.GetReplayStatsRequest, _sleep_pb2.ReplayStats]
+    UpdateConfig: _grpc.UnaryUnaryMultiCallable[_sleep_pb2.UpdateConfigRequest, _sleep_pb2.SchedulerConfig]
+    ScheduleConsolidation: _grpc.UnaryUnaryMultiCallable[_sleep_pb2.ScheduleConsolidationRequest, _sleep_pb2.ScheduleConsolidationResponse]
 
 @_typing.type_check_only
 class SleepSchedulerAsyncStub(SleepSchedulerStub):
@@ -62,7 +67,12 @@ class SleepSchedulerAsyncStub(SleepSchedulerStub):
     ListGraphVersions: _aio.UnaryUnaryMultiCallable[_sleep_pb2.ListGraphVersionsRequest, _sleep_pb2.ListGraphVersionsResponse]  # type: ignore[assignment]
     GetGraphStats: _aio.UnaryUnaryMultiCallable[_sleep_pb2.GetGraphStatsRequest, _sleep_pb2.GraphStats]  # type: ignore[assignment]
     Complete: _aio.UnaryUnaryMultiCallable[_sleep_pb2.CompleteRequest, _sleep_pb2.CompleteResponse]  # type: ignore[assignment]
-    """Consolidation jobs, replay stats, config updates and schedules are added by issue 4."""
+    StartConsolidation: _aio.UnaryUnaryMultiCallable[_sleep_pb2.StartConsolidationRequest, _sleep_pb2.ConsolidationJob]  # type: ignore[assignment]
+    GetConsolidationStatus: _aio.UnaryUnaryMultiCallable[_sleep_pb2.GetConsolidationStatusRequest, _sleep_pb2.ConsolidationJob]  # type: ignore[assignment]
+    CancelConsolidation: _aio.UnaryUnaryMultiCallable[_sleep_pb2.CancelConsolidationRequest, _sleep_pb2.ConsolidationJob]  # type: ignore[assignment]
+    GetReplayStats: _aio.UnaryUnaryMultiCallable[_sleep_pb2.GetReplayStatsRequest, _sleep_pb2.ReplayStats]  # type: ignore[assignment]
+    UpdateConfig: _aio.UnaryUnaryMultiCallable[_sleep_pb2.UpdateConfigRequest, _sleep_pb2.SchedulerConfig]  # type: ignore[assignment]
+    ScheduleConsolidation: _aio.UnaryUnaryMultiCallable[_sleep_pb2.ScheduleConsolidationRequest, _sleep_pb2.ScheduleConsolidationResponse]  # type: ignore[assignment]
 
 class SleepSchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -105,7 +115,48 @@ class SleepSchedulerServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _sleep_pb2.CompleteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_sleep_pb2.CompleteResponse, _abc.Awaitable[_sleep_pb2.CompleteResponse]]:
-        """Consolidation jobs, replay stats, config updates and schedules are added by issue 4."""
+    ) -> _typing.Union[_sleep_pb2.CompleteResponse, _abc.Awaitable[_sleep_pb2.CompleteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StartConsolidation(
+        self,
+        request: _sleep_pb2.StartConsolidationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sleep_pb2.ConsolidationJob, _abc.Awaitable[_sleep_pb2.ConsolidationJob]]: ...
+
+    @_abc_1.abstractmethod
+    def GetConsolidationStatus(
+        self,
+        request: _sleep_pb2.GetConsolidationStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sleep_pb2.ConsolidationJob, _abc.Awaitable[_sleep_pb2.ConsolidationJob]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelConsolidation(
+        self,
+        request: _sleep_pb2.CancelConsolidationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sleep_pb2.ConsolidationJob, _abc.Awaitable[_sleep_pb2.ConsolidationJob]]: ...
+
+    @_abc_1.abstractmethod
+    def GetReplayStats(
+        self,
+        request: _sleep_pb2.GetReplayStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sleep_pb2.ReplayStats, _abc.Awaitable[_sleep_pb2.ReplayStats]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateConfig(
+        self,
+        request: _sleep_pb2.UpdateConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sleep_pb2.SchedulerConfig, _abc.Awaitable[_sleep_pb2.SchedulerConfig]]: ...
+
+    @_abc_1.abstractmethod
+    def ScheduleConsolidation(
+        self,
+        request: _sleep_pb2.ScheduleConsolidationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sleep_pb2.ScheduleConsolidationResponse, _abc.Awaitable[_sleep_pb2.ScheduleConsolidationResponse]]: ...
 
 def add_SleepSchedulerServicer_to_server(servicer: SleepSchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

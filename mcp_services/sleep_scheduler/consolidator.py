@@ -1,0 +1,467 @@
+"""Consolidation jobs: lease, select, cycle, commit, mark, publish, tune.
+
+One job at a time across replicas (the Redis :class:`Lease`, taken before a job is created, so a
+busy fleet answers at once). A job:
+
+1. reads the unconsolidated episodes the selection takes from the vault;
+2. runs :func:`.cycle.run_cycle` on a worker thread (the event loop stays free), reporting
+   progress and temperature after every sleep epoch and stopping at the next epoch when cancelled
+   or when the lease is lost;
+3. commits the new graph version against the version it started from (a concurrent commit, e.g.
+   the pruner's, makes it redo the cycle on the new latest version, up to twice);
+4. marks the episodes consolidated in the vault (retried; if the vault stays away they stay
+   unconsolidated and the next cycle takes them again, which cannot lower recall);
+5. publishes ``consolidation.completed``, updates the metrics and, with ``auto_tune`` on, applies
+   the tuning rules and logs each change with its reason.
+
+A job killed with its process leaves the last committed version intact (commits are atomic) and
+the lease expires within its TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from enum import Enum
+
+import structlog
+from ulid import ULID
+
+from mcp_services.common.config_schema import SleepSchedulerConfig
+from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED, EventBus, new_header
+from mcp_services.gen.tori.events.v1 import events_pb2
+from mcp_services.sleep_scheduler.cycle import CycleOutput, run_cycle
+from mcp_services.sleep_scheduler.domain import ConsolidationConfig
+from mcp_services.sleep_scheduler.domain.tuning import advise
+from mcp_services.sleep_scheduler.graph_store import GraphStore, StoredGraph, VersionConflict
+from mcp_services.sleep_scheduler.lease import Lease, LeaseUnavailable
+from mcp_services.sleep_scheduler.metrics import SleepMetrics
+from mcp_services.sleep_scheduler.vault_client import (
+    EpisodeBatch,
+    Selection,
+    VaultClient,
+    VaultUnavailable,
+)
+
+log = structlog.get_logger(__name__)
+
+HISTORY = 50
+COMMIT_ATTEMPTS = 3
+MARK_ATTEMPTS = 4
+
+
+class JobState(Enum):
+    PENDING = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+
+class Busy(Exception):
+    """Another consolidation holds the lease (here or on another replica)."""
+
+
+class JobNotFound(KeyError):
+    """No job with that id is remembered."""
+
+
+class _Cancelled(Exception):
+    """Raised inside the cycle's epoch hook to stop it."""
+
+
+@dataclass
+class Knobs:
+    """The tuning knobs in force (config, UpdateConfig, config reload, auto-tune)."""
+
+    t0: float
+    eta: float
+    auto_tune: bool
+    pressure_threshold: int
+    t_min: float
+    temperature_decay: float
+    anneal_decay: float
+    max_epochs: int
+    max_episodes: int
+
+    @classmethod
+    def of(cls, cfg: SleepSchedulerConfig) -> Knobs:
+        return cls(
+            cfg.t0,
+            cfg.eta,
+            cfg.auto_tune,
+            cfg.pressure_threshold,
+            cfg.t_min,
+            cfg.temperature_decay,
+            cfg.anneal_decay,
+            cfg.max_epochs,
+            cfg.max_episodes,
+        )
+
+    def cycle_config(self, seed: int) -> ConsolidationConfig:
+        return ConsolidationConfig(
+            t0=self.t0,
+            eta=self.eta,
+            t_min=min(self.t_min, self.t0),
+            temperature_decay=self.temperature_decay,
+            anneal_decay=self.anneal_decay,
+            max_epochs=self.max_epochs,
+            seed=seed,
+        )
+
+
+@dataclass
+class Job:
+    """A consolidation job and its figures (what GetConsolidationStatus reports)."""
+
+    job_id: str
+    trigger: str
+    selection: Selection
+    state: JobState = JobState.PENDING
+    phase: str = "pending"
+    progress: float = 0.0
+    temperature: float = 0.0
+    episodes: int = 0
+    prototypes: int = 0
+    epochs: int = 0
+    energy_before: float = 0.0
+    energy_after: float = 0.0
+    energy_delta: float = 0.0
+    energy_drop: float = 0.0
+    settle_loops: int = 0
+    stability_before: float = 0.0
+    stability_after: float = 0.0
+    graph_version: int = 0
+    base_version: int = 0
+    t0: float = 0.0
+    eta: float = 0.0
+    error: str = ""
+    started_ms: int = 0
+    finished_ms: int = 0
+    tuning: list[str] = field(default_factory=list)
+    cancel_reason: str = ""
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+    def epoch_hook(self, epoch: int, max_epochs: int, temperature: float) -> None:
+        """Called on the worker thread after each sleep epoch."""
+        self.epochs = epoch
+        self.temperature = temperature
+        # Reading and merging are the first 10%, committing and marking the last 10%.
+        self.progress = 0.1 + 0.8 * min(1.0, epoch / max_epochs)
+        if self.cancel_reason:
+            raise _Cancelled(self.cancel_reason)
+
+
+@dataclass
+class Totals:
+    cycles: int = 0
+    failed: int = 0
+    episodes: int = 0
+    last_energy_delta: float = 0.0
+    last_settle_loops: int = 0
+    deltas: deque[float] = field(default_factory=lambda: deque(maxlen=8))
+
+
+class Consolidator:
+    """Runs consolidation jobs; see module doc."""
+
+    def __init__(
+        self,
+        store: GraphStore,
+        vault: VaultClient,
+        lease: Lease,
+        bus: EventBus,
+        metrics: SleepMetrics,
+        knobs: Knobs,
+        executor: Executor,
+        service_name: str = "sleep-scheduler",
+    ) -> None:
+        self.store = store
+        self.vault = vault
+        self.lease = lease
+        self.bus = bus
+        self.metrics = metrics
+        self.knobs = knobs
+        self._executor = executor
+        self._service = service_name
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self.totals = Totals()
+        self.metrics.t0.set(knobs.t0)
+        self.metrics.eta.set(knobs.eta)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> Job | None:
+        for job in reversed(self.jobs.values()):
+            if not job.done:
+                return job
+        return None
+
+    async def start(self, selection: Selection, trigger: str, wait: bool) -> Job:
+        """Take the lease and start a job; with ``wait`` return once it has finished.
+
+        Raises:
+            Busy: when a consolidation is running here or on another replica.
+            LeaseUnavailable: when Redis cannot be reached to take the lease.
+        """
+        job_id = str(ULID())
+        if not await self.lease.acquire(f"{self.replica}:{job_id}"):
+            holder = await self.lease.holder() if self.lease.distributed else None
+            running = self.running
+            who = f"job {running.job_id} here" if running else f"holder {holder or 'unknown'}"
+            raise Busy(
+                f"another consolidation is running ({who}): wait for it to finish "
+                "(GetConsolidationStatus) and start again"
+            )
+        job = Job(job_id, trigger or "unspecified", selection)
+        job.started_ms = time.time_ns() // 1_000_000
+        self.jobs[job_id] = job
+        while len(self.jobs) > HISTORY:
+            self.jobs.popitem(last=False)
+        job.task = asyncio.create_task(self._run(job), name=f"consolidation-{job_id}")
+        if wait:
+            # Shielded: a caller that gives up does not cancel the cycle (cancel it explicitly).
+            await asyncio.shield(job.task)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        """The job ``job_id`` (empty: the newest).
+
+        Raises:
+            JobNotFound: if no such job is remembered.
+        """
+        if not job_id:
+            if not self.jobs:
+                raise JobNotFound("no consolidation has run yet: start one first")
+            return next(reversed(self.jobs.values()))
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise JobNotFound(
+                f"no job {job_id!r}: this replica remembers its last {HISTORY} jobs"
+            ) from None
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by request") -> Job:
+        """Ask ``job_id`` to stop; returns it once stopped (or after 10 s, still stopping)."""
+        job = self.get(job_id)
+        if not job.done:
+            job.cancel_reason = reason
+            if job.task is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(job.task), 10.0)
+        return job
+
+    async def close(self) -> None:
+        """Stop the running job (if any) and give the lease back."""
+        job = self.running
+        if job is not None:
+            await self.cancel(job.job_id, "service stopping")
+        await self.lease.close()
+
+    # -- the cycle --------------------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(self.lease.keep_alive(lost), name="lease-keepalive")
+        watcher = asyncio.create_task(self._watch_lease(job, lost), name="lease-watch")
+        t_start = time.perf_counter()
+        outcome = "failed"
+        try:
+            job.state = JobState.RUNNING
+            job.phase = "reading"
+            batch = await self.vault.select(job.selection)
+            job.episodes = len(batch.ids)
+            job.progress = 0.05
+            if not batch.ids:
+                job.phase, job.progress, job.state = "done", 1.0, JobState.SUCCEEDED
+                outcome = "empty"
+                log.info("consolidation_empty", job_id=job.job_id, trigger=job.trigger)
+                return
+            out, stored = await self._cycle_and_commit(job, batch)
+            job.phase = "marking"
+            job.progress = 0.95
+            await self._mark(job, batch, stored.meta.version)
+            self._finish(job, out, stored)
+            outcome = "succeeded"
+        except _Cancelled as exc:
+            job.state, job.error, outcome = JobState.CANCELLED, str(exc), "cancelled"
+            log.warning("consolidation_cancelled", job_id=job.job_id, reason=str(exc))
+        except (VaultUnavailable, LeaseUnavailable, VersionConflict, OSError) as exc:
+            job.state, job.error = JobState.FAILED, str(exc)
+            log.error("consolidation_failed", job_id=job.job_id, error=str(exc))
+        except Exception as exc:
+            job.state, job.error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
+            log.exception("consolidation_crashed", job_id=job.job_id)
+        finally:
+            keeper.cancel()
+            watcher.cancel()
+            for t in (keeper, watcher):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            await self.lease.release()
+            job.finished_ms = time.time_ns() // 1_000_000
+            if job.state is JobState.SUCCEEDED:
+                job.phase = "done"
+            self.metrics.ops.labels(outcome, job.trigger).inc()
+            self.metrics.seconds.observe(time.perf_counter() - t_start)
+            if outcome in ("failed", "cancelled"):
+                self.totals.failed += 1
+
+    async def _watch_lease(self, job: Job, lost: asyncio.Event) -> None:
+        await lost.wait()
+        job.cancel_reason = job.cancel_reason or "the consolidation lease was lost (Redis away?)"
+
+    async def _cycle_and_commit(
+        self, job: Job, batch: EpisodeBatch
+    ) -> tuple[CycleOutput, StoredGraph]:
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            base = await loop.run_in_executor(self._executor, self.store.read, 0)
+            job.base_version = base.meta.version
+            cfg = self.knobs.cycle_config(seed=self.totals.cycles + attempt)
+            job.t0, job.eta = cfg.t0, cfg.eta
+            job.phase = "sleeping"
+            out = await loop.run_in_executor(
+                self._executor, run_cycle, base, batch.activations, cfg, job.epoch_hook
+            )
+            if job.cancel_reason:
+                raise _Cancelled(job.cancel_reason)
+            job.phase = "committing"
+            job.progress = 0.9
+            try:
+                stored = await loop.run_in_executor(
+                    self._executor,
+                    self._commit,
+                    base.meta.version,
+                    out,
+                    job,
+                )
+                return out, stored
+            except VersionConflict:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                log.info("consolidation_rebase", job_id=job.job_id, attempt=attempt)
+        raise AssertionError("unreachable")
+
+    def _commit(self, base_version: int, out: CycleOutput, job: Job) -> StoredGraph:
+        return self.store.commit(
+            base_version,
+            out.graph,
+            out.prototypes,
+            out.support,
+            "consolidation",
+            f"job {job.job_id} ({job.trigger}): {job.episodes} episodes",
+            {
+                "job_id": job.job_id,
+                "episodes": str(job.episodes),
+                "energy_delta": f"{out.stats.energy_delta:.6g}",
+                "t0": f"{out.stats.t0:.6g}",
+                "eta": f"{out.stats.eta:.6g}",
+            },
+        )
+
+    async def _mark(self, job: Job, batch: EpisodeBatch, version: int) -> None:
+        delay = 0.2
+        for attempt in range(1, MARK_ATTEMPTS + 1):
+            try:
+                await self.vault.mark(batch.ids, version)
+                return
+            except VaultUnavailable as exc:
+                if attempt == MARK_ATTEMPTS:
+                    raise VaultUnavailable(
+                        f"graph version {version} is committed but the vault did not take the "
+                        f"consolidated marks ({exc}); the episodes stay unconsolidated and the "
+                        "next cycle takes them again"
+                    ) from exc
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    def _finish(self, job: Job, out: CycleOutput, stored: StoredGraph) -> None:
+        s = out.stats
+        job.graph_version = stored.meta.version
+        job.prototypes = s.prototypes
+        job.epochs = s.epochs_run
+        job.energy_before, job.energy_after = s.energy_before, s.energy_after
+        job.energy_delta, job.energy_drop = s.energy_delta, s.energy_drop
+        job.settle_loops = s.settle_loops
+        job.stability_before = s.stability_before.recall
+        job.stability_after = s.stability_after.recall
+        job.progress = 1.0
+        job.state = JobState.SUCCEEDED
+        t = self.totals
+        t.cycles += 1
+        t.episodes += job.episodes
+        t.last_energy_delta, t.last_settle_loops = s.energy_delta, s.settle_loops
+        t.deltas.append(s.energy_delta)
+        m = self.metrics
+        m.energy_delta.set(s.energy_delta)
+        m.energy_drop.set(s.energy_drop)
+        m.settle_loops.set(s.settle_loops)
+        m.episodes.set(job.episodes)
+        m.stability.set(job.stability_after)
+        m.version.set(stored.meta.version)
+        m.edges.set(stored.meta.edge_count)
+        m.prototypes.set(stored.prototypes.shape[0])
+        self.bus.publish(
+            CONSOLIDATION_COMPLETED,
+            events_pb2.ConsolidationCompleted(
+                header=new_header(self._service),
+                job_id=job.job_id,
+                graph_version=stored.meta.version,
+                episodes_processed=job.episodes,
+                energy_delta=s.energy_delta,
+            ),
+        )
+        log.info(
+            "consolidation_completed",
+            job_id=job.job_id,
+            trigger=job.trigger,
+            version=stored.meta.version,
+            episodes=job.episodes,
+            prototypes=s.prototypes,
+            epochs=s.epochs_run,
+            energy_delta=s.energy_delta,
+            stability_before=job.stability_before,
+            stability_after=job.stability_after,
+            settle_loops=s.settle_loops,
+        )
+        self._tune(job, s.energy_drop, s.settle_loops)
+
+    def _tune(self, job: Job, energy_drop: float, settle_loops: int) -> None:
+        k = self.knobs
+        advice = advise(k.t0, k.eta, energy_drop, settle_loops, list(self.totals.deltas))
+        if not advice.changed:
+            return
+        if not k.auto_tune:
+            log.info("tuning_advice", reasons=list(advice.reasons), t0=advice.t0, eta=advice.eta)
+            return
+        for reason in advice.reasons:
+            self.metrics.tuning.labels(reason.split(":", 1)[0]).inc()
+        log.warning(
+            "auto_tune_applied",
+            reasons=list(advice.reasons),
+            t0_old=k.t0,
+            t0_new=advice.t0,
+            eta_old=k.eta,
+            eta_new=advice.eta,
+            energy_drop=energy_drop,
+            settle_loops=settle_loops,
+        )
+        k.t0, k.eta = advice.t0, advice.eta
+        if "energy_delta_oscillates:halve_eta" in advice.reasons:
+            self.totals.deltas.clear()  # judge the new eta on its own cycles
+        job.tuning = list(advice.reasons)
+        self.metrics.t0.set(k.t0)
+        self.metrics.eta.set(k.eta)

@@ -1,0 +1,204 @@
+"""The consolidation half of the SleepScheduler servicer: jobs, replay stats, config, schedule.
+
+Status codes: INVALID_ARGUMENT (a field, named), NOT_FOUND (unknown job), ABORTED (another
+consolidation holds the lease: retry later), UNAVAILABLE (Redis for the lease is away).
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import structlog
+
+from mcp_services.gen.tori.sleep.v1 import sleep_pb2
+from mcp_services.sleep_scheduler.codec import timestamp_of_ms
+from mcp_services.sleep_scheduler.consolidator import Busy, Consolidator, Job, JobNotFound
+from mcp_services.sleep_scheduler.graph_servicer import abort
+from mcp_services.sleep_scheduler.lease import LeaseUnavailable
+from mcp_services.sleep_scheduler.triggers import Scheduler, ScheduleSpec
+from mcp_services.sleep_scheduler.vault_client import Selection
+
+log = structlog.get_logger(__name__)
+
+UPDATABLE = ("t0", "eta", "auto_tune", "pressure_threshold")
+
+
+def job_to_proto(job: Job) -> sleep_pb2.ConsolidationJob:
+    out = sleep_pb2.ConsolidationJob(
+        job_id=job.job_id,
+        state=job.state.value,  # type: ignore[arg-type]
+        trigger=job.trigger,
+        progress=job.progress,
+        phase=job.phase,
+        temperature=job.temperature,
+        episodes_processed=job.episodes,
+        prototypes=job.prototypes,
+        epochs_run=job.epochs,
+        energy_before=job.energy_before,
+        energy_after=job.energy_after,
+        energy_delta=job.energy_delta,
+        energy_drop=job.energy_drop,
+        settle_loops=job.settle_loops,
+        stability_before=job.stability_before,
+        stability_after=job.stability_after,
+        graph_version=job.graph_version,
+        base_version=job.base_version,
+        t0=job.t0,
+        eta=job.eta,
+        error=job.error,
+        tuning=job.tuning,
+    )
+    if job.started_ms:
+        out.started_at.CopyFrom(timestamp_of_ms(job.started_ms))
+    if job.finished_ms:
+        out.finished_at.CopyFrom(timestamp_of_ms(job.finished_ms))
+        out.duration_s = (job.finished_ms - job.started_ms) / 1000.0
+    return out
+
+
+def selection_of_proto(sel: sleep_pb2.EpisodeSelection, default_max: int) -> Selection:
+    """Raises ValueError naming the field."""
+    for name in ("min_age_s", "max_age_s", "min_energy"):
+        v = getattr(sel, name)
+        if not math.isfinite(v):
+            raise ValueError(f"selection.{name} is not finite: send a number")
+    if sel.max_episodes < 0:
+        raise ValueError("selection.max_episodes is negative: send 0 (the default) or a count")
+    return Selection(
+        min_age_s=sel.min_age_s,
+        max_age_s=sel.max_age_s,
+        tags=tuple(sel.tags),
+        min_energy=sel.min_energy,
+        max_episodes=sel.max_episodes or default_max,
+    )
+
+
+class JobRpcs:
+    """StartConsolidation, status, cancel, replay stats, UpdateConfig, ScheduleConsolidation."""
+
+    def __init__(self, consolidator: Consolidator, scheduler: Scheduler) -> None:
+        self.c = consolidator
+        self.scheduler = scheduler
+
+    async def _selection(
+        self, sel: sleep_pb2.EpisodeSelection, context: grpc.aio.ServicerContext
+    ) -> Selection:
+        try:
+            return selection_of_proto(sel, self.c.knobs.max_episodes)
+        except ValueError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def start(
+        self, request: sleep_pb2.StartConsolidationRequest, context: grpc.aio.ServicerContext
+    ) -> sleep_pb2.ConsolidationJob:
+        selection = await self._selection(request.selection, context)
+        try:
+            job = await self.c.start(selection, request.trigger or "rpc", request.wait)
+        except Busy as exc:
+            await abort(context, grpc.StatusCode.ABORTED, str(exc))
+        except LeaseUnavailable as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        return job_to_proto(job)
+
+    async def status(
+        self, request: sleep_pb2.GetConsolidationStatusRequest, context: grpc.aio.ServicerContext
+    ) -> sleep_pb2.ConsolidationJob:
+        try:
+            return job_to_proto(self.c.get(request.job_id))
+        except JobNotFound as exc:
+            await abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+
+    async def cancel(
+        self, request: sleep_pb2.CancelConsolidationRequest, context: grpc.aio.ServicerContext
+    ) -> sleep_pb2.ConsolidationJob:
+        if not request.job_id:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "job_id is empty: name the job to stop"
+            )
+        try:
+            return job_to_proto(await self.c.cancel(request.job_id))
+        except JobNotFound as exc:
+            await abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+
+    def replay_stats(self) -> sleep_pb2.ReplayStats:
+        t = self.c.totals
+        latest = self.c.store.read()
+        return sleep_pb2.ReplayStats(
+            cycles_total=t.cycles,
+            cycles_failed=t.failed,
+            episodes_total=t.episodes,
+            last_energy_delta=t.last_energy_delta,
+            last_settle_loops=t.last_settle_loops,
+            graph_version=latest.meta.version,
+            prototype_count=int(latest.prototypes.shape[0]),
+            recent=[job_to_proto(j) for j in list(reversed(self.c.jobs.values()))[:20]],
+        )
+
+    def config(self) -> sleep_pb2.SchedulerConfig:
+        k = self.c.knobs
+        return sleep_pb2.SchedulerConfig(
+            t0=k.t0, eta=k.eta, auto_tune=k.auto_tune, pressure_threshold=k.pressure_threshold
+        )
+
+    async def update_config(
+        self, request: sleep_pb2.UpdateConfigRequest, context: grpc.aio.ServicerContext
+    ) -> sleep_pb2.SchedulerConfig:
+        fields = list(request.fields)
+        unknown = [f for f in fields if f not in UPDATABLE]
+        if not fields or unknown:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"fields {unknown or '(none)'}: name the knobs to change among {list(UPDATABLE)}",
+            )
+        cfg = request.config
+        checks = {
+            "t0": (cfg.t0 > 0 and math.isfinite(cfg.t0), "config.t0 must be > 0, e.g. 2.0"),
+            "eta": (cfg.eta > 0 and math.isfinite(cfg.eta), "config.eta must be > 0, e.g. 0.01"),
+            "pressure_threshold": (
+                cfg.pressure_threshold >= 0,
+                "config.pressure_threshold must be >= 0 (0: off)",
+            ),
+        }
+        for f in fields:
+            ok, msg = checks.get(f, (True, ""))
+            if not ok:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, msg)
+        k = self.c.knobs
+        old = self.config()
+        for f in fields:
+            setattr(k, f, getattr(cfg, f))
+        self.c.metrics.t0.set(k.t0)
+        self.c.metrics.eta.set(k.eta)
+        log.info("config_updated", fields=fields, old=str(old).replace("\n", " "))
+        return self.config()
+
+    async def schedule(
+        self, request: sleep_pb2.ScheduleConsolidationRequest, context: grpc.aio.ServicerContext
+    ) -> sleep_pb2.ScheduleConsolidationResponse:
+        if request.clear:
+            spec = ScheduleSpec()
+        else:
+            selection = await self._selection(request.selection, context)
+            if not request.cron and not request.every_s > 0:
+                await abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "set cron (e.g. '0 3 * * *') or every_s > 0, or clear=true to remove it",
+                )
+            try:
+                spec = ScheduleSpec(request.cron, request.every_s, selection)
+            except ValueError as exc:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self.scheduler.set(spec)
+        return self.schedule_state()
+
+    def schedule_state(self) -> sleep_pb2.ScheduleConsolidationResponse:
+        s = self.scheduler
+        out = sleep_pb2.ScheduleConsolidationResponse(
+            active=s.spec.active, cron=s.spec.cron, every_s=s.spec.every_s
+        )
+        if s.spec.active:
+            out.next_run.CopyFrom(timestamp_of_ms(int(s.next_run * 1000)))
+        return out

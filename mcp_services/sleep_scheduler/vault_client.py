@@ -1,0 +1,136 @@
+"""The scheduler's client of the EpisodicVault: unconsolidated episodes in, marks out.
+
+Only the vault's public gRPC API is used (Scan with only_unconsolidated, MarkConsolidated,
+GetStats). Selection filters (age, tags, energy) are applied here as the episodes stream by, so a
+cycle takes at most ``max_episodes`` matching episodes, oldest first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
+from mcp_services.sleep_scheduler.domain import ConceptActivation
+
+MARK_BATCH = 10_000
+"""The vault takes at most this many ids per MarkConsolidated call."""
+
+
+class VaultUnavailable(Exception):
+    """The vault could not be reached or refused a call; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which unconsolidated episodes a cycle takes (filters combine with AND)."""
+
+    min_age_s: float = 0.0
+    max_age_s: float = 0.0
+    tags: tuple[str, ...] = ()
+    min_energy: float = 0.0
+    max_episodes: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.min_age_s < 0 or self.max_age_s < 0:
+            raise ValueError("selection.min_age_s and max_age_s must be >= 0 (0: no bound)")
+        if self.max_age_s and self.max_age_s < self.min_age_s:
+            raise ValueError("selection.max_age_s must be >= min_age_s (or 0: no bound)")
+        if self.max_episodes < 1:
+            raise ValueError("selection.max_episodes must be >= 1")
+        if any(not t for t in self.tags):
+            raise ValueError("selection.tags holds an empty tag: list non-empty tags")
+
+    def accepts(self, ep: episodic_pb2.Episode, now_ms: int) -> bool:
+        age_s = (now_ms - ep.timestamp.ToMilliseconds()) / 1000.0
+        if age_s < self.min_age_s or (self.max_age_s and age_s > self.max_age_s):
+            return False
+        if ep.energy < self.min_energy:
+            return False
+        return not self.tags or set(self.tags).issubset(ep.tags)
+
+
+@dataclass
+class EpisodeBatch:
+    """The episodes of one cycle: ids and their activations, in vault order."""
+
+    ids: list[str] = field(default_factory=list)
+    activations: list[ConceptActivation] = field(default_factory=list)
+    last_seq: int = 0
+
+
+def activation_of_episode(ep: episodic_pb2.Episode) -> ConceptActivation:
+    """One activation per episode: its own, or for a trace the strongest strength per concept."""
+    if len(ep.activation.concept_ids):
+        pairs = dict(zip(ep.activation.concept_ids, ep.activation.strengths, strict=False))
+    else:
+        pairs = {}
+        for frame in ep.trace:
+            for cid, s in zip(
+                frame.activation.concept_ids, frame.activation.strengths, strict=False
+            ):
+                pairs[cid] = max(pairs.get(cid, 0.0), s)
+    clipped = {c: min(1.0, max(0.0, float(s))) for c, s in pairs.items()}
+    return ConceptActivation(tuple(clipped), tuple(clipped.values()))
+
+
+class VaultClient:
+    """Async client of the vault at ``target`` (host:port)."""
+
+    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+        self.target = target
+        self._timeout = timeout_s
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = episodic_pb2_grpc.EpisodicVaultStub(self._channel)
+
+    async def unconsolidated(self) -> int:
+        """How many episodes the vault holds unconsolidated."""
+        try:
+            s = await self._stub.GetStats(episodic_pb2.GetStatsRequest(), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise VaultUnavailable(f"vault {self.target} GetStats failed: {exc.details()}") from exc
+        return int(s.unconsolidated_count)
+
+    async def select(self, selection: Selection) -> EpisodeBatch:
+        """The unconsolidated episodes ``selection`` takes, oldest (lowest seq) first."""
+        out = EpisodeBatch()
+        now_ms = time.time_ns() // 1_000_000
+        call = self._stub.Scan(episodic_pb2.ScanRequest(after_seq=0, only_unconsolidated=True))
+        try:
+            async for resp in call:
+                ep = resp.episode
+                out.last_seq = max(out.last_seq, ep.seq)
+                if not selection.accepts(ep, now_ms):
+                    continue
+                act = activation_of_episode(ep)
+                if not act.active_ids():
+                    continue
+                out.ids.append(ep.id)
+                out.activations.append(act)
+                if len(out.ids) >= selection.max_episodes:
+                    call.cancel()
+                    break
+        except grpc.aio.AioRpcError as exc:
+            raise VaultUnavailable(f"vault {self.target} Scan failed: {exc.details()}") from exc
+        return out
+
+    async def mark(self, ids: list[str], graph_version: int) -> int:
+        """Mark ``ids`` consolidated into ``graph_version``; returns how many were newly marked."""
+        marked = 0
+        for start in range(0, len(ids), MARK_BATCH):
+            req = episodic_pb2.MarkConsolidatedRequest(
+                episode_ids=ids[start : start + MARK_BATCH], graph_version=graph_version
+            )
+            try:
+                resp = await self._stub.MarkConsolidated(req, timeout=self._timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise VaultUnavailable(
+                    f"vault {self.target} MarkConsolidated failed: {exc.details()}"
+                ) from exc
+            marked += int(resp.marked)
+        return marked
+
+    async def close(self) -> None:
+        await self._channel.close()
