@@ -46,12 +46,13 @@ class Schedule:
         self.interval_s, self.dry_run = interval_s, dry_run
         self.next_run_ms = 0
         if interval_s > 0.0:
+            self.next_run_ms = int((time.time() + interval_s) * 1000)
             self._task = asyncio.create_task(self._loop(), name="pruning-schedule")
 
     async def _loop(self) -> None:
         while True:
+            await asyncio.sleep(max(self.next_run_ms / 1000 - time.time(), 0.0))
             self.next_run_ms = int((time.time() + self.interval_s) * 1000)
-            await asyncio.sleep(self.interval_s)
             try:
                 job = self._engine.submit("schedule", self.dry_run, RunOverrides())
             except JobBusy:

@@ -123,7 +123,9 @@ class Fleet:
     def wait_job(self, job_id: str, within: float = 60.0) -> pruner_pb2.PruningJob:
         deadline = time.monotonic() + within
         while True:
-            job = self.stub.GetPruningStatus(pruner_pb2.GetPruningStatusRequest(job_id=job_id))
+            job: pruner_pb2.PruningJob = self.stub.GetPruningStatus(
+                pruner_pb2.GetPruningStatusRequest(job_id=job_id)
+            )
             if job.state not in (pruner_pb2.JOB_STATE_PENDING, pruner_pb2.JOB_STATE_RUNNING):
                 return job
             if time.monotonic() > deadline:

@@ -5,8 +5,10 @@ L1 solution keeps (above ``l1_threshold``), honour ``retention_target`` / ``max_
 putting back the removed edges closest to entering the L1 support, then refit the survivors without
 the penalty (soft shrinkage of survivors costs recall at high sparsity). The guard measures recall
 before and after on identical cues; if the drop exceeds ``max_quality_drop`` or a prototype that
-was a fixed point stops being one, ``tau`` is halved and the attempt repeated (warm-started), up to
-``max_backoffs`` times, and then the run is refused. Everything here is pure: inputs are never
+was a fixed point stops being one, the run backs off and tries again, up to ``max_backoffs``
+times, and then refuses. A back-off halves the number of edges the next attempt may remove (so
+backing off always approaches the input graph) and halves ``tau`` (a warm-started re-solve) while
+it stays at or above ``min_tau``. Everything here is pure: inputs are never
 changed, the caller commits the returned graph (or not).
 """
 
@@ -144,17 +146,19 @@ def plan_pruning(
     warm: FloatArray | None = None
     attempts: list[PruneAttempt] = []
     after = before
+    solution: L1Solution | None = None
     for _ in range(cfg.max_backoffs + 1):
-        solution = solve_l1(
-            problem,
-            tau * lmax,
-            tol=cfg.tol,
-            max_sweeps=cfg.max_sweeps,
-            initial=warm,
-            lam_max=lmax,
-            should_stop=should_stop,
-        )
-        warm = solution.weights
+        if solution is None or solution.lam != tau * lmax:
+            solution = solve_l1(
+                problem,
+                tau * lmax,
+                tol=cfg.tol,
+                max_sweeps=cfg.max_sweeps,
+                initial=warm,
+                lam_max=lmax,
+                should_stop=should_stop,
+            )
+            warm = solution.weights
         keep = _choose_survivors(problem, solution, threshold, max_removed)
         # Edges the limits put back start from their old weight: they were not meant to go, and a
         # zero start could leave them at exactly zero (dropped) when the loss is already flat.
@@ -194,7 +198,14 @@ def plan_pruning(
                 attempts=tuple(attempts),
                 lambda_max=lmax,
             )
-        tau *= 0.5
+        # Back off: each attempt removes at most half of what the last one did (so a run that
+        # keeps backing off approaches the input graph), and tau halves while it stays above
+        # min_tau; below it solves get slow (near-LP regime) for little change in the support.
+        max_removed = int(np.count_nonzero(~keep)) // 2
+        if max_removed == 0:
+            break
+        if tau * 0.5 >= cfg.min_tau:
+            tau *= 0.5
     refused = _refused(
         graph,
         before,

@@ -33,7 +33,9 @@ class PruneSettings:
         max_quality_drop: largest allowed recall drop, in ``[0, 1]``. Default 0.05.
         retention_target: keep at least this fraction of the edges, in ``[0, 1]``.
         max_edges_to_prune: remove at most this many edges in one run (``None``: no cap).
-        max_backoffs: times the guard halves ``tau`` before refusing, ``>= 0``.
+        max_backoffs: times the guard backs off before refusing, ``>= 0``.
+        min_tau: back-offs halve ``tau`` only down to this (relative); further ones only halve
+            the removal budget. Default 0.01: below it solves slow down about as ``1 / tau``.
         margin: required field relative to the current mean ``|h_i|``, ``> 0``.
         noisy_copies: corrupted copies of each prototype in the loss, ``>= 0``.
         train_noise: fraction of entries flipped in those copies, in ``[0, 0.5)``.
@@ -51,6 +53,7 @@ class PruneSettings:
     retention_target: float = 0.1
     max_edges_to_prune: int | None = None
     max_backoffs: int = 6
+    min_tau: float = 0.01
     margin: float = 1.0
     noisy_copies: int = 2
     train_noise: float = 0.1
@@ -84,6 +87,7 @@ class PruneSettings:
                 self.max_edges_to_prune,
             )
         _check(self.max_backoffs >= 0, "max_backoffs", ">= 0", self.max_backoffs)
+        _check(0.0 < self.min_tau <= 1.0, "min_tau", "in (0, 1]", self.min_tau)
         _check(self.margin > 0.0, "margin", "> 0", self.margin)
         _check(self.noisy_copies >= 0, "noisy_copies", ">= 0", self.noisy_copies)
         _check(0.0 <= self.train_noise < 0.5, "train_noise", "in [0, 0.5)", self.train_noise)

@@ -12,6 +12,8 @@ DEFAULT_GROWTH_LIMIT = 0.05
 DEFAULT_TAU_FACTOR = 1.5
 # tau is a fraction of lambda_max; at 1 every edge is pruned, so no rule may go past it.
 TAU_CEILING = 1.0
+# exp(700) is about 1e304, still a finite float.
+_MAX_EXPONENT = 700.0
 
 
 def weekly_growth(edges_before: int, edges_now: int, elapsed_days: float) -> float:
@@ -28,7 +30,10 @@ def weekly_growth(edges_before: int, edges_now: int, elapsed_days: float) -> flo
         raise ValueError(f"elapsed_days: must be a finite number > 0, got {elapsed_days}")
     if edges_now == 0:
         return -1.0
-    return float((edges_now / edges_before) ** (7.0 / elapsed_days) - 1.0)
+    # In log space, capped: versions seconds apart extrapolate to astronomically large weekly
+    # rates, which must stay a finite "far above the limit" rather than overflow.
+    exponent = min((7.0 / elapsed_days) * math.log(edges_now / edges_before), _MAX_EXPONENT)
+    return float(math.expm1(exponent))
 
 
 def tuned_tau(
