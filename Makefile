@@ -45,3 +45,76 @@ bench: $(STAMP) ## Benchmarks (not part of the test suite); figures land in benc
 	$(PY) bench/bench_vault.py
 
 .PHONY: help venv demo up down status proto lint test bench
+
+# --- Containers and operations (docker-compose.yml, prometheus/, grafana/, loadgen) -------------
+# Targets that need a Docker engine say so and stop where none answers; the same fleet then runs
+# as processes (make up). REGISTRY names the registry prod-build and prod-push use.
+IMAGE ?= tori-memory:dev
+REGISTRY ?=
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+RATE ?= 200
+DURATION ?= 10m
+
+define need_docker
+	@docker info >/dev/null 2>&1 || { echo "make $@: no Docker engine answers here (docker info failed); start one, or run the same fleet as processes: make up / make status / make down" >&2; exit 2; }
+endef
+
+init-directories: ## Create var/ (data, logs, graphs) and secrets/ with empty key files (mode 0600)
+	@mkdir -p var/data var/log var/graphs var/loadgen secrets
+	@for f in secrets/api_keys secrets/gateway_api_keys; do \
+	  test -e $$f || { (umask 077; : > $$f); echo "created $$f (empty: add keys with make secrets-up)"; }; \
+	done
+	@echo "directories ready: var/ secrets/"
+
+secrets-up: init-directories ## Put a fresh API key in each empty secret file under secrets/ (0600)
+	@for pair in api_keys: gateway_api_keys:default; do \
+	  f=secrets/$${pair%%:*}; tenant=$${pair#*:}; \
+	  if ! grep -qvE '^[[:space:]]*(#|$$)' $$f; then \
+	    key=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))'); \
+	    (umask 077; echo "$$key$${tenant:+ $$tenant}" > $$f); echo "wrote a new key to $$f"; \
+	  else echo "$$f already holds a key"; fi; \
+	done
+	@chmod 600 secrets/api_keys secrets/gateway_api_keys
+	@echo "docker-compose.yml mounts secrets/ at /run/secrets; clients send the key as TORI_API_KEY"
+
+containers-dev: ## Build the one image of every Python service (IMAGE=tori-memory:dev)
+	$(need_docker)
+	docker build --target runtime -t $(IMAGE) .
+
+dev-up-containers: init-directories ## Build and start the compose fleet (Redis, services, gateway, Prometheus, Grafana)
+	$(need_docker)
+	TORI_IMAGE=$(IMAGE) $(COMPOSE) up -d --build
+	$(COMPOSE) ps
+
+logs: ## Follow the logs: the compose fleet's if it runs, else the native fleet's (SERVICE=name)
+	@if docker info >/dev/null 2>&1 && [ -n "$$($(COMPOSE) ps -q 2>/dev/null)" ]; then \
+	  $(COMPOSE) logs -f --tail=100 $(SERVICE); \
+	elif ls var/log/*.log >/dev/null 2>&1; then \
+	  tail -n 50 -F $(if $(SERVICE),var/log/$(SERVICE).log,var/log/*.log); \
+	else echo "make logs: no compose fleet and no native logs in var/log (make up first)" >&2; exit 2; fi
+
+open-grafana: ## Open Grafana (http://localhost:3000, admin / tori-memory)
+	@echo "Grafana: http://localhost:3000  (admin / tori-memory; dashboards in the TORI Memory folder)"
+	@if command -v xdg-open >/dev/null; then xdg-open http://localhost:3000 >/dev/null 2>&1 || true; fi
+
+soak: $(STAMP) ## Load the running fleet: RATE ops/s for DURATION (DURATION=24h: the soak), then verify
+	$(VENV)/bin/tori-loadgen --rate $(RATE) --duration $(DURATION) --sleep-every 60s --prune-every 120s --learn-every 10s
+
+soak-stop: ## Stop a running loadgen cleanly (it verifies what it wrote, then exits)
+	@if [ -x $(VENV)/bin/tori-loadgen ]; then $(VENV)/bin/tori-loadgen --stop; fi
+	@if docker info >/dev/null 2>&1 && [ -n "$$($(COMPOSE) ps -q 2>/dev/null)" ]; then \
+	  $(COMPOSE) run --rm loadgen --stop; fi
+
+soak-bench: $(STAMP) ## The 10-minute soak at 200 ops/s on a private native fleet; figures in bench/results/soak.json
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) bench/soak.py
+
+prod-build: ## Build the image for a registry: REGISTRY=registry.example.com/team [VERSION=tag]
+	@test -n "$(REGISTRY)" || { echo "make $@: set REGISTRY, e.g. make $@ REGISTRY=registry.example.com/tori" >&2; exit 2; }
+	$(need_docker)
+	docker build --target runtime -t $(REGISTRY)/tori-memory:$(VERSION) .
+
+prod-push: prod-build ## Push the image built by prod-build to REGISTRY
+	docker push $(REGISTRY)/tori-memory:$(VERSION)
+
+.PHONY: init-directories secrets-up containers-dev dev-up-containers logs open-grafana soak soak-stop soak-bench prod-build prod-push
