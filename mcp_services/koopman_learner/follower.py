@@ -36,6 +36,7 @@ class VaultFollower:
         *,
         cursor: Callable[[], int],
         learn: Learn,
+        skip_to: Callable[[int], Awaitable[None]],
         bus: EventBus,
         poll_interval_s: float,
         scan_batch: int,
@@ -45,6 +46,7 @@ class VaultFollower:
         self._target = target
         self._cursor = cursor
         self._learn = learn
+        self._skip_to = skip_to
         self._bus = bus
         self._poll = poll_interval_s
         self._batch = scan_batch
@@ -106,7 +108,8 @@ class VaultFollower:
             async for response in call:
                 chunk.append(response.episode)
             if not chunk:
-                # Episodes up to last_seq were purged or deleted: nothing left to learn there.
+                # Episodes up to last_seq were purged or deleted: nothing is left to learn there.
+                await self._skip_to(self.vault_last_seq)
                 break
             await self._learn(chunk)
             self.vault_last_seq = max(self.vault_last_seq, chunk[-1].seq)

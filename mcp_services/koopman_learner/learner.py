@@ -336,6 +336,11 @@ class Learner:
             self.cursor = max(self.cursor, episode.seq)
         return self.process_traces(traces)
 
+    def skip_to(self, seq: int) -> None:
+        """Move the cursor to `seq` when the vault holds nothing more up to it (purged)."""
+        self.cursor = max(self.cursor, seq)
+        self.view = self._make_view()
+
     def _needs_refit(self, traces: Sequence[Trace]) -> bool:
         if self._s.online is None:
             return True

@@ -113,6 +113,7 @@ class KoopmanLearnerService(Backend):
                 vault_target(self._ctx.settings),
                 cursor=lambda: self.learner.cursor,
                 learn=self._learn_episodes,
+                skip_to=self._skip_to,
                 bus=self._ctx.bus,
                 poll_interval_s=self._cfg.poll_interval_s,
                 scan_batch=self._cfg.scan_batch,
@@ -158,6 +159,13 @@ class KoopmanLearnerService(Backend):
         activity = [codec.activity_from_episode(e) for e in episodes]
         result = await self.run(lambda: self.learner.process_episodes(activity))
         await self.after_update(result)
+
+    async def _skip_to(self, seq: int) -> None:
+        def advance() -> None:
+            self.learner.skip_to(seq)
+            state_store.save(self._path, self.learner)
+
+        await self.run(advance)
 
     async def after_update(self, result: UpdateResult) -> None:
         await self.run(lambda: state_store.save(self._path, self.learner))

@@ -213,3 +213,28 @@ class TestFollowing:
         assert status.traces_processed == 1
         assert status.snapshots_processed == 64
         assert status.pending_stream_snapshots == 7 + 1
+
+    def test_purged_episodes_do_not_hold_the_cursor_back(
+        self, start_learner: LearnerFactory, make_settings: SettingsFactory, vault: Vault
+    ) -> None:
+        """Episodes deleted before the learner saw them: nothing to learn, no lag left."""
+        _put_traces(vault, 0, 2)
+        for i in range(2):
+            assert vault.stub.DeleteEpisode(vpb.DeleteEpisodeRequest(id=f"trace-{i}")).deleted
+        _put_traces(vault, 5, 1)
+        assert vault.stub.DeleteEpisode(vpb.DeleteEpisodeRequest(id="trace-5")).deleted
+        settings = make_settings(
+            koopman_learner={
+                "follow_vault": True, "vault_target": vault.target, "poll_interval_s": 0.2,
+            }
+        )  # fmt: skip
+        learner = start_learner(settings=settings)
+        _wait(
+            lambda: (
+                learner.stub.GetProcessingStatus(pb.GetProcessingStatusRequest()).vault_connected
+            )
+        )
+        _wait(_caught_up(learner, vault))
+        status = learner.stub.GetProcessingStatus(pb.GetProcessingStatusRequest())
+        assert status.episodes_processed == 0 and status.episodes_behind == 0
+        assert status.cursor == status.vault_last_seq == 3  # seqs stay taken after a delete
