@@ -34,6 +34,7 @@ from mcp_services.common import metric_names as names
 from mcp_services.common.auth import ApiKeyInterceptor, AuthConfigError, load_api_keys
 from mcp_services.common.config import ConfigError, config_files, load_config
 from mcp_services.common.config_schema import Endpoint, GrpcConfig, Settings
+from mcp_services.common.decode_guard import DecodeGuardInterceptor
 from mcp_services.common.event_bus import EventBus
 from mcp_services.common.grpc_metrics import GrpcServerMetrics, MetricsInterceptor
 from mcp_services.common.logging import configure_logging
@@ -167,6 +168,8 @@ async def serve(
             raise StartupError(str(exc)) from exc
         if keys:
             interceptors.append(ApiKeyInterceptor(keys))
+        # Innermost: corrupt request bytes become INVALID_ARGUMENT, counted and after auth.
+        interceptors.append(DecodeGuardInterceptor())
         server = grpc.aio.server(
             interceptors=interceptors,
             options=server_options(settings.grpc),
