@@ -73,6 +73,8 @@ class VectorIndex:
         self.path = path
         self._store_id = store_id
         self._lock = threading.Lock()
+        # Staging has its own lock so a put never waits for an HNSW insertion batch.
+        self._pending_lock = threading.Lock()
         self._index = self._new_index()
         self._label_seq = np.zeros(0, np.int64)
         self._label_key = np.zeros(0, np.int64)
@@ -173,7 +175,7 @@ class VectorIndex:
     # -- writes ------------------------------------------------------------------------------
     def stage(self, seq: int, key: int, vector: F32) -> None:
         """Make `vector` (unit length) searchable as `seq`; HNSW insertion happens in flush()."""
-        with self._lock:
+        with self._pending_lock:
             if seq not in self._seq_label:
                 self._pending[seq] = (key, vector)
 
@@ -181,26 +183,29 @@ class VectorIndex:
         """Move staged vectors into HNSW, ADD_BATCH per lock hold; how many moved."""
         moved = 0
         while limit is None or moved < limit:
-            with self._lock:
-                if not self._pending:
-                    break
+            with self._pending_lock:
                 take = list(self._pending.items())[:ADD_BATCH]
+            if not take:
+                break
+            with self._lock:
                 seqs = np.array([s for s, _ in take], np.int64)
                 keys = np.array([k for _, (k, _) in take], np.int64)
                 self._index.add(np.stack([v for _, (_, v) in take]))
                 base = len(self._label_seq)
                 self._label_seq = np.concatenate([self._label_seq, seqs])
                 self._label_key = np.concatenate([self._label_key, keys])
-                for i, (s, _) in enumerate(take):
-                    self._seq_label[s] = base + i
-                    del self._pending[s]
+                with self._pending_lock:
+                    for i, (s, _) in enumerate(take):
+                        self._seq_label[s] = base + i
+                        self._pending.pop(s, None)
                 self._dirty = True
             moved += len(take)
         return moved
 
     def remove(self, seq: int) -> None:
         with self._lock:
-            self._pending.pop(seq, None)
+            with self._pending_lock:
+                self._pending.pop(seq, None)
             label = self._seq_label.pop(seq, None)
             if label is not None:
                 self._label_seq[label] = -1
@@ -236,9 +241,12 @@ class VectorIndex:
                 allowed_labels[np.asarray(idx, np.int64)] = True
                 count = len(idx)
             allowed_set = None if allowed_seqs is None else set_of(allowed_seqs)
-            pending = [
-                (s, v) for s, v in self._pending.items() if allowed_set is None or s in allowed_set
-            ]
+            with self._pending_lock:
+                pending = [
+                    (s, v)
+                    for s, v in self._pending.items()
+                    if allowed_set is None or s in allowed_set
+                ]
             hits: list[tuple[int, float]] = []
             exact = count <= self._cfg.exact_max_candidates
             if count > 0 and exact:
@@ -264,12 +272,12 @@ class VectorIndex:
         return hits[:k], exact
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._pending_lock:
             return len(self._seq_label) + len(self._pending)
 
     def sizes(self) -> dict[str, int]:
         """Vectors indexed, staged and tombstoned, and the index's approximate bytes."""
-        with self._lock:
+        with self._lock, self._pending_lock:
             labels = len(self._label_seq)
             live = len(self._seq_label)
             # Flat storage (4 bytes a value) plus the graph's 2*M links of level 0 (4 bytes each).
