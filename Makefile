@@ -21,7 +21,7 @@ venv: $(STAMP) ## Create .venv and install the project with its dev tools
 demo: up ## Bring the fleet up and run a first real job: vault-cli put-get-loop 50
 	$(VENV)/bin/vault-cli put-get-loop 50
 
-up: $(STAMP) ## Start the local fleet (Redis + the four services) as processes
+up: $(STAMP) ## Start the local fleet (Redis, the four services, the MCP gateway) as processes
 	$(PY) -m mcp_services.fleet up
 
 down: ## Stop exactly what `make up` started
@@ -41,10 +41,14 @@ lint: $(STAMP) ## ruff lint and format check, mypy
 test: $(STAMP) ## The whole suite: lint, types, then every test against real servers
 	scripts/test.sh
 
+generate-secret-key: ## Add a new gateway API key (TENANT=name optional) to its key file, mode 0600
+	@test -x $(PY) || { echo "no $(VENV): run 'make venv' first" >&2; exit 2; }
+	@$(PY) -m mcp_services.gateway keygen $(if $(TENANT),--tenant $(TENANT))
+
 bench: $(STAMP) ## Benchmarks (not part of the test suite); figures land in bench/results/
 	$(PY) bench/bench_vault.py
 
-.PHONY: help venv demo up down status proto lint test bench
+.PHONY: help venv demo up down status proto lint test bench generate-secret-key
 
 # --- Containers and operations (docker-compose.yml, prometheus/, grafana/, loadgen) -------------
 # Targets that need a Docker engine say so and stop where none answers; the same fleet then runs

@@ -33,6 +33,7 @@ from mcp_services.fleet.processes import (
     tail,
 )
 from mcp_services.fleet.redis_server import RedisNotFound, ping, redis_argv, wait_ready
+from mcp_services.gateway import health as gateway_health
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class ServiceDef:
     name: str
     module: str
     endpoint_key: str
+    # grpc: waits on gRPC health at services.<endpoint_key>; http: the MCP gateway's /healthz.
+    kind: str = "grpc"
 
 
 # Dependency order: the scheduler and the learner read the vault; the pruner commits through the
@@ -49,6 +52,8 @@ SERVICES: tuple[ServiceDef, ...] = (
     ServiceDef("sleep-scheduler", "mcp_services.sleep_scheduler.server", "sleep_scheduler"),
     ServiceDef("sparse-pruner", "mcp_services.sparse_pruner.server", "sparse_pruner"),
     ServiceDef("koopman-learner", "mcp_services.koopman_learner.server", "koopman_learner"),
+    # Last: it fronts the others (and starts without them; its tools name a service that is down).
+    ServiceDef("mcp-gateway", "mcp_services.gateway", "gateway", kind="http"),
 )
 
 
@@ -57,6 +62,12 @@ def _client_host(host: str) -> str:
 
 
 def endpoint_of(settings: Settings, svc: ServiceDef) -> tuple[str, str]:
+    if svc.kind == "http":
+        g = settings.gateway
+        return (
+            f"http://{_client_host(g.host)}:{g.port}{g.path}",
+            f"http://{_client_host(g.metrics_host)}:{g.metrics_port}/metrics",
+        )
     ep: Endpoint = getattr(settings.services, svc.endpoint_key)
     return (
         f"{_client_host(ep.host)}:{ep.port}",
@@ -131,7 +142,9 @@ def up(settings: Settings, var_dir: Path) -> int:
         rec = replace(rec, endpoint=target, metrics=metrics)
         records.append(rec)
         state.save(records)
-        if not wait_serving(target, settings.fleet.start_timeout_s, alive=_alive(proc)):
+        wait = gateway_health.wait_serving if svc.kind == "http" else wait_serving
+        probe = gateway_health.healthz_url(settings.gateway) if svc.kind == "http" else target
+        if not wait(probe, settings.fleet.start_timeout_s, alive=_alive(proc)):
             code = proc.poll()
             why = f"exited with code {code}" if code is not None else "did not report SERVING"
             return abort(f"{svc.name} {why}; last lines of {rec.log_file}:\n{tail(rec.log_file)}")
@@ -163,6 +176,9 @@ def status(settings: Settings, var_dir: Path) -> int:
         running = is_running(rec)
         if rec.name == "redis":
             health = "PONG" if running and ping(rec.endpoint) is None else "DOWN"
+        elif rec.endpoint.startswith("http"):
+            url = rec.endpoint.rsplit("/", 1)[0] + "/healthz"
+            health = gateway_health.check(url) if running else "DOWN"
         else:
             health = check(rec.endpoint) if running else "DOWN"
         healthy &= health in ("SERVING", "PONG")

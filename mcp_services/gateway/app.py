@@ -41,6 +41,10 @@ into a concept graph; memory.prune keeps that graph sparse; memory.kcl_status sh
 dynamics; memory.stats shows what is stored. Errors say what to change."""
 
 
+# JSON-RPC server-defined error code for a refused API key (the HTTP status is 401).
+UNAUTHORIZED_CODE = -32001
+
+
 class StartupError(Exception):
     """The gateway cannot start; the message says why and what to do."""
 
@@ -111,7 +115,12 @@ class ApiKeyMiddleware:
             await self._send_json(
                 send,
                 401,
-                {"error": "unauthorized", "error_description": reason},
+                # A JSON-RPC error body: the SDK's client shows its message to the caller.
+                {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": UNAUTHORIZED_CODE, "message": f"unauthorized: {reason}"},
+                },
                 [(b"www-authenticate", b'Bearer realm="tori-memory", error="invalid_token"')],
             )
             return

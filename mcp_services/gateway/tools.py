@@ -25,6 +25,7 @@ from mcp_services.gateway.convert import (
 from mcp_services.gateway.core import CALL, Gateway, GatewayMCP, GatewayToolError
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as vpb
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as kpb
+from mcp_services.gen.tori.pruner.v1 import pruner_pb2 as ppb
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2 as spb
 
 ToolFn = Callable[..., Awaitable[dict[str, Any]]]
@@ -65,6 +66,10 @@ AVAILABLE = {
     "put": _rpc_exists(vpb.DESCRIPTOR, "EpisodicVault", "PutEpisodes"),
     "get": _rpc_exists(vpb.DESCRIPTOR, "EpisodicVault", "GetEpisode"),
     "stats": _rpc_exists(vpb.DESCRIPTOR, "EpisodicVault", "GetStats"),
+    "search": _rpc_exists(vpb.DESCRIPTOR, "EpisodicVault", "Search"),
+    "recall": _rpc_exists(vpb.DESCRIPTOR, "EpisodicVault", "Recall"),
+    "prune": _rpc_exists(ppb.DESCRIPTOR, "SparsePruner", "TriggerPruning")
+    and _rpc_exists(ppb.DESCRIPTOR, "SparsePruner", "GetPruningStatus"),
     "kcl_status": _rpc_exists(kpb.DESCRIPTOR, "KoopmanLearner", "GetKclStats")
     and _rpc_exists(kpb.DESCRIPTOR, "KoopmanLearner", "GetSpectralModes"),
 }
@@ -347,6 +352,16 @@ def build_kcl_status(gw: Gateway) -> ToolFn:
 
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+CHANGES_GRAPH = ToolAnnotations(destructive_hint=True, open_world_hint=False)
+
+
+from mcp_services.gateway.tools_graph import PRUNE_DESCRIPTION, build_prune  # noqa: E402
+from mcp_services.gateway.tools_recall import (  # noqa: E402
+    RECALL_DESCRIPTION,
+    SEARCH_DESCRIPTION,
+    build_recall,
+    build_search,
+)
 
 
 def register_tools(server: GatewayMCP, gw: Gateway, style: str) -> list[str]:
@@ -359,6 +374,14 @@ def register_tools(server: GatewayMCP, gw: Gateway, style: str) -> list[str]:
             ToolAnnotations(idempotent_hint=True, open_world_hint=False),
         ),
         ("get", build_get, GET_DESCRIPTION, READ_ONLY),
+        ("search", build_search, SEARCH_DESCRIPTION, READ_ONLY),
+        ("recall", build_recall, RECALL_DESCRIPTION, READ_ONLY),
+        (
+            "prune",
+            build_prune,
+            PRUNE_DESCRIPTION,
+            ToolAnnotations(destructive_hint=True, open_world_hint=False),
+        ),
         ("stats", build_stats, STATS_DESCRIPTION, READ_ONLY),
         ("kcl_status", build_kcl_status, KCL_DESCRIPTION, READ_ONLY),
     ]

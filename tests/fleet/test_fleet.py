@@ -103,7 +103,9 @@ class TestFleet:
         )
         status = fleet("status", running)
         assert status.returncode == 0
-        assert status.stdout.count("SERVING") == 4 and "PONG" in status.stdout
+        # The four services and the MCP gateway (its /healthz).
+        assert status.stdout.count("SERVING") == 5 and "PONG" in status.stdout
+        assert "mcp-gateway" in status.stdout
 
     def test_put_get_loop_then_restart_reads_everything_back(self, running: dict[str, str]) -> None:
         """vault-cli put-get-loop 50 reports 50/50; after the fleet restarts, all 50 read back."""
