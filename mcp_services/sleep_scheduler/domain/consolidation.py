@@ -108,11 +108,31 @@ class ConsolidationConfig:
                 raise ValueError(f"{name}={getattr(self, name)} is out of range: use {fix}")
 
 
+def relative_energy(graph: ConceptGraph, states: sp.csr_matrix) -> FloatArray:
+    """Energy of each state row minus the mean energy of random states with as many actives.
+
+    The plain {0, 1} energy of a pattern moves with the overall level of W and b (a graph that
+    makes every member's field positive can still give its patterns positive energy when the
+    biases are strongly negative), so its change across graphs mixes that level in. Against the
+    mean over random states of the same activity (for ``k`` actives out of ``N``,
+    ``E_rand = -1/2 q 1^T W 1 - p b^T 1`` with ``p = k/N``, ``q = k(k-1)/(N(N-1))``) it measures
+    how far below the landscape the pattern lies: negative = a valley, deeper = more negative.
+    Costs O(nnz(W)) once plus the energies of the rows.
+    """
+    n = graph.size
+    k = np.asarray(states.sum(axis=1)).ravel()
+    p = k / max(n, 1)
+    q = k * (k - 1) / max(n * (n - 1), 1)
+    e_rand = -0.5 * q * float(graph.weights.sum()) - p * float(graph.biases.sum())
+    return np.asarray(graph.energy(states) - e_rand, dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class CycleStats:
     """Figures of one consolidation cycle (what metrics and events report).
 
-    Energies are means over the replayed prototypes (weighted by their episode counts), in the
+    Energies are means over the replayed prototypes (weighted by their episode counts) of
+    :func:`relative_energy` (the pattern's energy below random states of its activity), in the
     graph's energy units; ``energy_delta = energy_after - energy_before`` (negative = deeper).
     ``energy_drop`` is ``-energy_delta / |energy_before|`` (1.0 from an empty graph that got
     deeper, 0.0 if nothing changed). Scores are :attr:`RecallReport.score` of the stability measure.
@@ -266,8 +286,8 @@ def consolidate_states(
             stale = 0 if improved else stale + 1
 
     w_norm = weights / max(weights.sum(), 1e-300)
-    e_before = float(graph.energy(replays) @ w_norm) if replays.shape[0] else 0.0
-    e_after = float(best_graph.energy(replays) @ w_norm) if replays.shape[0] else 0.0
+    e_before = float(relative_energy(graph, replays) @ w_norm) if replays.shape[0] else 0.0
+    e_after = float(relative_energy(best_graph, replays) @ w_norm) if replays.shape[0] else 0.0
     delta = e_after - e_before
     drop = -delta / abs(e_before) if e_before != 0.0 else 1.0 if delta < 0 else 0.0
 
