@@ -1,14 +1,17 @@
 """Cost of one consolidation cycle as the number of episodes grows.
 
 Episodes of 20 active concepts over 10k concepts: planted assemblies of 20 concepts, each seen
-as 5 episodes with 2 of its members swapped (so 1k episodes = 200 assemblies). Each size runs one
-cycle from an empty graph with a fixed epoch budget (``--epochs``, default 10; the stopping rule
-is evaluated but the budget bounds the work so sizes compare), and reports wall time, time per
-sleep epoch, the time of the merge step alone, edges and the fitted growth exponent of cycle
-time against episodes (1.0 = linear).
+as 5 episodes with 2 of its members swapped (so 1k episodes = 200 assemblies). Each size runs the
+service's cycle (:func:`mcp_services.sleep_scheduler.cycle.run_cycle`, what a consolidation job
+runs on its worker thread) from an empty graph with a fixed epoch budget (``--epochs``, default
+10; the stopping rule is evaluated but the budget bounds the work so sizes compare), and reports
+wall time, time per sleep epoch, the time of the merge step alone, edges and the fitted growth
+exponent of cycle time against episodes (1.0 = linear). The peer in the same run is the one-pass
+sparse co-activation count ``X^T X`` of the same episodes (the floor of any rule that touches the
+co-active pairs).
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cycle.py`` (1k, 3k, 10k episodes) or with
-``--full`` (adds 100k); writes bench/results/bench_cycle.json and prints it.
+``--full`` (adds 100k); writes bench/results/cycle.json and prints it.
 """
 
 from __future__ import annotations
@@ -21,17 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
-from mcp_services.sleep_scheduler.domain import (
-    ConceptGraph,
-    ConceptIndex,
-    ConsolidationConfig,
-    consolidate_states,
-)
+from mcp_services.sleep_scheduler.cycle import run_cycle
+from mcp_services.sleep_scheduler.domain import ConceptActivation, ConsolidationConfig
 from mcp_services.sleep_scheduler.domain.planted import planted_sparse
 from mcp_services.sleep_scheduler.domain.prototypes import merge_episodes
+from mcp_services.sleep_scheduler.graph_store import StoredGraph
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_cycle.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "cycle.json"
 CONCEPTS = 10_000
 ACTIVE = 20
 COPIES = 5
@@ -43,25 +44,38 @@ def run_size(episodes: int, epochs: int, seed: int) -> dict[str, Any]:
     data = planted_sparse(
         CONCEPTS, episodes // COPIES, activity=(frac, frac), copies=COPIES, seed=seed
     )
-    graph = ConceptGraph.empty(ConceptIndex.of_size(CONCEPTS))
+    eps = data.episodes
+    acts = [
+        ConceptActivation.of_active(
+            [f"c{c}" for c in eps.indices[eps.indptr[r] : eps.indptr[r + 1]]]
+        )
+        for r in range(eps.shape[0])
+    ]
     t = time.perf_counter()
-    protos = merge_episodes(data.episodes)
+    co = sp.csr_matrix(eps.T @ eps)
+    peer_s = time.perf_counter() - t
+    t = time.perf_counter()
+    protos = merge_episodes(eps)
     merge_s = time.perf_counter() - t
     cfg = ConsolidationConfig(max_epochs=epochs, eval_every=5, max_validation=1024, seed=seed)
     t = time.perf_counter()
-    out = consolidate_states(graph, data.episodes, cfg)
+    out = run_cycle(StoredGraph.empty(), acts, cfg)
     cycle_s = time.perf_counter() - t
     row: dict[str, Any] = {
         "episodes": episodes,
-        "prototypes": out.prototypes.count,
+        "prototypes": out.stats.prototypes,
         "prototypes_expected": episodes // COPIES,
+        "peer_coactivation_seconds": round(peer_s, 4),
+        "peer_coactivation_pairs": int((co.nnz - co.shape[0]) // 2),
         "merge_seconds": round(merge_s, 3),
         "cycle_seconds": round(cycle_s, 3),
         "seconds_per_epoch": round(cycle_s / max(out.stats.epochs_run, 1), 4),
         "epochs": out.stats.epochs_run,
+        "epoch_kept": out.stats.epoch_kept,
         "edges": out.graph.edge_count,
         "energy_delta": out.stats.energy_delta,
         "settle_loops": out.stats.settle_loops,
+        "stability_before": out.stats.stability_before.recall,
         "stability_after": out.stats.stability_after.recall,
         "merged_correctly": bool(protos.count == episodes // COPIES),
     }
@@ -92,6 +106,7 @@ def main() -> None:
         "rows": rows,
         "growth_exponent_cycle": growth_exponent(rows, "cycle_seconds"),
         "growth_exponent_merge": growth_exponent(rows, "merge_seconds"),
+        "growth_exponent_peer": growth_exponent(rows, "peer_coactivation_seconds"),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
