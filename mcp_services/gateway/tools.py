@@ -68,6 +68,8 @@ AVAILABLE = {
     "stats": _rpc_exists(vpb.DESCRIPTOR, "EpisodicVault", "GetStats"),
     "search": _rpc_exists(vpb.DESCRIPTOR, "EpisodicVault", "Search"),
     "recall": _rpc_exists(vpb.DESCRIPTOR, "EpisodicVault", "Recall"),
+    "sleep": _rpc_exists(spb.DESCRIPTOR, "SleepScheduler", "StartConsolidation")
+    and _rpc_exists(spb.DESCRIPTOR, "SleepScheduler", "GetConsolidationStatus"),
     "prune": _rpc_exists(ppb.DESCRIPTOR, "SparsePruner", "TriggerPruning")
     and _rpc_exists(ppb.DESCRIPTOR, "SparsePruner", "GetPruningStatus"),
     "kcl_status": _rpc_exists(kpb.DESCRIPTOR, "KoopmanLearner", "GetKclStats")
@@ -355,7 +357,12 @@ READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_worl
 CHANGES_GRAPH = ToolAnnotations(destructive_hint=True, open_world_hint=False)
 
 
-from mcp_services.gateway.tools_graph import PRUNE_DESCRIPTION, build_prune  # noqa: E402
+from mcp_services.gateway.tools_graph import (  # noqa: E402
+    PRUNE_DESCRIPTION,
+    SLEEP_DESCRIPTION,
+    build_prune,
+    build_sleep,
+)
 from mcp_services.gateway.tools_recall import (  # noqa: E402
     RECALL_DESCRIPTION,
     SEARCH_DESCRIPTION,
@@ -376,12 +383,8 @@ def register_tools(server: GatewayMCP, gw: Gateway, style: str) -> list[str]:
         ("get", build_get, GET_DESCRIPTION, READ_ONLY),
         ("search", build_search, SEARCH_DESCRIPTION, READ_ONLY),
         ("recall", build_recall, RECALL_DESCRIPTION, READ_ONLY),
-        (
-            "prune",
-            build_prune,
-            PRUNE_DESCRIPTION,
-            ToolAnnotations(destructive_hint=True, open_world_hint=False),
-        ),
+        ("sleep", build_sleep, SLEEP_DESCRIPTION, CHANGES_GRAPH),
+        ("prune", build_prune, PRUNE_DESCRIPTION, CHANGES_GRAPH),
         ("stats", build_stats, STATS_DESCRIPTION, READ_ONLY),
         ("kcl_status", build_kcl_status, KCL_DESCRIPTION, READ_ONLY),
     ]

@@ -1,4 +1,4 @@
-"""memory.prune (L1 pruning of the concept graph behind a quality guard)."""
+"""memory.sleep (consolidation cycles) and memory.prune (L1 pruning behind a quality guard)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from mcp_services.gateway.backends import CallSpec
 from mcp_services.gateway.convert import ArgumentError
 from mcp_services.gateway.core import CALL, Gateway
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2 as ppb
+from mcp_services.gen.tori.sleep.v1 import sleep_pb2 as spb
 
 PRUNE_DESCRIPTION = (
     "Keep the concept graph sparse: drop weak edges by L1 optimisation, only as far as a quality "
@@ -94,3 +95,89 @@ def build_prune(gw: Gateway) -> Any:
         return {"job": job_json(job)}
 
     return prune
+
+
+SLEEP_DESCRIPTION = (
+    "Consolidate memory: replay the episodes not yet consolidated into the concept graph "
+    "(energy-based wake/sleep learning; no model is called). `once: true` runs one cycle and "
+    "returns its result (episodes processed, prototypes, energy before/after and delta, settle "
+    "loops, the new graph version); otherwise it starts the cycle and returns a job handle at "
+    "once: call memory.sleep with that jobId to follow it. Select episodes with tags, minEnergy, "
+    "minAgeS/maxAgeS and maxEpisodes."
+)
+
+
+def sleep_job_json(job: spb.ConsolidationJob) -> dict[str, Any]:
+    return {
+        "jobId": job.job_id,
+        "state": spb.JobState.Name(job.state).removeprefix("JOB_STATE_"),
+        "phase": job.phase,
+        "progress": job.progress,
+        "episodesProcessed": job.episodes_processed,
+        "prototypes": job.prototypes,
+        "energyBefore": job.energy_before,
+        "energyAfter": job.energy_after,
+        "energyDelta": job.energy_delta,
+        "settleLoops": job.settle_loops,
+        "graphVersion": job.graph_version,
+        "durationS": job.duration_s,
+        "tuning": list(job.tuning),
+        "error": job.error,
+    }
+
+
+def build_sleep(gw: Gateway) -> Any:
+    async def sleep(
+        once: Annotated[
+            bool,
+            Field(description="Run one cycle now and return its result; false returns a job."),
+        ] = False,
+        jobId: Annotated[
+            str | None, Field(description="Report the state of this earlier consolidation job.")
+        ] = None,
+        tags: Annotated[
+            list[str] | None, Field(description="Only episodes carrying every one of these.")
+        ] = None,
+        minEnergy: Annotated[
+            float | None, Field(ge=0, description="Only episodes with energy >= this.")
+        ] = None,
+        minAgeS: Annotated[
+            float | None, Field(ge=0, description="Only episodes at least this many seconds old.")
+        ] = None,
+        maxAgeS: Annotated[
+            float | None, Field(ge=0, description="Only episodes at most this many seconds old.")
+        ] = None,
+        maxEpisodes: Annotated[
+            int | None, Field(ge=1, le=1_000_000, description="At most this many, oldest first.")
+        ] = None,
+    ) -> dict[str, Any]:
+        deadlines = CALL.get().snap.cfg.deadlines
+        selection_given = any(
+            v is not None for v in (tags, minEnergy, minAgeS, maxAgeS, maxEpisodes)
+        )
+        if jobId is not None:
+            if once or selection_given:
+                raise ArgumentError("jobId", "asks for a job's state; leave out once and filters")
+            spec = CallSpec(
+                "sleep_scheduler", "GetConsolidationStatus", deadlines.sleep_s, "sleep_s", True
+            )
+            job = await gw.call(spec, spb.GetConsolidationStatusRequest(job_id=jobId))
+            return {"job": sleep_job_json(job)}
+        if minAgeS is not None and maxAgeS is not None and maxAgeS < minAgeS:
+            raise ArgumentError("maxAgeS", f"{maxAgeS} is below minAgeS {minAgeS}; swap them")
+        selection = spb.EpisodeSelection(
+            tags=tags or [],
+            min_energy=minEnergy or 0.0,
+            min_age_s=minAgeS or 0.0,
+            max_age_s=maxAgeS or 0.0,
+            max_episodes=maxEpisodes or 0,
+        )
+        req = spb.StartConsolidationRequest(selection=selection, wait=once, trigger="mcp")
+        # Starting a cycle is not idempotent: never repeated.
+        spec = CallSpec(
+            "sleep_scheduler", "StartConsolidation", deadlines.sleep_s, "sleep_s", False
+        )
+        job = await gw.call(spec, req)
+        return {"job": sleep_job_json(job)}
+
+    return sleep

@@ -52,6 +52,9 @@ BAD_ARGUMENTS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("memory.recall", {"concepts": {}}, ["`concepts`", "empty"]),
     ("memory.recall", {"concepts": ["a"], "since": "last week"}, ["`since`", "ISO 8601"]),
     ("memory.recall", {"concepts": ["a"], "minEnergy": -1}, ["`minEnergy`", "negative"]),
+    ("memory.sleep", {"maxEpisodes": 0}, ["`maxEpisodes`", "greater than or equal to 1"]),
+    ("memory.sleep", {"minAgeS": 10, "maxAgeS": 5}, ["`maxAgeS`", "below minAgeS"]),
+    ("memory.sleep", {"jobId": "j1", "once": True}, ["`jobId`", "leave out"]),
     ("memory.prune", {"tau": -1}, ["`tau`", "greater than 0"]),
     ("memory.prune", {"jobId": "j1", "dryRun": True}, ["`jobId`", "leave out"]),
     ("memory.kcl_status", {"modes": 1000}, ["`modes`", "less than or equal to 100"]),
@@ -84,7 +87,7 @@ class TestBadArguments:
         assert stack.vault.count() == 0
         tools = {t for t, _, _ in BAD_ARGUMENTS}
         assert tools == {
-            "memory.put", "memory.get", "memory.search", "memory.recall", "memory.prune",
+            "memory.put", "memory.get", "memory.search", "memory.recall", "memory.sleep", "memory.prune",
             "memory.kcl_status", "memory.stats",
         }  # fmt: skip
 

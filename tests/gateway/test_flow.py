@@ -68,8 +68,9 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Settings, GatewayThread]]:
             s.stop()
 
 
-def test_put_search_recall_prune_kcl_over_http(fleet: tuple[Settings, GatewayThread]) -> None:
-    """100 episodes go in; search and recall find them; prune and kcl_status answer; stats count."""
+def test_put_search_recall_sleep_prune_kcl_over_http(fleet: tuple[Settings, GatewayThread]) -> None:
+    """100 episodes go in; search and recall find them; a sleep cycle consolidates them; prune and
+    kcl_status answer; stats count them."""
     _, gw = fleet
 
     async def go() -> dict[str, Any]:
@@ -90,6 +91,10 @@ def test_put_search_recall_prune_kcl_over_http(fleet: tuple[Settings, GatewayThr
             )
             assert not r.is_error, text(r)
             seen["recall"] = r.structured_content
+            r = await client.call_tool("memory.sleep", {"once": True})
+            seen["sleep"] = (r.is_error, r.structured_content, text(r))
+            r = await client.call_tool("memory.recall", {"concepts": ASSEMBLIES[2][:2], "k": 5})
+            seen["recall_completed"] = (r.is_error, r.structured_content, text(r))
             r = await client.call_tool("memory.prune", {"dryRun": True})
             seen["prune"] = (r.is_error, r.structured_content, text(r))
             r = await client.call_tool("memory.kcl_status", {"modes": 3})
@@ -109,6 +114,15 @@ def test_put_search_recall_prune_kcl_over_http(fleet: tuple[Settings, GatewayThr
     assert set(recall[0]["matchedConcepts"]) == set(ASSEMBLIES[2])
     assert seen["stats"]["episodes"]["total"] == 100
     assert seen["stats"]["graph"]["available"] is True
+    is_error, content, message = seen["sleep"]
+    assert not is_error, message
+    job = content["job"]
+    assert job["state"] == "SUCCEEDED", job
+    assert job["episodesProcessed"] == 100 and job["graphVersion"] >= 1
+    is_error, content, message = seen["recall_completed"]
+    assert not is_error, message
+    assert content["completion"] in ("APPLIED", "DISABLED", "UNAVAILABLE")
+    assert all(int(h["episode"]["id"][-3:]) % 5 == 2 for h in content["hits"])
     is_error, content, message = seen["prune"]
     assert not is_error, message
     assert content["job"]["dryRun"] is True and content["job"]["state"] in ("SUCCEEDED", "REFUSED")
@@ -125,7 +139,8 @@ def test_a_wrong_key_is_refused_for_every_tool_and_nothing_is_stored(
     for tool, args in (
         ("memory.put", episode(1)), ("memory.get", {"id": "flow-001"}),
         ("memory.search", {"embedding": [1.0] * 8}), ("memory.recall", {"concepts": ["a"]}),
-        ("memory.prune", {}), ("memory.kcl_status", {}), ("memory.stats", {}),
+        ("memory.sleep", {"once": True}), ("memory.prune", {}), ("memory.kcl_status", {}),
+        ("memory.stats", {}),
     ):  # fmt: skip
         why = refusal(gw.url, "tori_not_a_key_at_all_0000000", tool, args)
         assert why is not None and "unauthorized: the API key is not valid" in why
