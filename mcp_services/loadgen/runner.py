@@ -38,7 +38,6 @@ from mcp_services.loadgen.workload import OPS, TRIGGERS, Workload
 # A trigger refused because the service is busy or has nothing to work on yet (a cycle already
 # running, no graph to prune yet): the request was understood and answered, so not an error.
 REFUSALS = {"ALREADY_EXISTS", "ABORTED", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"}
-SLEEP_RPC = "StartConsolidation"
 _MAX_MSG = 64 << 20
 
 
@@ -73,18 +72,8 @@ class UnsupportedOperation(Exception):
     """A requested operation has no RPC in this build; the message says which flag to change."""
 
 
-def has_rpc(service: Any, method: str) -> bool:
-    return method in service.methods_by_name
-
-
 def check_supported(cfg: LoadConfig) -> None:
     """Refuse up front what the services cannot do, rather than fail every call of it."""
-    sleep_svc = sleep_pb2.DESCRIPTOR.services_by_name["SleepScheduler"]
-    if cfg.sleep_every_s > 0 and not has_rpc(sleep_svc, SLEEP_RPC):
-        raise UnsupportedOperation(
-            f"--sleep-every: the SleepScheduler of this build has no {SLEEP_RPC} RPC; "
-            "use --sleep-every 0"
-        )
     if cfg.mix.get("search", 0) > 0 and cfg.workload.embedding_dim == 0:
         raise UnsupportedOperation(
             "--mix: search needs embeddings, but --embedding-dim is 0; drop search or set it"
@@ -142,6 +131,7 @@ class LoadRun:
             code = _code(exc)
             if op in TRIGGERS and code in REFUSALS:
                 self.stats[op].busy += 1
+                self.stats[op].refusals[code] = str(exc.details() or "")[:200]
             else:
                 self.stats[op].record(time.perf_counter() - start, code)
             return None
@@ -188,17 +178,33 @@ class LoadRun:
         )
 
     async def sleep(self) -> None:
-        method = getattr(self.scheduler, SLEEP_RPC)
-        req = getattr(sleep_pb2, f"{SLEEP_RPC}Request")()
+        req = sleep_pb2.StartConsolidationRequest(wait=True, trigger="loadgen")
         t = self.cfg.trigger_timeout_s
-        await self._timed("sleep", lambda: method(req, timeout=t, metadata=self.metadata))
+        md = self.metadata
+        job = await self._timed(
+            "sleep", lambda: self.scheduler.StartConsolidation(req, timeout=t, metadata=md)
+        )
+        self._job_outcome("sleep", job, sleep_pb2.JobState.Name)
 
     async def prune(self) -> None:
         req = pruner_pb2.TriggerPruningRequest(reason="loadgen")
         t = self.cfg.trigger_timeout_s
-        await self._timed(
-            "prune", lambda: self.pruner.TriggerPruning(req, timeout=t, metadata=self.metadata)
+        md = self.metadata
+        job = await self._timed(
+            "prune", lambda: self.pruner.TriggerPruning(req, timeout=t, metadata=md)
         )
+        self._job_outcome("prune", job, pruner_pb2.JobState.Name)
+
+    def _job_outcome(self, op: str, job: Any, state_name: Callable[[Any], str]) -> None:
+        """A trigger call that returned a job: a FAILED job is an error of the run; one the
+        service refused by its own rules (the pruner's quality guard) is a refusal."""
+        if job is None:
+            return
+        state = state_name(job.state).removeprefix("JOB_STATE_")
+        self.stats[op].outcomes[state] += 1
+        if state == "FAILED":
+            self.stats[op].ok -= 1
+            self.stats[op].errors["JOB_FAILED"] += 1
 
     async def learn(self) -> None:
         req = kcl_pb.ProcessActivationBatchRequest(traces=[self.wl.trace(self.rng)])

@@ -48,6 +48,8 @@ class OpStats:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # by gRPC status code name
     busy: int = 0  # a trigger refused because one was already running: not an error
+    outcomes: Counter[str] = field(default_factory=Counter)  # trigger jobs by final state
+    refusals: dict[str, str] = field(default_factory=dict)  # code -> the last refusal's message
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     window: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -69,6 +71,8 @@ class OpStats:
             "ok": self.ok,
             "errors": dict(self.errors),
             "busy": self.busy,
+            **({"jobs": dict(self.outcomes)} if self.outcomes else {}),
+            **({"refusals": dict(self.refusals)} if self.refusals else {}),
             "p50_ms": round(h.percentile(50) * 1e3, 3),
             "p95_ms": round(h.percentile(95) * 1e3, 3),
             "p99_ms": round(h.percentile(99) * 1e3, 3),

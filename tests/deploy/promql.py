@@ -9,10 +9,6 @@ from mcp_services.gateway import metrics as gateway_metrics
 
 # Series every Prometheus has, whatever it scrapes.
 BUILTIN = {"up", "ALERTS"}
-# Names the SleepScheduler had not exported when the rules and dashboards were written (its issue
-# names them): they are used as the issue says; test_observability.py shows whether they return
-# data from a running fleet.
-AWAITED = {"consol_ops_total", "energy_delta", "sleep_energy_drop", "sleep_settle_loops"}
 
 
 def exported_names() -> set[str]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.promql import AWAITED, BUILTIN, exported_names, series_names
+from tests.deploy.promql import BUILTIN, exported_names, series_names
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "prometheus"
@@ -112,10 +112,9 @@ class TestRuleContent:
 
     def test_rules_use_only_metrics_the_services_export(self) -> None:
         """Every series a rule reads is declared in mcp_services.common.metric_names (or the
-        gateway's metrics), recorded by another rule, or built into Prometheus; the ones still
-        awaited from the SleepScheduler are listed in AWAITED."""
+        gateway's metrics), recorded by another rule, or built into Prometheus."""
         recorded = {r["record"] for r in all_rules() if "record" in r}
-        known = exported_names() | recorded | BUILTIN | AWAITED
+        known = exported_names() | recorded | BUILTIN
         for rule in all_rules():
             unknown = series_names(rule["expr"]) - known
             assert not unknown, f"{rule.get('alert') or rule.get('record')}: {sorted(unknown)}"
