@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp import Client, StdioServerParameters
 
 from mcp_services.common.config import load_config
-from mcp_services.common.config_schema import Settings
 from mcp_services.common.server import ServerThread
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gateway.app import GatewayThread
@@ -41,7 +42,7 @@ def episode(i: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[tuple[Settings, GatewayThread]]:
+def fleet(tmp_path: Path) -> Iterator[tuple[dict[str, str], GatewayThread]]:
     http, metrics = free_ports(2)
     env = service_environ(tmp_path / "var") | {
         "GATEWAY_PORT": str(http),
@@ -62,49 +63,74 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Settings, GatewayThread]]:
             started.append(ServerThread(name, key, factory, settings).start())
         gw = GatewayThread(settings).start()
         started.append(gw)
-        yield settings, gw
+        yield env, gw
     finally:
         for s in reversed(started):
             s.stop()
 
 
-def test_put_search_recall_sleep_prune_kcl_over_http(fleet: tuple[Settings, GatewayThread]) -> None:
-    """100 episodes go in; search and recall find them; a sleep cycle consolidates them; prune and
-    kcl_status answer; stats count them."""
+async def drive(client: Client) -> dict[str, Any]:
+    """The done-when flow through one client session; returns what each step answered."""
+    seen: dict[str, Any] = {}
+    for i in range(0, 100, 25):
+        r = await client.call_tool(
+            "memory.put", {"episodes": [episode(j) for j in range(i, i + 25)]}
+        )
+        assert not r.is_error, text(r)
+    r = await client.call_tool("memory.search", {"embedding": episode(3)["embedding"], "k": 5})
+    assert not r.is_error, text(r)
+    seen["search"] = r.structured_content
+    r = await client.call_tool(
+        "memory.recall", {"concepts": ASSEMBLIES[2], "k": 5, "complete": False}
+    )
+    assert not r.is_error, text(r)
+    seen["recall"] = r.structured_content
+    r = await client.call_tool("memory.sleep", {"once": True})
+    seen["sleep"] = (r.is_error, r.structured_content, text(r))
+    r = await client.call_tool("memory.recall", {"concepts": ASSEMBLIES[2][:2], "k": 5})
+    seen["recall_completed"] = (r.is_error, r.structured_content, text(r))
+    r = await client.call_tool("memory.prune", {"dryRun": True})
+    seen["prune"] = (r.is_error, r.structured_content, text(r))
+    r = await client.call_tool("memory.kcl_status", {"modes": 3})
+    seen["kcl"] = (r.is_error, r.structured_content, text(r))
+    r = await client.call_tool("memory.stats", {})
+    assert not r.is_error, text(r)
+    seen["stats"] = r.structured_content
+    return seen
+
+
+def test_put_search_recall_sleep_prune_kcl_over_http(
+    fleet: tuple[dict[str, str], GatewayThread],
+) -> None:
+    """Over HTTP: 100 episodes go in; search and recall find them; a sleep cycle consolidates
+    them; prune and kcl_status answer; stats count them."""
     _, gw = fleet
 
     async def go() -> dict[str, Any]:
-        seen: dict[str, Any] = {}
         async with mcp_session(gw.url, KEY_A) as client:
-            for i in range(0, 100, 25):
-                r = await client.call_tool(
-                    "memory.put", {"episodes": [episode(j) for j in range(i, i + 25)]}
-                )
-                assert not r.is_error, text(r)
-            r = await client.call_tool(
-                "memory.search", {"embedding": episode(3)["embedding"], "k": 5}
-            )
-            assert not r.is_error, text(r)
-            seen["search"] = r.structured_content
-            r = await client.call_tool(
-                "memory.recall", {"concepts": ASSEMBLIES[2], "k": 5, "complete": False}
-            )
-            assert not r.is_error, text(r)
-            seen["recall"] = r.structured_content
-            r = await client.call_tool("memory.sleep", {"once": True})
-            seen["sleep"] = (r.is_error, r.structured_content, text(r))
-            r = await client.call_tool("memory.recall", {"concepts": ASSEMBLIES[2][:2], "k": 5})
-            seen["recall_completed"] = (r.is_error, r.structured_content, text(r))
-            r = await client.call_tool("memory.prune", {"dryRun": True})
-            seen["prune"] = (r.is_error, r.structured_content, text(r))
-            r = await client.call_tool("memory.kcl_status", {"modes": 3})
-            seen["kcl"] = (r.is_error, r.structured_content, text(r))
-            r = await client.call_tool("memory.stats", {})
-            assert not r.is_error, text(r)
-            seen["stats"] = r.structured_content
-        return seen
+            return await drive(client)
 
-    seen = asyncio.run(go())
+    check(asyncio.run(go()))
+
+
+def test_the_same_flow_over_stdio(fleet: tuple[dict[str, str], GatewayThread]) -> None:
+    """Over stdio (a desktop client spawning the gateway): the same flow, the same answers."""
+    env, _ = fleet
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_services.gateway", "--stdio"],
+        env=env | {"GATEWAY_API_KEY": KEY_A},
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+
+    async def go() -> dict[str, Any]:
+        async with Client(params) as client:
+            return await drive(client)
+
+    check(asyncio.run(go()))
+
+
+def check(seen: dict[str, Any]) -> None:
     hits = seen["search"]["hits"]
     assert len(hits) == 5
     # The query is assembly 3's embedding: every hit is an episode of assembly 3.
@@ -132,7 +158,7 @@ def test_put_search_recall_sleep_prune_kcl_over_http(fleet: tuple[Settings, Gate
 
 
 def test_a_wrong_key_is_refused_for_every_tool_and_nothing_is_stored(
-    fleet: tuple[Settings, GatewayThread],
+    fleet: tuple[dict[str, str], GatewayThread],
 ) -> None:
     """With a wrong key every tool call is refused (401) and the vault stays empty."""
     _, gw = fleet
