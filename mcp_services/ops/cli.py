@@ -45,6 +45,14 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "schema", "add_diagnostic_arguments", "run_diagnostic",
         "connect to a vault backend: latency, sizes, schema, settings in force",
     ),
+    "backup": (
+        "backup", "add_backup_arguments", "run_backup",
+        "consistent online snapshot of every service's data, checksummed",
+    ),
+    "restore": (
+        "backup", "add_restore_arguments", "run_restore",
+        "restore a backup (fleet stopped; --force moves existing data aside)",
+    ),
 }  # fmt: skip
 
 
