@@ -206,8 +206,7 @@ def main() -> None:
     t0 = time.perf_counter()
     truth = np.argsort(-(qn @ unit.T), axis=1)[:, :10]
     brute_s = (time.perf_counter() - t0) / len(queries)
-    results = [run_backend(b, data, queries, truth, args) for b in args.backends]
-    report = {
+    report: dict[str, Any] = {
         "bench": "vault_search",
         "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/bench_vault_search.py "
         + " ".join(sys.argv[1:]),
@@ -217,9 +216,12 @@ def main() -> None:
         "hnsw": {"m": 32, "ef_construction": 200, "ef_search": 128},
         "baseline_brute_force_numpy_ms_per_query": round(brute_s * 1000, 3),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "results": results,
+        "results": [],
     }
-    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
+    # Written after every backend, so a run cut short keeps what it measured.
+    for b in args.backends:
+        report["results"].append(run_backend(b, data, queries, truth, args))
+        RESULTS.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 
 
