@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from mcp_services.sparse_pruner.domain import (
     PruningProblem,
     build_problem,
+    kernels,
     lambda_max,
     relative_lambda,
     solve_l1,
 )
-from mcp_services.sparse_pruner.domain.coloring import color_classes, color_edges
-from mcp_services.sparse_pruner.domain.objective import certificate, margins
+from mcp_services.sparse_pruner.domain.objective import certificate, loss, margins
 
 from .planted import correlated_patterns, projection_graph, random_patterns
 from .reference import liblinear_solve
@@ -172,23 +173,70 @@ class TestScreening:
         assert ours <= theirs * (1.0 + 1e-6)
 
 
-class TestColoring:
-    """Each colour class is a matching, so its edges update independently."""
+class TestKernels:
+    """The compiled kernels agree with independent numpy/scipy forms of the same quantities."""
 
-    def test_classes_are_matchings_covering_all_edges(self) -> None:
-        """Every edge has one colour and no two edges of a colour share an endpoint."""
+    def test_margins_match_sparse_product(self) -> None:
+        """m = y * (W x) from the edge list equals scipy's product with the symmetric matrix."""
+        problem = _biased_problem()
+        w = np.random.default_rng(5).standard_normal(problem.n_edges)
+        n = problem.n_concepts
+        upper = sp.coo_matrix((w, (problem.edge_i, problem.edge_j)), shape=(n, n))
+        expected = np.asarray((upper + upper.T) @ problem.inputs_t) * problem.targets_t
+        np.testing.assert_allclose(margins(problem, w), expected, rtol=1e-12, atol=1e-12)
+
+    def test_sweep_descends_and_keeps_margins_consistent(self) -> None:
+        """Each sweep lowers the objective and leaves m equal to the margins of the new w."""
+        problem = _correlated_problem()
+        lam, _ = relative_lambda(problem, 0.1)
+        w = 0.05 * np.random.default_rng(6).standard_normal(problem.n_edges)
+        m = margins(problem, w)
+        order = np.random.default_rng(7).permutation(problem.n_edges)
+        before = _objective(problem, w, lam)
+        for _ in range(3):
+            kernels.cd_sweep(
+                problem.edge_i,
+                problem.edge_j,
+                order,
+                problem.inputs_t,
+                problem.targets_t,
+                problem.thresholds,
+                w,
+                m,
+                lam,
+            )
+            after = _objective(problem, w, lam)
+            assert after < before
+            before = after
+        np.testing.assert_allclose(m, margins(problem, w), rtol=1e-10, atol=1e-10)
+
+    def test_sweep_minimises_a_single_coordinate(self) -> None:
+        """Swept alone, an edge lands no worse than a fine grid search of its 1-D objective."""
         problem = _random_problem()
-        colors = color_edges(problem.edge_i, problem.edge_j, problem.n_concepts)
-        classes = color_classes(colors)
-        assert sum(c.size for c in classes) == problem.n_edges
-        for cls in classes:
-            ends = np.concatenate([problem.edge_i[cls], problem.edge_j[cls]])
-            assert np.unique(ends).size == ends.size
-
-    def test_self_loop_is_rejected(self) -> None:
-        """A self-loop cannot be coloured and is reported."""
-        with pytest.raises(ValueError, match="edge_i, edge_j"):
-            color_edges(np.array([0, 1]), np.array([1, 1]), 2)
+        lam, _ = relative_lambda(problem, 0.1)
+        w = 0.02 * np.random.default_rng(8).standard_normal(problem.n_edges)
+        e = int(np.argmax(np.abs(w)))
+        start = _objective(problem, w, lam)
+        grid = w[e] + np.linspace(-0.5, 0.5, 2001)
+        values = []
+        for value in grid:
+            trial = w.copy()
+            trial[e] = value
+            values.append(loss(problem, margins(problem, trial)) + lam * np.abs(trial).sum())
+        m = margins(problem, w)
+        for _ in range(20):  # repeated 1-D steps converge to the coordinate's minimiser
+            kernels.cd_sweep(
+                problem.edge_i,
+                problem.edge_j,
+                np.array([e]),
+                problem.inputs_t,
+                problem.targets_t,
+                problem.thresholds,
+                w,
+                m,
+                lam,
+            )
+        assert _objective(problem, w, lam) <= min(min(values), start) + 1e-12
 
 
 class TestSolverArguments:

@@ -29,14 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from .coloring import color_edges
+from . import kernels
 from .graph import ConceptGraph, FloatArray, IndexArray, check_prototypes
-
-# Rows processed per block when forming per-edge dot products, to bound temporary memory.
-_EDGE_BLOCK = 65_536
 
 
 @dataclass(frozen=True)
@@ -46,8 +42,6 @@ class PruningProblem:
     Attributes:
         n_concepts: ``N``.
         edge_i, edge_j: ``(E,)`` endpoints of the candidate edges, ``edge_i < edge_j``.
-        colors: ``(E,)`` color of each edge; edges of one color share no endpoint (a matching),
-            so their coordinate updates are independent and run as one vectorised step.
         inputs_t: ``(N, n)`` input state ``x_kj`` of concept ``j`` in sample ``k`` (transposed).
         targets_t: ``(N, n)`` target sign ``y_ik`` of concept ``i`` in sample ``k`` (transposed).
         thresholds: ``(N, n)`` the ``t_ik`` above.
@@ -56,7 +50,6 @@ class PruningProblem:
     n_concepts: int
     edge_i: IndexArray
     edge_j: IndexArray
-    colors: IndexArray
     inputs_t: FloatArray
     targets_t: FloatArray
     thresholds: FloatArray
@@ -72,12 +65,11 @@ class PruningProblem:
         return int(self.inputs_t.shape[1])
 
     def restrict(self, keep: NDArray[np.bool_]) -> PruningProblem:
-        """Return the same problem on the edges where ``keep`` is true (colors stay valid)."""
+        """Return the same problem on the edges where ``keep`` is true."""
         return PruningProblem(
             n_concepts=self.n_concepts,
             edge_i=self.edge_i[keep],
             edge_j=self.edge_j[keep],
-            colors=self.colors[keep],
             inputs_t=self.inputs_t,
             targets_t=self.targets_t,
             thresholds=self.thresholds,
@@ -150,7 +142,6 @@ def build_problem(
         n_concepts=graph.n_concepts,
         edge_i=edge_i,
         edge_j=edge_j,
-        colors=color_edges(edge_i, edge_j, graph.n_concepts),
         inputs_t=np.ascontiguousarray(inputs.T),
         targets_t=targets_t,
         thresholds=np.ascontiguousarray(thresholds),
@@ -159,24 +150,14 @@ def build_problem(
 
 def margins(problem: PruningProblem, w: FloatArray) -> FloatArray:
     """Margins ``m`` (``(N, n)``): ``m_ik = y_ik * sum_j W_ij x_kj`` for edge weights ``w``."""
-    n = problem.n_concepts
-    upper = sp.coo_matrix((w, (problem.edge_i, problem.edge_j)), shape=(n, n))
-    weights = sp.csr_matrix(upper + upper.T)
-    return np.asarray(weights @ problem.inputs_t) * problem.targets_t
+    return kernels.margins(problem.edge_i, problem.edge_j, w, problem.inputs_t, problem.targets_t)
 
 
 def edge_gradient(problem: PruningProblem, residual: FloatArray) -> FloatArray:
     """Return ``dL/dw`` of shape ``(E,)`` given ``residual = max(0, t - m)`` of shape ``(N, n)``."""
-    u = residual * problem.targets_t
-    x = problem.inputs_t
-    grad = np.empty(problem.n_edges)
-    for lo in range(0, problem.n_edges, _EDGE_BLOCK):
-        i = problem.edge_i[lo : lo + _EDGE_BLOCK]
-        j = problem.edge_j[lo : lo + _EDGE_BLOCK]
-        grad[lo : lo + _EDGE_BLOCK] = np.einsum("ek,ek->e", u[i], x[j]) + np.einsum(
-            "ek,ek->e", u[j], x[i]
-        )
-    return -grad / problem.n_samples
+    return kernels.edge_gradient(
+        problem.edge_i, problem.edge_j, problem.inputs_t, problem.targets_t, residual
+    )
 
 
 def lambda_max(problem: PruningProblem) -> float:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .coloring import color_classes, color_edges
+from . import kernels
 from .graph import FloatArray, IndexArray
 from .newton import newton_polish
 from .objective import (
@@ -43,11 +43,8 @@ from .objective import (
     edge_gradient,
     lambda_max,
     margins,
-    soft_threshold,
 )
 
-# Coordinate curvature bound: each endpoint contributes sum_k (y x)^2 / n = 1.
-_LIPSCHITZ = 2.0
 # Inner sweeps between full-gradient checks; a check costs about one full sweep.
 _INNER_SWEEPS = 10
 # Continuation path for cold starts at small lam: halve from 0.5 lambda_max, and at each point
@@ -56,8 +53,6 @@ _PATH_START = 0.5
 _PATH_RATIO = 2.0
 _PATH_TOL = 1e-2
 _PATH_ROUNDS = 3
-# Recolour working sets smaller than this fraction of the edges (see _sweep_working_set).
-_RECOLOR_FRACTION = 0.7
 # Iterates combined per Anderson extrapolation; 5 is the depth Bertrand & Massias found robust.
 _ANDERSON_DEPTH = 5
 # A working-set edge also enters when its gradient is within this fraction of lam, so that the
@@ -88,51 +83,6 @@ class L1Solution:
     screened: int
     screened_mask: NDArray[np.bool_]
     converged: bool
-
-
-def _cd_step(
-    problem: PruningProblem,
-    cls: IndexArray,
-    w: FloatArray,
-    lam: float,
-    m: FloatArray,
-) -> None:
-    """Update the edges of one matching ``cls`` in place (``w`` and margins ``m``)."""
-    i = problem.edge_i[cls]
-    j = problem.edge_j[cls]
-    zi = problem.targets_t[i] * problem.inputs_t[j]  # d m_i / d w_e
-    zj = problem.targets_t[j] * problem.inputs_t[i]  # d m_j / d w_e
-    ri = problem.thresholds[i] - m[i]
-    rj = problem.thresholds[j] - m[j]
-    qi = np.maximum(ri, 0.0)
-    qj = np.maximum(rj, 0.0)
-    inv_n = 1.0 / problem.n_samples
-    grad = -(np.einsum("ek,ek->e", qi, zi) + np.einsum("ek,ek->e", qj, zj)) * inv_n
-    curv = (np.count_nonzero(ri > 0.0, axis=1) + np.count_nonzero(rj > 0.0, axis=1)) * inv_n
-    wc = w[cls]
-    safe_curv = np.where(curv > 0.0, curv, _LIPSCHITZ)
-    w_newton = soft_threshold(wc - grad / safe_curv, lam / safe_curv)
-    w_lip = soft_threshold(wc - grad / _LIPSCHITZ, lam / _LIPSCHITZ)
-    dn = w_newton - wc
-    dl = w_lip - wc
-    qi_n = np.maximum(ri - dn[:, None] * zi, 0.0)
-    qj_n = np.maximum(rj - dn[:, None] * zj, 0.0)
-    old_loss = 0.5 * inv_n * (np.einsum("ek,ek->e", qi, qi) + np.einsum("ek,ek->e", qj, qj))
-    new_loss = 0.5 * inv_n * (np.einsum("ek,ek->e", qi_n, qi_n) + np.einsum("ek,ek->e", qj_n, qj_n))
-    f_newton = new_loss + lam * np.abs(w_newton)
-    # Upper bound on the objective after the Lipschitz step (a majoriser of the 1-D loss).
-    f_lip_bound = old_loss + grad * dl + 0.5 * _LIPSCHITZ * dl * dl + lam * np.abs(w_lip)
-    take_newton = f_newton <= f_lip_bound
-    d = np.where(take_newton, dn, dl)
-    moved = d != 0.0
-    if not np.any(moved):
-        return
-    if not np.all(moved):
-        i, j, zi, zj, d = i[moved], j[moved], zi[moved], zj[moved], d[moved]
-        cls = cls[moved]
-    m[i] += d[:, None] * zi
-    m[j] += d[:, None] * zj
-    w[cls] += d
 
 
 def solve_l1(
@@ -280,25 +230,25 @@ def _sweep_working_set(
     idx = np.flatnonzero(working)
     if not idx.size:
         return 0
-    if idx.size < _RECOLOR_FRACTION * problem.n_edges:
-        # A working set has lower degree than the whole graph, so recolouring it gives fewer,
-        # larger classes: fewer numpy calls per sweep, which dominate on small graphs.
-        colors = color_edges(problem.edge_i[idx], problem.edge_j[idx], problem.n_concepts)
-    else:
-        colors = problem.colors[idx]
-    classes = [idx[c] for c in color_classes(colors)]
     visits = 0
     history = [w[idx].copy()]
     for _ in range(_INNER_SWEEPS):
-        before = w[idx].copy()
-        for cls in classes:
-            _cd_step(problem, cls, w, lam, m)
+        change = kernels.cd_sweep(
+            problem.edge_i,
+            problem.edge_j,
+            idx,
+            problem.inputs_t,
+            problem.targets_t,
+            problem.thresholds,
+            w,
+            m,
+            lam,
+        )
         visits += idx.size
         history.append(w[idx].copy())
         if len(history) == _ANDERSON_DEPTH + 1:
             _anderson(problem, w, lam, m, idx, np.array(history))
             history = [w[idx].copy()]
-        change = float(np.max(np.abs(w[idx] - before)))
         scale = float(np.max(np.abs(w[idx])))
         # Inner convergence is only a heuristic to return to the certificate; the stopping
         # decision itself is always the gap.
