@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 import numpy as np
 import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.event_bus import EPISODE_STORED, EventBus, new_header
@@ -95,9 +96,23 @@ def decode_page_token(token: str, flt: EpisodeFilter) -> ListCursor:
     return cursor
 
 
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_TS_MIN_S, _TS_MAX_S = -62_135_596_800, 253_402_300_799
+# The longest TTL PurgeTTL accepts: 1000 years (beyond it the cutoff leaves int64 milliseconds).
+_MAX_TTL_HOURS = 1000 * 365.25 * 24
+
+
+def _checked_ms(ts: Timestamp, field: str) -> int:
+    if not (_TS_MIN_S <= ts.seconds <= _TS_MAX_S and 0 <= ts.nanos < 1_000_000_000):
+        raise InvalidEpisode(
+            field, "is outside the Timestamp range (years 1 to 9999, nanos 0..999999999)"
+        )
+    return ms_from_timestamp(ts)
+
+
 def filter_from_proto(f: episodic_pb2.EpisodeFilter) -> EpisodeFilter:
-    since = ms_from_timestamp(f.since) if f.HasField("since") else None
-    until = ms_from_timestamp(f.until) if f.HasField("until") else None
+    since = _checked_ms(f.since, "filter.since") if f.HasField("since") else None
+    until = _checked_ms(f.until, "filter.until") if f.HasField("until") else None
     if since is not None and until is not None and since >= until:
         raise InvalidEpisode("filter.until", "is not after filter.since; give an increasing range")
     if not math.isfinite(f.min_energy) or f.min_energy < 0:
@@ -316,10 +331,13 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
     async def PurgeTTL(
         self, request: episodic_pb2.PurgeTTLRequest, context: grpc.aio.ServicerContext
     ) -> episodic_pb2.PurgeTTLResponse:
-        if not math.isfinite(request.ttl_hours) or request.ttl_hours < 0:
+        if not (math.isfinite(request.ttl_hours) and 0 <= request.ttl_hours <= _MAX_TTL_HOURS):
             await self._invalid(
                 context,
-                InvalidEpisode("ttl_hours", f"{request.ttl_hours} is not a finite value >= 0"),
+                InvalidEpisode(
+                    "ttl_hours",
+                    f"{request.ttl_hours} is not a value in [0, {_MAX_TTL_HOURS:.0f}] (1000 years)",
+                ),
             )
         if request.keep_ref_count < 0:
             await self._invalid(

@@ -125,6 +125,10 @@ def backup_message(info: BackupInfo) -> pruner_pb2.Backup:
     )
 
 
+# The longest schedule interval: a year (a next-run time must stay a valid Timestamp).
+_YEAR_S = 365.0 * 24 * 3600
+
+
 class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
     def __init__(self, engine: PruningEngine, schedule: Schedule) -> None:
         self._engine = engine
@@ -249,12 +253,12 @@ class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
     async def SchedulePruning(
         self, request: pruner_pb2.SchedulePruningRequest, context: grpc.aio.ServicerContext
     ) -> pruner_pb2.ScheduleInfo:
-        if not (math.isfinite(request.interval_s) and request.interval_s >= 0.0):
+        if not (math.isfinite(request.interval_s) and 0.0 <= request.interval_s <= _YEAR_S):
             await _abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"interval_s: must be a finite number of seconds >= 0 (0: off), got "
-                f"{request.interval_s}",
+                f"interval_s: must be seconds in [0, {_YEAR_S:.0f}] (0: off; at most a year), "
+                f"got {request.interval_s}",
             )
         self._schedule.set(request.interval_s, request.dry_run)
         info = pruner_pb2.ScheduleInfo(interval_s=request.interval_s, dry_run=request.dry_run)

@@ -265,6 +265,19 @@ class TestReadArguments:
         with pytest.raises(grpc.RpcError) as err:
             list(vault.stub.Scan(pb.ScanRequest(after_seq=-1)))
         assert (err.value.details() or "").startswith("after_seq:")
-        with pytest.raises(grpc.RpcError) as err:
-            vault.stub.PurgeTTL(pb.PurgeTTLRequest(ttl_hours=-1))
-        assert (err.value.details() or "").startswith("ttl_hours:")
+        for ttl in (-1, 1e300):  # 1e300 h: the cutoff would leave int64 milliseconds
+            with pytest.raises(grpc.RpcError) as err:
+                vault.stub.PurgeTTL(pb.PurgeTTLRequest(ttl_hours=ttl))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (err.value.details() or "").startswith("ttl_hours:")
+
+    def test_filter_time_outside_the_timestamp_range(self, vault: Vault) -> None:
+        """A filter bound beyond year 9999 (found by the property tests: it overflowed SQLite)
+        is INVALID_ARGUMENT naming the bound, on every backend."""
+        for bound in ("since", "until"):
+            req = pb.ListRecentRequest()
+            getattr(req.filter, bound).seconds = 2**62
+            with pytest.raises(grpc.RpcError) as err:
+                vault.stub.ListRecent(req)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (err.value.details() or "").startswith(f"filter.{bound}: is outside")
