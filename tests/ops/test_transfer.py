@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -108,6 +109,16 @@ class TestExportImport:
         again = _ops("import", "--backend", target, "--in", str(out))
         assert f"0 created, {N} existing, 0 marked consolidated" in again.stdout
 
+    def test_readable_export_round_trips(self, source: str, tmp_path: Path) -> None:
+        out = tmp_path / "readable.jsonl"
+        made = _ops("export", "--backend", source, "--out", str(out), "--readable")
+        assert made.returncode == 0, made.stderr
+        first = json.loads(out.read_text().splitlines()[1])
+        assert "body" not in first and first["episode"]["id"] == "ep-00000"
+        target = f"sqlite:path={tmp_path / 'target.db'}"
+        assert _ops("import", "--backend", target, "--in", str(out)).returncode == 0
+        assert _all(target) == _all(source)
+
     def test_sqlite_to_redis(self, source: str, redis_prefix: str, tmp_path: Path) -> None:
         target = f"redis:url={REDIS_URL},key_prefix={redis_prefix}"
         out = tmp_path / "export.jsonl"
@@ -129,7 +140,10 @@ class TestExportImport:
         assert resumed.returncode == 0, resumed.stderr
         assert "exported 40 episodes" in resumed.stdout
         lines = out.read_text().splitlines()
-        ids = [json.loads(line)["episode"]["id"] for line in lines[1:]]
+        ids = [
+            pb.Episode.FromString(base64.b64decode(json.loads(line)["body"])).id
+            for line in lines[1:]
+        ]
         assert len(ids) == len(set(ids)) == N + 40
 
     def test_import_refuses_an_altered_line_and_resumes(self, source: str, tmp_path: Path) -> None:
@@ -139,7 +153,9 @@ class TestExportImport:
         bad_lineno = 400  # 1-based; line 1 is the header
         good = lines[bad_lineno - 1]
         rec = json.loads(good)
-        rec["episode"]["energy"] = 0.123456  # edited by hand after export
+        msg = pb.Episode.FromString(base64.b64decode(rec["body"]))
+        msg.energy = 0.123456  # altered after export, checksum left as it was
+        rec["body"] = base64.b64encode(msg.SerializeToString()).decode()
         lines[bad_lineno - 1] = json.dumps(rec) + "\n"
         out.write_text("".join(lines))
         target = f"sqlite:path={tmp_path / 'target.db'}"
