@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,6 +107,9 @@ class PressureWatcher:
                 await self._task
 
 
+_YEAR_S = 365.0 * 24 * 3600
+
+
 @dataclass(frozen=True)
 class ScheduleSpec:
     """A recurring consolidation: ``cron`` (5 fields, UTC) or ``every_s`` seconds."""
@@ -117,8 +121,12 @@ class ScheduleSpec:
     def __post_init__(self) -> None:
         if self.cron and self.every_s:
             raise ValueError("set cron or every_s, not both")
-        if self.every_s < 0:
-            raise ValueError(f"every_s={self.every_s} must be > 0 (or 0 with a cron expression)")
+        if not (math.isfinite(self.every_s) and 0 <= self.every_s <= _YEAR_S):
+            # The bound keeps the next run a valid Timestamp (found by the property tests).
+            raise ValueError(
+                f"every_s={self.every_s} must be seconds in (0, {_YEAR_S:.0f}] (at most a year; "
+                "0 with a cron expression)"
+            )
         if self.cron and (len(self.cron.split()) != 5 or not croniter.is_valid(self.cron)):
             raise ValueError(
                 f"cron {self.cron!r} is not a 5-field cron expression: use e.g. '0 3 * * *' "

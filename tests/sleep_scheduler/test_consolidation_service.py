@@ -240,6 +240,12 @@ class TestTriggers:
                 stub.ScheduleConsolidation(sleep_pb2.ScheduleConsolidationRequest(cron=bad))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "cron" in str(err.value.details())
+        # Intervals whose next run would leave the Timestamp range (found by property tests).
+        for every in (float("inf"), 1e12):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ScheduleConsolidation(sleep_pb2.ScheduleConsolidationRequest(every_s=every))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "every_s" in str(err.value.details())
         ok = stub.ScheduleConsolidation(sleep_pb2.ScheduleConsolidationRequest(cron="0 3 * * *"))
         assert ok.active and ok.cron == "0 3 * * *"
 
