@@ -138,6 +138,7 @@ class PutLoop(threading.Thread):
         self.stub, self.prefix = stub, prefix
         self.acked: list[str] = []
         self.failures: dict[str, int] = {}
+        self.failed_ids: dict[str, list[str]] = {}
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -151,6 +152,7 @@ class PutLoop(threading.Thread):
             except grpc.RpcError as exc:
                 code = exc.code().name
                 self.failures[code] = self.failures.get(code, 0) + 1
+                self.failed_ids.setdefault(code, []).append(eid)
                 time.sleep(0.02)
 
     def wait_acked(self, n: int, within: float = 60) -> None:
@@ -353,9 +355,12 @@ class TestGracefulShutdown:
             vault = start_vault(env, tmp_path / "vault.log")
             acked = [eid for loop in loops for eid in loop.acked]
             found = read_back(channels[0][1], acked)
+            cancelled = [e for loop in loops for e in loop.failed_ids.get("CANCELLED", [])]
+            cancelled_stored = read_back(channels[0][1], cancelled)
             print(f"sigterm under load: acknowledged {len(acked)}, read back {found}, "
-                  f"refused {failures}")  # fmt: skip
+                  f"refused {failures}, cancelled and stored {cancelled_stored}")  # fmt: skip
             assert found == len(acked)
+            assert cancelled_stored == 0, "a cancelled call had run: in-flight calls must finish"
         finally:
             for loop in loops:
                 loop.halt.set()
