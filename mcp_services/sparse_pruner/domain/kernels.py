@@ -8,8 +8,10 @@ edges in order is plain Gauss-Seidel coordinate descent, needs no colouring, and
 concept's rows in cache across its edges.
 
 The kernels take the problem's ``(N, n)`` row-major arrays (a concept's samples are contiguous) and
-the edge endpoints. They are compiled lazily on first use and cached on disk (``cache=True``), so a
-process pays the compile once per installation, not per call.
+the edge endpoints. They are compiled lazily on first use (about a second) and cached on disk where
+numba finds a writable place (``__pycache__`` beside this file, ``NUMBA_CACHE_DIR``, or the user's
+cache directory); where none is writable, as in a read-only image run by a user without a home,
+each process compiles once instead of failing at import.
 
 ``fastmath`` lets LLVM reorder the per-sample sums into SIMD lanes (with branch-free hinges,
 measured 3x on the sweep at 50k edges). Its no-NaN/no-inf assumption holds because graphs and
@@ -28,7 +30,7 @@ from .graph import FloatArray, IndexArray
 LIPSCHITZ = 2.0
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(nogil=True, fastmath=True)
 def _soft(x: float, t: float) -> float:
     if x > t:
         return x - t
@@ -37,7 +39,7 @@ def _soft(x: float, t: float) -> float:
     return 0.0
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(nogil=True, fastmath=True)
 def _cd_sweep(
     edge_i: IndexArray,
     edge_j: IndexArray,
@@ -103,7 +105,7 @@ def _cd_sweep(
     return biggest
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(nogil=True, fastmath=True)
 def _edge_gradient(
     edge_i: IndexArray,
     edge_j: IndexArray,
@@ -124,7 +126,7 @@ def _edge_gradient(
         out[e] = -acc * inv_n
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(nogil=True, fastmath=True)
 def _margins(
     edge_i: IndexArray,
     edge_j: IndexArray,
@@ -194,3 +196,16 @@ def margins(
     out = np.empty(inputs_t.shape)
     _margins(edge_i, edge_j, np.ascontiguousarray(w, dtype=np.float64), inputs_t, targets_t, out)
     return out
+
+
+def _enable_disk_cache() -> None:
+    # numba's own cache=True raises at import when no cache location is writable; asking after
+    # definition lets the module import there and compile per process instead.
+    for dispatcher in (_soft, _cd_sweep, _edge_gradient, _margins):
+        try:
+            dispatcher.enable_caching()
+        except RuntimeError:
+            return
+
+
+_enable_disk_cache()
