@@ -244,10 +244,10 @@ class TestSolverArguments:
 
     @pytest.mark.parametrize(
         ("lam", "tol", "name"),
-        [(-1.0, 1e-6, "lam"), (0.1, 0.0, "tol")],
+        [(-1.0, 1e-6, "lam"), (np.inf, 1e-6, "lam"), (np.nan, 1e-6, "lam"), (0.1, 0.0, "tol")],
     )
     def test_bad_scalars(self, lam: float, tol: float, name: str) -> None:
-        """Negative lam or non-positive tol is refused."""
+        """Negative or non-finite lam, or non-positive tol, is refused."""
         with pytest.raises(ValueError, match=name):
             solve_l1(_random_problem(), lam, tol=tol)
 
@@ -255,6 +255,15 @@ class TestSolverArguments:
         """A warm start of the wrong length is refused."""
         with pytest.raises(ValueError, match="initial"):
             solve_l1(_random_problem(), 0.1, initial=np.zeros(3))
+
+    def test_non_finite_initial(self) -> None:
+        """A warm start holding NaN or inf is refused (the compiled sweep assumes finite data)."""
+        problem = _random_problem()
+        for bad in (np.nan, np.inf):
+            initial = np.zeros(problem.n_edges)
+            initial[3] = bad
+            with pytest.raises(ValueError, match="initial"):
+                solve_l1(problem, 0.1, initial=initial)
 
     def test_tau_out_of_range(self) -> None:
         """tau outside [0, 1] is refused."""

@@ -110,10 +110,11 @@ def solve_l1(
             :class:`SolveCancelled` (a caller's cancel, e.g. CancelPruning).
 
     Raises:
-        ValueError: ``lam < 0``, ``tol <= 0`` or ``initial`` of the wrong shape.
+        ValueError: ``lam`` negative or not finite, ``tol <= 0``, or ``initial`` of the wrong
+            shape or not finite (the compiled kernels assume finite values).
     """
-    if not lam >= 0.0:
-        raise ValueError(f"lam: must be >= 0, got {lam}")
+    if not 0.0 <= lam < np.inf:
+        raise ValueError(f"lam: must be finite and >= 0, got {lam}")
     if not tol > 0.0:
         raise ValueError(f"tol: must be > 0, got {tol}")
     n_edges = problem.n_edges
@@ -122,6 +123,8 @@ def solve_l1(
     else:
         if initial.shape != (n_edges,):
             raise ValueError(f"initial: expected shape ({n_edges},), got {initial.shape}")
+        if not np.all(np.isfinite(initial)):
+            raise ValueError("initial: every warm-start weight must be finite (no NaN or inf)")
         w = np.array(initial, dtype=np.float64)
     lmax = lambda_max(problem) if lam_max is None else lam_max
     m = margins(problem, w)
