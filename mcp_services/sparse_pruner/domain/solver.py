@@ -45,7 +45,8 @@ from .objective import (
     margins,
 )
 
-# Inner sweeps between full-gradient checks; a check costs about one full sweep.
+# Inner sweeps between full-gradient checks (a check is one gradient pass, under a sweep's cost).
+# Total time measured flat between 5 and 20 on 20k-100k edges at tau 0.003-0.1.
 _INNER_SWEEPS = 10
 # Continuation path for cold starts at small lam: halve from 0.5 lambda_max, and at each point
 # only get near (gap 1e-2, at most 3 working-set rounds); the last point is solved for real.
