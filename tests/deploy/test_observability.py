@@ -10,6 +10,7 @@ with only the targets and intervals changed for the private ports and a short te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -21,8 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mcp_services.loadgen.native import NativeFleet, free_ports
 
@@ -163,11 +166,28 @@ def observed_fleet(
         assert summary["errors"] == 0 and summary["verify"]["lost"] == 0, (summary, err[-2000:])
         # Jobs the load started (a pruning run after a consolidation) may still be running: give
         # them a bounded while to finish and be scraped, then the tests judge what is there.
+        # Light steady traffic to every gRPC service meanwhile: a rate needs two scrapes around
+        # an increase, and a service busy compiling or solving during the load (the pruner's
+        # first run compiles its kernels) may have missed its scrapes then.
+        channels = [
+            grpc.insecure_channel(f"127.0.0.1:{fleet.ports[name][0]}")
+            for name in ("episodic-vault", "sleep-scheduler", "sparse-pruner", "koopman-learner")
+            if name in fleet.ports
+        ]
         deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and any(
-            not prom.query(expr) for _, _, expr in panel_queries()
-        ):
-            time.sleep(2)
+        try:
+            while time.monotonic() < deadline and any(
+                not prom.query(expr) for _, _, expr in panel_queries()
+            ):
+                for ch in channels:
+                    with contextlib.suppress(grpc.RpcError):
+                        health_pb2_grpc.HealthStub(ch).Check(
+                            health_pb2.HealthCheckRequest(), timeout=2
+                        )
+                time.sleep(2)
+        finally:
+            for ch in channels:
+                ch.close()
         yield prom, fleet
     finally:
         prom.stop()
