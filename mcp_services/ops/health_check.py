@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import psycopg
@@ -32,10 +34,10 @@ class Probe:
     ms: float
 
 
-def _timed(component: str, target: str, fn: object) -> Probe:
+def _timed(component: str, target: str, fn: Callable[[], tuple[bool, str]]) -> Probe:
     start = time.perf_counter()
     try:
-        ok, detail = fn()  # type: ignore[operator]
+        ok, detail = fn()
     except Exception as exc:  # every failure is reported, never raised
         ok, detail = False, f"{type(exc).__name__}: {exc}"
     return Probe(component, target, bool(ok), str(detail), (time.perf_counter() - start) * 1e3)
@@ -100,7 +102,11 @@ def probe_backend(settings: Settings, timeout: float) -> Probe:
         def go_sqlite() -> tuple[bool, str]:
             if not path.exists():
                 return False, "no database file yet (the vault creates it on first start)"
-            return True, f"{path.stat().st_size} bytes"
+            # Opened read-only and read, so a corrupt or foreign file fails here, not in the vault.
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout) as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return True, f"schema version {version}, {path.stat().st_size} bytes"
 
         return _timed("vault.backend", str(path), go_sqlite)
     return Probe("vault.backend", "memory", True, "in-process; nothing to reach", 0.0)

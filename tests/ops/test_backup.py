@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,15 +19,9 @@ from mcp_services.sleep_scheduler.domain.concept_index import ConceptIndex
 from mcp_services.sleep_scheduler.domain.graph import ConceptGraph
 from mcp_services.sleep_scheduler.graph_store import GraphStore
 from tests.conftest import service_environ
+from tests.ops.runner import ops
 
 N = 120
-
-
-def _ops(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mcp_services.ops", *args],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
 
 
 def _populate(env: dict[str, str]) -> None:
@@ -83,19 +75,19 @@ def test_backup_then_restore_gives_the_same_data(tmp_path: Path) -> None:
     src_env = service_environ(tmp_path / "src")
     _populate(src_env)
     out = tmp_path / "backup"
-    made = _ops(src_env, "backup", "--out", str(out))
+    made = ops(src_env, "backup", "--out", str(out))
     assert made.returncode == 0, made.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["components"]["graphs"]["files"] == ["v000000000001.npz", "v000000000002.npz"]
     assert len(manifest["sha256"]) == 5  # vault.db, 2 graph versions, pruner, learner
 
     dst_env = service_environ(tmp_path / "dst")
-    restored = _ops(dst_env, "restore", "--from", str(out))
+    restored = ops(dst_env, "restore", "--from", str(out))
     assert restored.returncode == 0, restored.stderr
     # The vault: same ids, hashes, consolidation state, counters.
     src_db = Path(load_config(environ=src_env).vault.sqlite.path)
     dst_db = Path(load_config(environ=dst_env).vault.sqlite.path)
-    verify = _ops(
+    verify = ops(
         dst_env, "verify-consistency", "--backend", f"sqlite:path={src_db}",
         "--against", f"sqlite:path={dst_db}",
     )  # fmt: skip
@@ -110,9 +102,9 @@ def test_backup_then_restore_gives_the_same_data(tmp_path: Path) -> None:
     assert dst_store.read(2).meta.author == "pruner"
 
     # A second restore over existing data is refused, then done with --force (moved aside).
-    again = _ops(dst_env, "restore", "--from", str(out))
+    again = ops(dst_env, "restore", "--from", str(out))
     assert again.returncode == 1 and "pass --force" in again.stderr
-    forced = _ops(dst_env, "restore", "--from", str(out), "--force")
+    forced = ops(dst_env, "restore", "--from", str(out), "--force")
     assert forced.returncode == 0, forced.stderr
     assert list(dst_db.parent.glob("vault.db.before-restore-*"))
 
@@ -121,13 +113,13 @@ def test_restore_refuses_damage_and_a_running_fleet(tmp_path: Path) -> None:
     src_env = service_environ(tmp_path / "src")
     _populate(src_env)
     out = tmp_path / "backup"
-    assert _ops(src_env, "backup", "--out", str(out)).returncode == 0
-    assert _ops(src_env, "backup", "--out", str(out)).returncode == 1  # not an empty dir
+    assert ops(src_env, "backup", "--out", str(out)).returncode == 0
+    assert ops(src_env, "backup", "--out", str(out)).returncode == 1  # not an empty dir
 
     dst_env = service_environ(tmp_path / "dst")
     settings = load_config(environ=dst_env)
     with ServerThread("episodic-vault", "episodic_vault", VaultService, settings):
-        busy = _ops(dst_env, "restore", "--from", str(out))
+        busy = ops(dst_env, "restore", "--from", str(out))
     assert busy.returncode == 1
     assert "services are running: episodic_vault" in busy.stderr and "make down" in busy.stderr
 
@@ -135,6 +127,6 @@ def test_restore_refuses_damage_and_a_running_fleet(tmp_path: Path) -> None:
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2] ^= 0xFF
     damaged.write_bytes(bytes(data))
-    bad = _ops(service_environ(tmp_path / "dst2"), "restore", "--from", str(out))
+    bad = ops(service_environ(tmp_path / "dst2"), "restore", "--from", str(out))
     assert bad.returncode == 1
     assert "graphs/v000000000002.npz does not match its checksum" in bad.stderr

@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from mcp_services.common.config import PROJECT_ROOT, load_config
 from mcp_services.common.server import ServerThread
 from mcp_services.episodic_vault.server import VaultService
 from tests.conftest import service_environ
-
-
-def _ops(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mcp_services.ops", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+from tests.ops.runner import ops
 
 
 class TestValidateConfig:
     def test_the_shipped_config_is_valid_in_every_environment(self) -> None:
-        result = _ops(["validate-config"])
+        result = ops(None, "validate-config")
         assert result.returncode == 0, result.stdout + result.stderr
         for env in ("local", "test", "container"):
             assert f"ok      {env}" in result.stdout
@@ -39,7 +27,7 @@ class TestValidateConfig:
             f.write("\nsleep_scheduler:\n  t0: -1\n")
         with (config / "test.yaml").open("a") as f:
             f.write("\nsparse_pruner:\n  taux: 0.1\n")
-        result = _ops(["validate-config", "--config-dir", str(config)])
+        result = ops(None, "validate-config", "--config-dir", str(config))
         assert result.returncode == 1
         out = result.stdout
         assert "INVALID local" in out and "sleep_scheduler.t0" in out
@@ -49,8 +37,8 @@ class TestValidateConfig:
         assert "1/3 environments valid" in out
 
     def test_one_environment_and_a_missing_directory(self, tmp_path: Path) -> None:
-        assert _ops(["validate-config", "--env", "container"]).returncode == 0
-        missing = _ops(["validate-config", "--config-dir", str(tmp_path)])
+        assert ops(None, "validate-config", "--env", "container").returncode == 0
+        missing = ops(None, "validate-config", "--config-dir", str(tmp_path))
         assert missing.returncode == 2
         assert "base.yaml does not exist" in missing.stderr
 
@@ -61,7 +49,7 @@ class TestHealthCheck:
         settings = load_config(environ=env, overrides={"vault": {"backend": "sqlite"}})
         with ServerThread("episodic-vault", "episodic_vault", VaultService, settings):
             # Only the vault runs: its probes pass, the other services' fail, exit 1.
-            everything = _ops(["health-check", "--json"], env)
+            everything = ops(env, "health-check", "--json")
             assert everything.returncode == 1, everything.stderr
             probes = {p["component"]: p for p in json.loads(everything.stdout)}
             assert probes["episodic_vault.grpc"]["ok"] is True
@@ -71,17 +59,25 @@ class TestHealthCheck:
             assert probes["sleep_scheduler.grpc"]["ok"] is False
             assert "UNREACHABLE" in probes["sleep_scheduler.grpc"]["detail"]
             # Scoped to what runs, it passes.
-            vault_only = _ops(["health-check", "--only", "episodic_vault"], env)
+            vault_only = ops(env, "health-check", "--only", "episodic_vault")
             assert vault_only.returncode == 0, vault_only.stdout
             assert "3/3 healthy" in vault_only.stdout
 
     def test_redis_that_does_not_answer_is_a_failure(self, tmp_path: Path, redis_url: str) -> None:
         env = service_environ(tmp_path / "var", REDIS_URL=redis_url)
-        good = _ops(["health-check", "--only", "redis", "--json"], env)
+        good = ops(env, "health-check", "--only", "redis", "--json")
         assert good.returncode == 0, good.stdout
         (probe,) = json.loads(good.stdout)
         assert probe["ok"] and probe["detail"].startswith("redis ")
         env["REDIS_URL"] = "redis://127.0.0.1:1/0"
-        bad = _ops(["health-check", "--only", "redis", "--timeout", "0.5"], env)
+        bad = ops(env, "health-check", "--only", "redis", "--timeout", "0.5")
         assert bad.returncode == 1
         assert "FAIL redis" in bad.stdout
+
+    def test_a_file_that_is_not_a_vault_database_fails(self, tmp_path: Path) -> None:
+        bogus = tmp_path / "vault.db"
+        bogus.write_text("not a database")
+        env = service_environ(tmp_path / "var", VAULT_SQLITE_PATH=str(bogus))
+        result = ops(env, "health-check", "--only", "backend")
+        assert result.returncode == 1
+        assert "FAIL vault.backend" in result.stdout and "not a database" in result.stdout

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,19 +15,10 @@ from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
 from mcp_services.ops.backend_spec import vault_config
 from mcp_services.ops.transfer import iter_backend
 from tests.episodic_vault.test_backend_contract import POSTGRES_DSN, REDIS_URL
+from tests.ops.runner import ops
 
 N = 600
 CONSOLIDATED = 150
-
-
-def _ops(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mcp_services.ops", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def _episode(i: int) -> pb.Episode:
@@ -93,50 +82,53 @@ class TestExportImport:
     ) -> None:
         target = f"postgres:dsn={POSTGRES_DSN},schema_name={pg_schema}"
         out = tmp_path / "export.jsonl"
-        exported = _ops("export", "--backend", source, "--out", str(out))
+        exported = ops(None, "export", "--backend", source, "--out", str(out))
         assert exported.returncode == 0, exported.stderr
         assert f"exported {N} episodes" in exported.stdout
-        imported = _ops("import", "--backend", target, "--in", str(out))
+        imported = ops(None, "import", "--backend", target, "--in", str(out))
         assert imported.returncode == 0, imported.stderr
         assert f"{N} created, 0 existing, {CONSOLIDATED} marked consolidated" in imported.stdout
         # Same ids, hashes, consolidation state, graph versions and storage times.
         assert _all(target) == _all(source)
-        verified = _ops("verify-consistency", "--backend", source, "--against", target)
+        verified = ops(None, "verify-consistency", "--backend", source, "--against", target)
         assert verified.returncode == 0, verified.stdout
         assert f"{N} episodes, {CONSOLIDATED} consolidated" in verified.stdout
         assert verified.stdout.rstrip().endswith("consistent")
         # A second import changes nothing.
-        again = _ops("import", "--backend", target, "--in", str(out))
+        again = ops(None, "import", "--backend", target, "--in", str(out))
         assert f"0 created, {N} existing, 0 marked consolidated" in again.stdout
 
     def test_readable_export_round_trips(self, source: str, tmp_path: Path) -> None:
         out = tmp_path / "readable.jsonl"
-        made = _ops("export", "--backend", source, "--out", str(out), "--readable")
+        made = ops(None, "export", "--backend", source, "--out", str(out), "--readable")
         assert made.returncode == 0, made.stderr
         first = json.loads(out.read_text().splitlines()[1])
         assert "body" not in first and first["episode"]["id"] == "ep-00000"
         target = f"sqlite:path={tmp_path / 'target.db'}"
-        assert _ops("import", "--backend", target, "--in", str(out)).returncode == 0
+        assert ops(None, "import", "--backend", target, "--in", str(out)).returncode == 0
         assert _all(target) == _all(source)
 
     def test_sqlite_to_redis(self, source: str, redis_prefix: str, tmp_path: Path) -> None:
         target = f"redis:url={REDIS_URL},key_prefix={redis_prefix}"
         out = tmp_path / "export.jsonl"
-        assert _ops("export", "--backend", source, "--out", str(out)).returncode == 0
-        assert _ops("import", "--backend", target, "--in", str(out)).returncode == 0
+        assert ops(None, "export", "--backend", source, "--out", str(out)).returncode == 0
+        assert ops(None, "import", "--backend", target, "--in", str(out)).returncode == 0
         assert _all(target) == _all(source)
-        assert _ops("verify-consistency", "--backend", target, "--against", source).returncode == 0
+        assert (
+            ops(None, "verify-consistency", "--backend", target, "--against", source).returncode
+            == 0
+        )
 
     def test_export_resumes_after_new_data_and_a_torn_line(
         self, source: str, tmp_path: Path
     ) -> None:
         out = tmp_path / "export.jsonl"
-        assert _ops("export", "--backend", source, "--out", str(out)).returncode == 0
+        assert ops(None, "export", "--backend", source, "--out", str(out)).returncode == 0
         # The previous run died mid-line; then more episodes arrived.
         with out.open("a") as f:
             f.write('{"seq": 99999, "trunc')
         _fill(source, N, N + 40)
-        resumed = _ops("export", "--backend", source, "--out", str(out), "--resume")
+        resumed = ops(None, "export", "--backend", source, "--out", str(out), "--resume")
         assert resumed.returncode == 0, resumed.stderr
         assert "exported 40 episodes" in resumed.stdout
         lines = out.read_text().splitlines()
@@ -148,7 +140,7 @@ class TestExportImport:
 
     def test_import_refuses_an_altered_line_and_resumes(self, source: str, tmp_path: Path) -> None:
         out = tmp_path / "export.jsonl"
-        assert _ops("export", "--backend", source, "--out", str(out)).returncode == 0
+        assert ops(None, "export", "--backend", source, "--out", str(out)).returncode == 0
         lines = out.read_text().splitlines(keepends=True)
         bad_lineno = 400  # 1-based; line 1 is the header
         good = lines[bad_lineno - 1]
@@ -159,15 +151,15 @@ class TestExportImport:
         lines[bad_lineno - 1] = json.dumps(rec) + "\n"
         out.write_text("".join(lines))
         target = f"sqlite:path={tmp_path / 'target.db'}"
-        failed = _ops("import", "--backend", target, "--in", str(out), "--batch", "100")
+        failed = ops(None, "import", "--backend", target, "--in", str(out), "--batch", "100")
         assert failed.returncode == 1
         assert f"line {bad_lineno}: checksum mismatch" in failed.stderr
         # The batches before the bad line were committed; nothing of the bad batch was.
         assert len(_all(target)) == 300
         lines[bad_lineno - 1] = good
         out.write_text("".join(lines))
-        resumed = _ops(
-            "import", "--backend", target, "--in", str(out), "--batch", "100", "--resume"
+        resumed = ops(
+            None, "import", "--backend", target, "--in", str(out), "--batch", "100", "--resume"
         )
         assert resumed.returncode == 0, resumed.stderr
         assert "300 skipped (resume)" in resumed.stdout
@@ -179,8 +171,8 @@ class TestVerifyConsistency:
     def test_reports_each_kind_of_difference(self, source: str, tmp_path: Path) -> None:
         out = tmp_path / "export.jsonl"
         target = f"sqlite:path={tmp_path / 'target.db'}"
-        assert _ops("export", "--backend", source, "--out", str(out)).returncode == 0
-        assert _ops("import", "--backend", target, "--in", str(out)).returncode == 0
+        assert ops(None, "export", "--backend", source, "--out", str(out)).returncode == 0
+        assert ops(None, "import", "--backend", target, "--in", str(out)).returncode == 0
         backend = open_backend(vault_config(target))
         try:
             assert backend.delete("ep-00003")
@@ -188,7 +180,7 @@ class TestVerifyConsistency:
         finally:
             backend.close()
         _fill(target, N, N + 2)
-        result = _ops("verify-consistency", "--backend", source, "--against", target)
+        result = ops(None, "verify-consistency", "--backend", source, "--against", target)
         assert result.returncode == 1
         assert "DIFF only in A: 1 (ep-00003)" in result.stdout
         assert f"DIFF only in B: 2 (ep-{N:05d}, ep-{N + 1:05d})" in result.stdout
@@ -196,12 +188,12 @@ class TestVerifyConsistency:
         assert "NOT consistent" in result.stdout
 
     def test_self_check_and_bad_specs(self, source: str) -> None:
-        ok = _ops("verify-consistency", "--backend", source)
+        ok = ops(None, "verify-consistency", "--backend", source)
         assert ok.returncode == 0, ok.stdout
         assert f"{N} episodes, {CONSOLIDATED} consolidated" in ok.stdout
-        bad_kind = _ops("verify-consistency", "--backend", "mysql:x=1")
+        bad_kind = ops(None, "verify-consistency", "--backend", "mysql:x=1")
         assert bad_kind.returncode == 2
         assert "must be one of sqlite, memory, redis, postgres" in bad_kind.stderr
-        bad_key = _ops("export", "--backend", "sqlite:pth=/tmp/x.db", "--out", "/dev/null")
+        bad_key = ops(None, "export", "--backend", "sqlite:pth=/tmp/x.db", "--out", "/dev/null")
         assert bad_key.returncode == 2
         assert "vault.sqlite.pth: unknown key" in bad_key.stderr

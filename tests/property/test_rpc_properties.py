@@ -84,14 +84,7 @@ COMMON = settings(
 )
 
 
-@pytest.mark.parametrize("case", METHODS, ids=[_ids(c) for c in METHODS])
-def test_generated_requests(case: tuple[Target, MethodDescriptor], fleet: Fleet) -> None:
-    target, method = case
-    run = fleet.services[target.name]
-    cls = _request_class(method)
-    one = messages(cls).map(lambda m: m.SerializeToString())
-    payloads = st.lists(one, min_size=0, max_size=4) if method.client_streaming else one
-
+def _exercise(run: Running, method: MethodDescriptor, payloads: st.SearchStrategy[Any]) -> None:
     @COMMON
     @given(payload=payloads)
     def prop(payload: Any) -> None:
@@ -99,19 +92,19 @@ def test_generated_requests(case: tuple[Target, MethodDescriptor], fleet: Fleet)
 
     prop()
     assert check(run.address) == "SERVING"
+
+
+@pytest.mark.parametrize("case", METHODS, ids=[_ids(c) for c in METHODS])
+def test_generated_requests(case: tuple[Target, MethodDescriptor], fleet: Fleet) -> None:
+    target, method = case
+    one = messages(_request_class(method)).map(lambda m: m.SerializeToString())
+    payloads = st.lists(one, min_size=0, max_size=4) if method.client_streaming else one
+    _exercise(fleet.services[target.name], method, payloads)
 
 
 @pytest.mark.parametrize("case", METHODS, ids=[_ids(c) for c in METHODS])
 def test_corrupt_encodings(case: tuple[Target, MethodDescriptor], fleet: Fleet) -> None:
     target, method = case
-    run = fleet.services[target.name]
     one = corrupted(_request_class(method))
     payloads = st.lists(one, min_size=1, max_size=3) if method.client_streaming else one
-
-    @COMMON
-    @given(payload=payloads)
-    def prop(payload: Any) -> None:
-        _check(run, method, payload)
-
-    prop()
-    assert check(run.address) == "SERVING"
+    _exercise(fleet.services[target.name], method, payloads)
