@@ -1,0 +1,253 @@
+"""Pruning graphs that the SleepScheduler consolidated from planted patterns keeps the memory.
+
+The other guard tests prune projection-rule stand-ins; these start from what the fleet really
+produces: each planted +-1 pattern is seen only as 5 unlabelled episodes with 10% of its concepts
+flipped, the scheduler's consolidation turns them into a graph (and its merged prototypes, which
+the pruner's guard checks), and recall is then judged against the planted patterns themselves,
+which neither service ever sees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from mcp_services.common.server import ServerThread
+from mcp_services.episodic_vault.server import VaultService
+from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
+from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
+from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
+from mcp_services.sleep_scheduler.domain import ConceptGraph as SchedulerGraph
+from mcp_services.sleep_scheduler.domain import ConceptIndex, consolidate_states
+from mcp_services.sleep_scheduler.domain.planted import planted_pm1
+from mcp_services.sleep_scheduler.server import SleepSchedulerService
+from mcp_services.sparse_pruner.domain import (
+    ConceptGraph,
+    PruneSettings,
+    assess_quality,
+    plan_pruning,
+)
+from mcp_services.sparse_pruner.server import SparsePrunerService
+from mcp_services.sparse_pruner.snapshot import GraphSnapshot, to_pm1
+from tests.conftest import SettingsFactory
+
+from .conftest import read_back
+
+
+@dataclass(frozen=True)
+class Consolidated:
+    """A consolidated graph in the pruner's terms, with the planted truth beside it."""
+
+    snapshot: GraphSnapshot
+    graph: ConceptGraph
+    truth: np.ndarray
+
+    @property
+    def prototypes(self) -> np.ndarray:
+        return self.snapshot.pm1_prototypes()
+
+
+def consolidated(n: int, alpha: float, seed: int) -> Consolidated:
+    """Consolidate ``round(alpha n)`` planted patterns (5 noisy episodes each) with the
+    scheduler's own cycle, as the service runs it, and hand the result over as the pruner reads
+    it (a {0, 1} snapshot with the merged prototypes)."""
+    data = planted_pm1(n, round(alpha * n), copies=5, noise=0.1, seed=seed)
+    index = ConceptIndex.of_size(n)
+    out = consolidate_states(SchedulerGraph.empty(index), data.episodes)
+    states = out.prototypes.states
+    snapshot = GraphSnapshot(
+        version=1,
+        concept_ids=index.ids,
+        weights=out.graph.weights,
+        biases=out.graph.biases,
+        prototypes=tuple(
+            states.indices[states.indptr[k] : states.indptr[k + 1]].astype(np.int64)
+            for k in range(states.shape[0])
+        ),
+        support=tuple(int(w) for w in np.rint(out.prototypes.weights)),
+    )
+    return Consolidated(snapshot, to_pm1(snapshot), data.patterns.astype(np.float64))
+
+
+@pytest.fixture(scope="module")
+def alpha_01() -> Consolidated:
+    return consolidated(200, 0.1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def alpha_02() -> Consolidated:
+    return consolidated(300, 0.2, seed=1)
+
+
+class TestPruningAConsolidatedGraph:
+    """The pruner's default run on consolidated graphs meets the issue's bars on the truth."""
+
+    def test_consolidation_stored_the_patterns(self, alpha_01: Consolidated) -> None:
+        """Precondition: the consolidated graph recalls the planted patterns and is not sparse,
+        and the merged prototypes are close to (not equal to) the truth."""
+        c = alpha_01
+        assert assess_quality(c.graph, c.truth).recall >= 0.95
+        assert c.graph.n_edges >= 0.9 * 200 * 199 / 2
+        assert c.prototypes.shape == c.truth.shape
+
+    def test_alpha_0_1_prunes_80_percent_with_recall(self, alpha_01: Consolidated) -> None:
+        """N = 200, alpha 0.1: >= 80% of edges go and the planted patterns are still recalled
+        (>= 0.95 of 10%-flipped cues settle to overlap >= 0.95)."""
+        c = alpha_01
+        plan = plan_pruning(c.graph, c.prototypes)
+        assert plan.accepted, plan.reason
+        assert plan.pruned_fraction >= 0.80
+        assert assess_quality(plan.graph, c.truth).recall >= 0.95
+
+    def test_alpha_0_2_prunes_half_with_small_drop(self, alpha_02: Consolidated) -> None:
+        """N = 300, alpha 0.2: >= 50% of edges go and recall of the planted patterns drops by
+        at most 0.05."""
+        c = alpha_02
+        plan = plan_pruning(c.graph, c.prototypes)
+        assert plan.accepted, plan.reason
+        assert plan.pruned_fraction >= 0.50
+        before = assess_quality(c.graph, c.truth).recall
+        after = assess_quality(plan.graph, c.truth).recall
+        assert before >= 0.95
+        assert before - after <= 0.05
+
+
+class TestGuardOnAConsolidatedGraph:
+    """A setting that would break the bar is backed off or refused, never committed."""
+
+    def test_breaking_tau_is_backed_off(self, alpha_02: Consolidated) -> None:
+        """tau = 1 (everything would go) with no retention floor: the guard backs off until
+        the planted patterns are kept."""
+        c = alpha_02
+        plan = plan_pruning(c.graph, c.prototypes, PruneSettings(tau=1.0, retention_target=0.0))
+        assert plan.accepted, plan.reason
+        assert not plan.attempts[0].passed
+        assert plan.tau_used < 1.0
+        before = assess_quality(c.graph, c.truth).recall
+        assert before - assess_quality(plan.graph, c.truth).recall <= 0.05
+
+    def test_breaking_tau_without_backoff_is_refused(self, alpha_02: Consolidated) -> None:
+        """The same tau with no back-off left is refused and the graph is left as it was."""
+        c = alpha_02
+        settings = PruneSettings(tau=1.0, retention_target=0.0, max_backoffs=0)
+        plan = plan_pruning(c.graph, c.prototypes, settings)
+        assert not plan.accepted
+        assert "refused" in plan.reason
+        assert plan.graph is c.graph
+        assert plan.edges_after == plan.edges_before
+
+
+@dataclass
+class Chain:
+    """A vault, a scheduler reading it and a pruner reading the scheduler, all real servers."""
+
+    vault: episodic_pb2_grpc.EpisodicVaultStub
+    sched: sleep_pb2_grpc.SleepSchedulerStub
+    pruner: pruner_pb2_grpc.SparsePrunerStub
+
+
+@pytest.fixture
+def chain(make_settings: SettingsFactory, redis_url: str) -> Iterator[Chain]:
+    settings = make_settings(
+        environ={"REDIS_URL": redis_url},
+        vault={"backend": "memory", "embedding_dim": 8},
+        sleep_scheduler={"pressure_threshold": 0, "lease_ttl_s": 5},
+    )
+    servers = [
+        ServerThread("episodic-vault", "episodic_vault", VaultService, settings).start(),
+        ServerThread("sleep-scheduler", "sleep_scheduler", SleepSchedulerService, settings).start(),
+        ServerThread("sparse-pruner", "sparse_pruner", SparsePrunerService, settings).start(),
+    ]
+    channels = [grpc.insecure_channel(f"127.0.0.1:{s.running.grpc_port}") for s in servers]
+    try:
+        yield Chain(
+            episodic_pb2_grpc.EpisodicVaultStub(channels[0]),
+            sleep_pb2_grpc.SleepSchedulerStub(channels[1]),
+            pruner_pb2_grpc.SparsePrunerStub(channels[2]),
+        )
+    finally:
+        for ch in channels:
+            ch.close()
+        for s in reversed(servers):
+            s.stop()
+
+
+def _put_states(vault: episodic_pb2_grpc.EpisodicVaultStub, states: sp.csr_matrix) -> int:
+    requests = []
+    for r in range(states.shape[0]):
+        ids = [f"concept:{c}" for c in states.indices[states.indptr[r] : states.indptr[r + 1]]]
+        activation = episodic_pb2.ConceptActivation(concept_ids=ids, strengths=[1.0] * len(ids))
+        episode = episodic_pb2.Episode(
+            source=episodic_pb2.Source(type="test"), activation=activation
+        )
+        requests.append(episodic_pb2.PutEpisodeRequest(episode=episode))
+    return int(vault.PutEpisodes(iter(requests)).created)
+
+
+def _over_planted_order(snapshot: GraphSnapshot, n: int) -> ConceptGraph:
+    """The snapshot's graph with row k = ``concept:k`` (the scheduler orders concepts as it
+    first meets them); a concept it never met gets no edges and a bias that keeps it off."""
+    pos = {cid: i for i, cid in enumerate(snapshot.concept_ids)}
+    order = np.array([pos.get(f"concept:{k}", -1) for k in range(n)])
+    known = order >= 0
+    sel = sp.csr_matrix(
+        (np.ones(int(known.sum())), (np.flatnonzero(known), order[known])),
+        shape=(n, snapshot.n_concepts),
+    )
+    biases = np.full(n, -1.0)
+    biases[known] = snapshot.biases[order[known]]
+    reordered = GraphSnapshot(
+        version=snapshot.version,
+        concept_ids=tuple(f"concept:{k}" for k in range(n)),
+        weights=sp.csr_matrix(sel @ snapshot.weights @ sel.T),
+        biases=biases,
+    )
+    return to_pm1(reordered)
+
+
+def _wait_for_a_job(stub: pruner_pb2_grpc.SparsePrunerStub, within: float) -> pruner_pb2.PruningJob:
+    """The most recent pruning job once it has ended (the pruner starts one by itself)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            job: pruner_pb2.PruningJob = stub.GetPruningStatus(pruner_pb2.GetPruningStatusRequest())
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        else:
+            if job.state not in (pruner_pb2.JOB_STATE_PENDING, pruner_pb2.JOB_STATE_RUNNING):
+                return job
+        assert time.monotonic() < deadline, f"no pruning job ended within {within} s"
+        time.sleep(0.1)
+
+
+def test_through_the_services_alpha_0_1(chain: Chain) -> None:
+    """The fleet's own path: episodes put in the vault, StartConsolidation, and the pruning job
+    the pruner starts by itself on the consolidation event (defaults): the committed version
+    has <= 20% of the consolidated edges and still recalls the planted patterns (N = 200,
+    alpha 0.1)."""
+    n = 200
+    data = planted_pm1(n, 20, copies=5, noise=0.1, seed=2)
+    assert _put_states(chain.vault, data.episodes) == 100
+    job = chain.sched.StartConsolidation(
+        sleep_pb2.StartConsolidationRequest(wait=True, trigger="test"), timeout=600
+    )
+    assert job.state == sleep_pb2.JOB_STATE_SUCCEEDED, job.error
+    consolidated_version = read_back(chain.sched, job.graph_version)
+    truth = data.patterns.astype(np.float64)
+    assert assess_quality(_over_planted_order(consolidated_version, n), truth).recall >= 0.95
+
+    pruned = _wait_for_a_job(chain.pruner, within=600)
+    assert pruned.state == pruner_pb2.JOB_STATE_SUCCEEDED, pruned.message
+    assert pruned.trigger == "consolidation"
+    assert pruned.base_version == consolidated_version.version
+    assert pruned.edges_after <= 0.2 * pruned.edges_before
+    committed = read_back(chain.sched, pruned.committed_version)
+    assert committed.edge_count == pruned.edges_after
+    assert assess_quality(_over_planted_order(committed, n), truth).recall >= 0.95
