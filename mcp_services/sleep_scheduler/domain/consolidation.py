@@ -45,7 +45,7 @@ from mcp_services.sleep_scheduler.domain.prototypes import (
     merge_episodes,
 )
 from mcp_services.sleep_scheduler.domain.quality import RecallReport, stability_score
-from mcp_services.sleep_scheduler.domain.wake_sleep import sleep_epoch, swap_noise
+from mcp_services.sleep_scheduler.domain.wake_sleep import SleepLearner, swap_noise
 
 EpochHook = Callable[[int, int, float], None]
 """``on_epoch(epoch, max_epochs, temperature)`` after each sleep epoch; raising aborts the cycle."""
@@ -251,7 +251,6 @@ def consolidate_states(
         np.concatenate([np.ones(eps.shape[0]), rw]),
     )
     replays, weights = protos.states, protos.weights
-    mu = np.asarray(replays.T @ (weights / max(float(weights.sum()), 1e-300))).ravel()
 
     # Validation cues: real noisy episodes (the learning rule itself only sees prototypes).
     n_eps = eps.shape[0]
@@ -265,19 +264,17 @@ def consolidate_states(
     eval_seed = cfg.seed + 1
 
     before = stability_score(graph, cues, targets, eval_seed)
-    best, best_graph, best_epoch, current = before, graph, 0, graph
+    best, best_graph, best_epoch = before, graph, 0
+    learner = SleepLearner(graph, replays, weights, cfg.replay_noise)
     stale, epoch, error_rate = 0, 0, 0.0
     while replays.shape[0] and epoch < cfg.max_epochs and stale < cfg.patience:
         epoch += 1
         temperature = max(cfg.t_min, cfg.t0 * cfg.temperature_decay ** (epoch - 1))
-        upd = sleep_epoch(
-            current, replays, mu, temperature, cfg.replay_noise, rng, replay_weights=weights
-        )
-        error_rate = upd.error_rate
-        current = current.with_update(cfg.eta * upd.delta_w, cfg.eta * upd.delta_b)
+        error_rate = learner.epoch(temperature, cfg.eta, rng)
         if on_epoch is not None:
             on_epoch(epoch, cfg.max_epochs, temperature)
         if epoch % cfg.eval_every == 0:
+            current = learner.graph()
             report = stability_score(current, cues, targets, eval_seed)
             # ">=" keeps the newest of equally good graphs; only a strict gain resets patience.
             improved = report.score > best.score
@@ -301,6 +298,7 @@ def consolidate_states(
         swap_noise(sample, cfg.replay_noise, pool, rng),
         AnnealSchedule(t0=cfg.t0, decay=cfg.anneal_decay),
         rng,
+        best_graph.field_scales(learner.activity),
     )
     stats = CycleStats(
         episodes_processed=n_eps,

@@ -6,9 +6,11 @@
 zero a concept is active exactly when its field is positive.
 
 Temperatures throughout the package are relative to the *normalised local field*
-``h_i / scale_i`` where ``scale_i = 1/2 ||W_i||_2`` is the standard deviation of unit i's field
-under uniformly random binary states. This makes a temperature mean the same thing whatever the
-number of concepts or the overall size of the weights (the learning rule is scale-free).
+``h_i / scale_i`` where ``scale_i = sqrt(a (1 - a)) ||W_i||_2`` is the standard deviation of unit
+i's field under random binary states of the activity ``a`` the graph stores (``1/2 ||W_i||`` for
+dense states, ``a = 1/2``; a consolidation cycle uses its replays' mean activity). This makes a
+temperature mean the same thing whatever the number of concepts, the sparsity of the states or
+the overall size of the weights (the learning rule is scale-free).
 """
 
 from __future__ import annotations
@@ -135,17 +137,21 @@ class ConceptGraph:
         lin = s @ self.biases
         return np.asarray(-0.5 * quad - lin, dtype=np.float64)
 
-    def field_scales(self) -> FloatArray:
-        """Per-concept field scale ``1/2 ||W_i||_2`` (see module doc), floored for isolated units.
+    def field_scales(self, activity: float = 0.5) -> FloatArray:
+        """Per-concept field scale ``sqrt(a (1 - a)) ||W_i||_2``, floored for isolated units.
 
-        A concept without edges gets the median scale of the connected ones (1.0 in an empty
+        The standard deviation of unit i's field under random states of activity ``a`` (the
+        share of concepts active, in (0, 0.5]; 0.5 gives the module doc's ``1/2 ||W_i||``). A
+        concept without edges gets the median scale of the connected ones (1.0 in an empty
         graph) so its temperature still means something.
+
+        Raises:
+            ValueError: if ``activity`` is outside (0, 0.5].
         """
-        sq = self.weights.multiply(self.weights)
-        scales = 0.5 * np.sqrt(np.asarray(sq.sum(axis=1)).ravel())
-        connected = scales > 0
-        floor = float(np.median(scales[connected])) if np.any(connected) else 1.0
-        return np.where(connected, scales, floor)
+        if not 0.0 < activity <= 0.5:
+            raise ValueError(f"activity={activity} must be in (0, 0.5], e.g. 0.5 for dense states")
+        sq = np.asarray(self.weights.multiply(self.weights).sum(axis=1)).ravel()
+        return scales_of(sq, activity)
 
     def with_update(
         self, delta_w: sp.spmatrix | sp.sparray, delta_b: FloatArray, version: int | None = None
@@ -196,3 +202,11 @@ class ConceptGraph:
             shape=(n, n),
         )
         return cls(index, w, np.asarray(arrays["biases"], dtype=np.float64), int(arrays["version"]))
+
+
+def scales_of(row_sq: FloatArray, activity: float) -> FloatArray:
+    """Field scales from each row's sum of squared weights (:meth:`ConceptGraph.field_scales`)."""
+    scales = np.sqrt(activity * (1.0 - activity) * row_sq)
+    connected = scales > 0
+    floor = float(np.median(scales[connected])) if np.any(connected) else 1.0
+    return np.where(connected, scales, floor)

@@ -20,50 +20,35 @@ the concept is stable with a margin against the noise (perceptron-like, "trainin
 which is what makes capacity reach well past Hebbian's 0.138 N. At high temperature the
 responses are ~uniform and the update is Hebbian; the caller anneals T across epochs.
 
-Sparsity: the update touches only pairs where one concept has a non-negligible error and the
-other is active in the replay, plus existing edges, so a graph of sparse assemblies stays sparse
-(the centring term ``-e mu^T`` is applied on that support only).
+Which concepts a replay's pseudo-likelihood covers: its prototype, the replay itself, their
+neighbours on the support and the positive-bias concepts, i.e. every concept whose field the
+replay moves or that would switch on by itself; the rest have ``h = b <= 0`` and are left out.
+This set is per replay. (An earlier version took the union over a chunk of replays, so a replay
+also pushed the biases of other chunks' members down, by an amount that grew with the chunk and
+hence with the number of prototypes, while a weight's gradient falls as 1/K: at 10k episodes the
+biases outran the weights and no epoch within the budget recalled anything.)
+
+Sparsity: the update lives on a support fixed for the cycle, the existing edges plus the pairs
+co-active in a prototype. Concepts swapped in by the replay noise get no new edges: their own
+negative bias already rejects them, and edges to every random stray would make the graph dense.
+The centring term ``-e mu^T`` is applied on that support only. An epoch costs the sum over
+replays of (active concepts x their support degree): see :mod:`.kernels`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from scipy.special import expit
 
-from mcp_services.sleep_scheduler.domain.anneal import (
-    DENSE_BLOCK_LIMIT,
-    WorkingBlock,
-    touched_units,
-)
-from mcp_services.sleep_scheduler.domain.graph import ConceptGraph, FloatArray
+from mcp_services.sleep_scheduler.domain.graph import ConceptGraph, FloatArray, scales_of
+from mcp_services.sleep_scheduler.domain.kernels import epoch_statistics, seed_from
 
 _ERROR_FLOOR = 1e-3
 """Errors below this are dropped: far-off concepts would add dense, useless dust to W."""
 
 _STRAY_FLOOR = 0.05
 """Error a concept outside the replay and its prototype needs before it counts."""
-
-_CHUNK = 512
-
-
-@dataclass(frozen=True)
-class EpochUpdate:
-    """The (unscaled) update of one sleep epoch.
-
-    Attributes:
-        delta_w: (N, N) CSR gradient, not yet symmetrised (ConceptGraph.with_update does it).
-        delta_b: (N,) plain-bias gradient (centring already folded in).
-        error_rate: share of (replay, concept) pairs on the touched sets whose sleep response
-            was on the wrong side of 1/2.
-    """
-
-    delta_w: sp.csr_matrix
-    delta_b: FloatArray
-    error_rate: float
 
 
 def swap_noise(
@@ -105,99 +90,122 @@ def _draw_outside(
     return picked.astype(np.int64)
 
 
-def sleep_epoch(
-    graph: ConceptGraph,
-    replays: sp.csr_matrix,
-    mu: FloatArray,
-    temperature: float,
-    replay_noise: float,
-    rng: np.random.Generator,
-    scales: FloatArray | None = None,
-    replay_weights: FloatArray | None = None,
-) -> EpochUpdate:
-    """The wake-minus-sleep statistics of one pass over ``replays`` (K, N) {0, 1} prototypes.
+class SleepLearner:
+    """The wake-sleep learning state of one cycle: weights on a fixed support, and biases.
 
     Args:
-        graph: the current model.
-        replays: clean prototypes to replay.
-        mu: (N,) centring offsets, normally the weighted mean activity of ``replays``.
-        temperature: relative temperature (> 0) of the sleep responses.
-        replay_noise: fraction in [0, 1) of each replay's active concepts swapped before replay.
-        rng: randomness for the corruption.
-        scales: precomputed field scales of ``graph`` (recomputed when None).
+        graph: the starting graph (its weights and biases; its index is kept).
+        replays: (K, N) CSR {0, 1} clean prototypes, replayed every epoch.
         replay_weights: (K,) non-negative weights (default 1), normalised to sum to one.
+        replay_noise: fraction in [0, 1) of each replay's active concepts swapped per epoch.
 
     Raises:
-        ValueError: if ``temperature`` is not positive or ``replay_noise`` is outside [0, 1).
+        ValueError: if ``replay_noise`` is outside [0, 1) or the shapes disagree.
     """
-    if not temperature > 0.0:
-        raise ValueError(f"temperature={temperature} must be > 0 for sleep responses")
-    if not 0.0 <= replay_noise < 1.0:
-        raise ValueError(f"replay_noise={replay_noise} must be in [0, 1), e.g. 0.1")
-    k, n = replays.shape
-    sc = graph.field_scales() if scales is None else scales
-    rw = np.ones(k) if replay_weights is None else np.asarray(replay_weights, dtype=np.float64)
-    rw = rw / max(float(rw.sum()), 1e-300)
-    pool = np.unique(replays.indices).astype(np.int64)
-    rows_g: list[NDArray[np.int64]] = []
-    cols_g: list[NDArray[np.int64]] = []
-    vals: list[FloatArray] = []
-    dbt = np.zeros(n)
-    wrong = 0.0
-    seen = 0
-    # Rows per chunk so that a chunk's touched set stays near a dense block (see anneal.py).
-    chunk = int(min(_CHUNK, max(8, k * DENSE_BLOCK_LIMIT // max(4 * len(pool), 1))))
-    for start in range(0, k, chunk):
-        xi = replays[start : start + chunk]
-        c = swap_noise(xi, replay_noise, pool, rng)
-        units = touched_units(graph, sp.vstack([xi, c], format="csr"))
-        block = WorkingBlock(graph, units, sc)
-        c_loc = np.asarray(c[:, units].toarray())
-        e = np.asarray(xi[:, units].toarray()) - expit(
-            block.fields(c_loc) / (temperature * block.scales)
+
+    def __init__(
+        self,
+        graph: ConceptGraph,
+        replays: sp.csr_matrix,
+        replay_weights: FloatArray | None = None,
+        replay_noise: float = 0.1,
+    ) -> None:
+        if not 0.0 <= replay_noise < 1.0:
+            raise ValueError(f"replay_noise={replay_noise} must be in [0, 1), e.g. 0.1")
+        k, n = replays.shape
+        if n != graph.size:
+            raise ValueError(f"replays have {n} columns: expected {graph.size} (index size)")
+        x = sp.csr_matrix(replays, dtype=np.float64)
+        x.sort_indices()
+        rw = np.ones(k) if replay_weights is None else np.asarray(replay_weights, dtype=np.float64)
+        if rw.shape != (k,) or np.any(rw < 0):
+            raise ValueError(f"replay_weights must be {k} non-negative numbers, one per replay")
+        self._rw = rw / max(float(rw.sum()), 1e-300)
+        self._mu = np.asarray(x.T @ self._rw).ravel()
+        # Mean share of concepts active in a replay: the activity temperatures are relative to.
+        self.activity = float(np.clip(self._mu.sum() / max(n, 1), 1e-6, 0.5))
+        self._graph = graph
+        self._n = n
+        self._x_indptr = x.indptr.astype(np.int64)
+        self._x_indices = x.indices.astype(np.int64)
+        self._swaps = np.round(replay_noise * np.diff(self._x_indptr)).astype(np.int64)
+        self._pool = np.unique(self._x_indices).astype(np.int64)
+        support = _support(graph.weights, x)
+        self._indptr = support.indptr.astype(np.int64)
+        self._indices = support.indices.astype(np.int64)
+        self._rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(self._indptr))
+        keys = self._rows * n + self._indices
+        self._transpose = np.searchsorted(keys, self._indices * n + self._rows)
+        w = sp.csr_matrix(graph.weights)
+        w.sort_indices()
+        w_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(w.indptr))
+        self._w = np.zeros(len(keys))
+        self._w[np.searchsorted(keys, w_rows * n + w.indices)] = w.data
+        self._b = graph.biases.astype(np.float64, copy=True)
+
+    @property
+    def support_edges(self) -> int:
+        """Undirected pairs the cycle may learn (existing edges and prototype co-activations)."""
+        return len(self._indices) // 2
+
+    def field_scales(self) -> FloatArray:
+        """:meth:`ConceptGraph.field_scales` of the current weights at the replays' activity."""
+        sq = np.bincount(self._rows, weights=self._w * self._w, minlength=self._n)
+        return scales_of(sq.astype(np.float64), self.activity)
+
+    def epoch(self, temperature: float, eta: float, rng: np.random.Generator) -> float:
+        """One pass over the corrupted replays at ``temperature``; ``W += eta dW``, ``b += eta db``.
+
+        Returns the share of touched (replay, concept) pairs whose sleep response was on the
+        wrong side of 1/2.
+
+        Raises:
+            ValueError: if ``temperature`` is not positive.
+        """
+        if not temperature > 0.0:
+            raise ValueError(f"temperature={temperature} must be > 0 for sleep responses")
+        seed_from(rng)
+        grad, esum, error_rate = epoch_statistics(
+            (self._indptr, self._indices, self._w),
+            self._b,
+            self.field_scales(),
+            (self._x_indptr, self._x_indices, self._swaps, self._rw),
+            self._pool,
+            temperature,
+            (_ERROR_FLOOR, _STRAY_FLOOR),
         )
-        wrong += float(np.sum(np.abs(e) > 0.5))
-        seen += e.size
-        # Concepts in neither the prototype nor its replay only matter when clearly wrong (a
-        # spurious activation); their faint hot-temperature errors would densify the graph.
-        x_loc = np.asarray(xi[:, units].toarray())
-        own = (x_loc > 0.5) | (c_loc > 0.5)
-        e[np.abs(e) < np.where(own, _ERROR_FLOOR, _STRAY_FLOOR)] = 0.0
-        e *= rw[start : start + chunk, None]
-        e_sp = sp.csr_matrix(e)
-        c_sp = sp.csr_matrix(c_loc)
-        grad = sp.csr_matrix(e_sp.T @ c_sp)
-        # Support: pairs co-active in a prototype, and existing edges. Concepts swapped in by the
-        # replay noise get no new edges: their own negative bias already rejects them, and
-        # edges to every random stray would make the graph dense.
-        x_sp = sp.csr_matrix(x_loc)
-        co = sp.csr_matrix(x_sp.T @ x_sp)
-        support = sp.csr_matrix(abs(co) + abs(block.w_sparse))
-        support.data[:] = 1.0
-        grad = sp.csr_matrix(grad.multiply(support))
-        esum = np.asarray(e.sum(axis=0)).ravel()
-        centring = sp.diags(esum) @ support @ sp.diags(mu[units])
-        local = sp.coo_matrix(grad - centring)
-        rows_g.append(units[local.row])
-        cols_g.append(units[local.col])
-        vals.append(local.data)
-        dbt[units] += esum
-    # One COO -> CSR conversion sums the chunks' duplicates: adding chunk matrices one by one
-    # would re-copy the growing sum each time (quadratic in the number of replays).
-    delta_w = sp.csr_matrix(
-        (
-            np.concatenate(vals) if vals else np.zeros(0),
-            (
-                np.concatenate(rows_g) if rows_g else np.zeros(0, dtype=np.int64),
-                np.concatenate(cols_g) if cols_g else np.zeros(0, dtype=np.int64),
-            ),
-        ),
-        shape=(n, n),
-    )
-    delta_w.sum_duplicates()
-    delta_w.setdiag(0.0)  # no self-coupling: keep the bias correction consistent with W
-    delta_w.eliminate_zeros()
-    # Plain bias: b = b_centred - W mu, so db = db_centred - sym(dW) mu.
-    sym = 0.5 * (delta_w + delta_w.T)
-    delta_b = dbt - np.asarray(sym @ mu).ravel()
-    return EpochUpdate(delta_w, delta_b, wrong / max(seen, 1))
+        rows, cols, mu = self._rows, self._indices, self._mu
+        # grad[p] at (j, i) is the transpose of e c^T; symmetrised with the centring -e mu^T.
+        centring = esum[rows] * mu[cols]
+        d_sym = 0.5 * (grad + grad[self._transpose]) - 0.5 * (centring + centring[self._transpose])
+        # Plain bias: b = b_centred - W mu, so db = db_centred - sym(dW) mu.
+        d_b = esum - np.bincount(rows, weights=d_sym * mu[cols], minlength=self._n).astype(
+            np.float64
+        )
+        self._w += eta * d_sym
+        self._b += eta * d_b
+        return error_rate
+
+    def graph(self) -> ConceptGraph:
+        """The current weights and biases as a graph (zero weights dropped)."""
+        w = sp.csr_matrix(
+            (self._w.copy(), self._indices.copy(), self._indptr.copy()), shape=(self._n, self._n)
+        )
+        w.eliminate_zeros()
+        return ConceptGraph(self._graph.index, w, self._b.copy(), self._graph.version)
+
+
+def _support(weights: sp.csr_matrix, replays: sp.csr_matrix) -> sp.csr_matrix:
+    """Pattern (data 1) of the existing edges and the pairs co-active in a replay, no diagonal."""
+    x = replays.copy()
+    x.data[:] = 1.0
+    co = sp.csr_matrix(x.T @ x)
+    co.data[:] = 1.0
+    w = sp.csr_matrix(weights, copy=True)
+    w.data[:] = 1.0
+    s = sp.csr_matrix(co + w)
+    s.setdiag(0.0)
+    s.eliminate_zeros()
+    s.sort_indices()
+    s.data[:] = 1.0
+    return s
