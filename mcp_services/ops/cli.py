@@ -31,7 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     ),
     "verify-consistency": (
         "consistency", "add_arguments", "run",
-        "compare two backends (or one with its counters); exit 1 on any difference",
+        "compare two backends, one with its counters, or (--services) the services' data; "
+        "exit 1 on any difference",
     ),
     "migrate": (
         "schema", "add_migrate_arguments", "run_migrate",

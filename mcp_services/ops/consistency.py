@@ -5,14 +5,23 @@ disagree, and exit non-zero when they do.
 each episode's content hash, its consolidation state and graph version, and the totals. Without
 ``--against`` it checks one backend against itself: the counters it keeps (episode count,
 consolidated count) against a full scan.
+
+``--services`` checks the services' own data against each other instead: the vault's vector
+index and tier counts against its backend, the scheduler's graph versions and concept index, the
+learner's state against the graph's concepts (mcp_services/ops/fleet_consistency.py lists every
+rule); ``--json`` prints the report with a fingerprint (counts and content digests) to compare
+two fleets, e.g. an original and its restored backup. Exit codes: 0 consistent, 1 differences,
+2 bad arguments or config, 3 the data changed while it was checked (run it again).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass, field
 
+from mcp_services.common.config import ConfigError, load_config
 from mcp_services.episodic_vault.backends import BackendError, VaultBackend, open_backend
 from mcp_services.ops.backend_spec import SpecError, describe, vault_config
 from mcp_services.ops.transfer import iter_backend
@@ -112,9 +121,42 @@ def self_check(backend: VaultBackend, name: str) -> Report:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="KIND[:key=value,...]; default: the configured backend")
     p.add_argument("--against", help="a second backend to compare with, KIND[:key=value,...]")
+    p.add_argument(
+        "--services",
+        action="store_true",
+        help="check the services' data against each other: vault index and tiers, graph "
+        "versions, learner concepts (--backend picks the vault's backend)",
+    )
+    p.add_argument("--json", action="store_true", help="with --services: the report as JSON")
+
+
+def run_services(args: argparse.Namespace) -> int:
+    from mcp_services.ops.fleet_consistency import check_fleet
+
+    try:
+        settings = load_config()
+        if args.backend:
+            settings = settings.model_copy(update={"vault": vault_config(args.backend)})
+        report = check_fleet(settings)
+    except (ConfigError, SpecError, BackendError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return report.exit_code()
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.services:
+        if args.against:
+            print("error: --services checks one fleet; drop --against", file=sys.stderr)
+            return 2
+        return run_services(args)
+    if args.json:
+        print("error: --json goes with --services", file=sys.stderr)
+        return 2
     opened: list[VaultBackend] = []
     try:
         cfg_a = vault_config(args.backend)
