@@ -6,7 +6,9 @@ into a fresh PostgreSQL schema with `tori-ops import`, and compared with
 `tori-ops verify-consistency` (ids, content hashes, consolidation state, counters). The same
 commands an operator runs, as subprocesses; wall times and throughputs go to
 bench/results/transfer.json. The peer: a plain `COPY` of the same rows' bytes into a scratch
-table, the floor of what PostgreSQL can ingest.
+table, the floor of what PostgreSQL can ingest. The export uses the default record format (base64
+of the deterministic protobuf); the figures of the earlier protobuf-JSON run are kept beside the
+new ones for comparison.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_transfer.py [--episodes 100000]
 """
@@ -126,8 +128,11 @@ def main() -> None:
         finally:
             with psycopg.connect(DSN, autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     figures = {
         "episodes": n,
+        "format": "base64-protobuf (tori-ops export default)",
+        "fill_sqlite_s": round(fill_s, 2),
         "export_bytes": size,
         "export_s": round(export_s, 2),
         "export_per_s": round(n / export_s),
@@ -137,6 +142,8 @@ def main() -> None:
         "verify_consistent": verify_out.endswith("\nconsistent"),
         "peer_copy_raw_lines_s": round(floor_s, 2),
         "import_vs_copy_floor": round(import_s / floor_s, 1),
+        "previous_protobuf_json_format": previous.get("previous_protobuf_json_format")
+        or {k: previous[k] for k in ("export_bytes", "export_s", "import_s") if k in previous},
     }
     print(json.dumps(figures, indent=2))
     RESULTS.parent.mkdir(exist_ok=True)
