@@ -8,6 +8,10 @@ Progress goes to stderr every --progress-every; the summary (JSON) to stdout and
 SIGINT or SIGTERM, or the stop file appearing, ends the load; the run then verifies every
 acknowledged episode (a second signal skips that). Targets default to the configured services.
 Exit codes: 0 no errors and nothing lost, 1 errors or lost episodes, 2 bad usage.
+
+Against a vault whose tiers evict (vault.tiers.*.max_items), `--retention` (default: from the
+configuration) says which missing episodes are evictions rather than losses (see retention.py);
+the vault's pruned count is read from `--vault-metrics`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from mcp_services.common.config import ConfigError, load_config, resolve_path
 from mcp_services.common.config_schema import Endpoint, Settings
 from mcp_services.fleet.processes import proc_start_time
+from mcp_services.loadgen.retention import RETENTIONS, retention_of
 from mcp_services.loadgen.runner import LoadConfig, LoadRun, Targets, UnsupportedOperation
 from mcp_services.loadgen.runner import check_supported as _check_supported
 from mcp_services.loadgen.workload import MixError, Workload, parse_mix
@@ -46,6 +51,11 @@ def parse_duration(text: str) -> float:
 def _target(ep: Endpoint) -> str:
     host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.host
     return f"{host}:{ep.port}"
+
+
+def _metrics_target(ep: Endpoint) -> str:
+    host = "127.0.0.1" if ep.metrics_host in ("0.0.0.0", "", "::") else ep.metrics_host
+    return f"{host}:{ep.metrics_port}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-file", type=Path, default=None)
     for name in ("vault", "scheduler", "pruner", "learner"):
         p.add_argument(f"--{name}", default=None, help=f"{name} host:port (default: configured)")
+    p.add_argument(
+        "--vault-metrics", default=None, help="vault metrics host:port (default: configured)"
+    )
+    p.add_argument(
+        "--retention",
+        choices=("auto", *RETENTIONS),
+        default="auto",
+        help="what the vault may evict: all kept, consolidated, any (auto: from vault.tiers)",
+    )
     p.add_argument("--api-key", default=os.environ.get("TORI_API_KEY", ""))
     p.add_argument("--pid-file", type=Path, default=None, help="default: <var>/loadgen/pid")
     p.add_argument("--stop-file", type=Path, default=None, help="default: <var>/loadgen/stop")
@@ -176,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         verify=not args.no_verify,
         api_key=args.api_key,
         stop_file=stop_file,
+        retention=(
+            retention_of(settings.vault.tiers) if args.retention == "auto" else args.retention
+        ),
+        vault_metrics=args.vault_metrics or _metrics_target(svc.episodic_vault),
     )
     try:
         _check_supported(cfg)

@@ -120,6 +120,7 @@ class NativeFleet:
             f"--scheduler={self.target('sleep-scheduler')}",
             f"--pruner={self.target('sparse-pruner')}",
             f"--learner={self.target('koopman-learner')}",
+            f"--vault-metrics={self.metrics_target('episodic-vault')}",
             f"--pid-file={self.var_dir / 'loadgen' / 'pid'}",
             f"--stop-file={self.var_dir / 'loadgen' / 'stop'}",
         ]

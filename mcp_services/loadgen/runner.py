@@ -8,7 +8,9 @@ time on their own timer.
 
 At the end every acknowledged put is read back and compared with its regenerated content: an
 episode the vault acknowledged and then cannot return is *lost*; one it returns changed is
-*mismatched*. Neither may happen.
+*mismatched*. Neither may happen. A vault configured to evict (tier `max_items`) may delete
+episodes by its own pruning: retention.py says which missing episodes count as *evicted* and
+which as lost, both for the gets of the run and for the final check.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as kcl_pb
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2_grpc as kcl_grpc
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
+from mcp_services.loadgen.retention import Retention, RetentionCheck, scrape_pruned
 from mcp_services.loadgen.stats import OpStats
 from mcp_services.loadgen.workload import OPS, TRIGGERS, Workload
 
@@ -66,6 +69,9 @@ class LoadConfig:
     verify_concurrency: int = 32
     api_key: str = ""
     stop_file: Path | None = None
+    # What the vault may evict (retention.py) and where its metrics are (the pruned count).
+    retention: Retention = "all"
+    vault_metrics: str = ""
 
 
 class UnsupportedOperation(Exception):
@@ -77,6 +83,11 @@ def check_supported(cfg: LoadConfig) -> None:
     if cfg.mix.get("search", 0) > 0 and cfg.workload.embedding_dim == 0:
         raise UnsupportedOperation(
             "--mix: search needs embeddings, but --embedding-dim is 0; drop search or set it"
+        )
+    if cfg.retention != "all" and cfg.verify and not cfg.vault_metrics:
+        raise UnsupportedOperation(
+            f"--retention {cfg.retention}: the check needs the vault's pruned count; give "
+            "--vault-metrics host:port (or --retention all against a vault that never evicts)"
         )
 
 
@@ -121,14 +132,19 @@ class LoadRun:
             (("authorization", f"Bearer {cfg.api_key}"),) if cfg.api_key else ()
         )
         self.verify_result: dict[str, Any] = {}
+        self.retention = RetentionCheck(cfg.retention, None, self.metadata, cfg.timeout_s)
 
     # --- calls ---------------------------------------------------------------------------
-    async def _timed(self, op: str, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _timed(self, op: str, call: Callable[[], Awaitable[Any]], tolerate: str = "") -> Any:
+        """The call's result; None after an error (counted); `tolerate` when it failed with that
+        code (not counted: the caller decides)."""
         start = time.perf_counter()
         try:
             result = await call()
         except grpc.aio.AioRpcError as exc:
             code = _code(exc)
+            if code == tolerate:
+                return tolerate
             if op in TRIGGERS and code in REFUSALS:
                 self.stats[op].busy += 1
                 self.stats[op].refusals[code] = str(exc.details() or "")[:200]
@@ -143,6 +159,7 @@ class LoadRun:
         self.next_n += 1
         req = vault_pb.PutEpisodeRequest(episode=self.wl.episode(n))
         t = self.cfg.timeout_s
+        self.retention.times.sent(n)
         resp = await self._timed(
             "put", lambda: self.vault.PutEpisode(req, timeout=t, metadata=self.metadata)
         )
@@ -157,9 +174,26 @@ class LoadRun:
             n = int(self.rng.integers(self.next_n))
         req = vault_pb.GetEpisodeRequest(id=self.wl.episode_id(n))
         t = self.cfg.timeout_s
-        await self._timed(
-            "get", lambda: self.vault.GetEpisode(req, timeout=t, metadata=self.metadata)
+        start = time.perf_counter()
+        resp = await self._timed(
+            "get",
+            lambda: self.vault.GetEpisode(req, timeout=t, metadata=self.metadata),
+            tolerate="NOT_FOUND",
         )
+        if resp == "NOT_FOUND":
+            await self._missing("get", n, time.perf_counter() - start)
+
+    async def _missing(self, op: str, n: int, seconds: float) -> None:
+        """An acknowledged episode found missing: evicted by the vault's own pruning, or lost
+        (counted as a NOT_FOUND error; also when the scheduler cannot tell which)."""
+        try:
+            evicted = await self.retention.may_be_evicted(n)
+        except grpc.aio.AioRpcError:
+            evicted = False
+        if evicted:
+            self.stats[op].evicted += 1
+        else:
+            self.stats[op].record(seconds, "NOT_FOUND")
 
     async def search(self) -> None:
         req = vault_pb.SearchRequest(
@@ -298,11 +332,11 @@ class LoadRun:
         lost: list[str] = []
         mismatched: list[str] = []
         errors: dict[str, int] = {}
-        checked = 0
+        checked = evicted = 0
         slots = asyncio.Semaphore(self.cfg.verify_concurrency)
 
         async def check(n: int) -> None:
-            nonlocal checked
+            nonlocal checked, evicted
             async with slots:
                 if interrupt.is_set():
                     return
@@ -317,7 +351,14 @@ class LoadRun:
                     except grpc.aio.AioRpcError as exc:
                         code = _code(exc)
                         if code == "NOT_FOUND":
-                            lost.append(want.id)
+                            try:
+                                gone = await self.retention.may_be_evicted(n)
+                            except grpc.aio.AioRpcError:
+                                gone = False  # the scheduler cannot vouch for an eviction
+                            if gone:
+                                evicted += 1
+                            else:
+                                lost.append(want.id)
                         elif code == "UNAVAILABLE" and attempt < 2:
                             await asyncio.sleep(0.2 * (attempt + 1))
                             continue
@@ -332,15 +373,31 @@ class LoadRun:
                 checked += 1
 
         await asyncio.gather(*(check(n) for n in numbers))
+        books = await self._books(evicted, errors)
         return {
             "acknowledged": len(numbers),
             "checked": checked,
-            "lost": len(lost),
+            "lost": len(lost) + books.get("unaccounted", 0),
+            "lost_protected": len(lost),
             "mismatched": len(mismatched),
+            "evicted": evicted,
+            **books,
             "errors": errors,
             "interrupted": interrupt.is_set(),
             "examples": (lost + mismatched)[:10],
         }
+
+    async def _books(self, evicted: int, errors: dict[str, int]) -> dict[str, Any]:
+        """Missing episodes counted as evicted against the vault's own pruned count: more
+        evicted than the vault says it pruned are lost ("unaccounted")."""
+        if self.cfg.retention == "all":
+            return {}
+        try:
+            pruned = await asyncio.to_thread(scrape_pruned, self.cfg.vault_metrics)
+        except (OSError, ValueError) as exc:
+            errors["VAULT_METRICS"] = errors.get("VAULT_METRICS", 0) + 1
+            return {"vault_pruned": None, "unaccounted": evicted, "books_error": str(exc)[:200]}
+        return {"vault_pruned": pruned, "unaccounted": max(0, evicted - pruned)}
 
     # --- the run -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, interrupt: asyncio.Event) -> dict[str, Any]:
@@ -360,6 +417,7 @@ class LoadRun:
             self.scheduler = sleep_pb2_grpc.SleepSchedulerStub(sch)
             self.pruner = pruner_pb2_grpc.SparsePrunerStub(pch)
             self.learner = kcl_grpc.KoopmanLearnerStub(lch)
+            self.retention.scheduler = self.scheduler
             start = time.monotonic()
             load_done = asyncio.Event()
             background = [
@@ -415,6 +473,7 @@ class LoadRun:
             "late": self.late,
             "errors": errors,
             "puts_acknowledged": self.acks.count,
+            "retention": self.cfg.retention,
             "ops": {op: self.stats[op].summary() for op in OPS if self.cfg.mix.get(op, 0) > 0},
             "triggers": {t: self.stats[t].summary() for t in TRIGGERS if self.stats[t].total},
             "verify": v or None,

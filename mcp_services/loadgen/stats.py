@@ -48,6 +48,7 @@ class OpStats:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # by gRPC status code name
     busy: int = 0  # a trigger refused because one was already running: not an error
+    evicted: int = 0  # a read of an episode the vault was allowed to prune: not an error
     outcomes: Counter[str] = field(default_factory=Counter)  # trigger jobs by final state
     refusals: dict[str, str] = field(default_factory=dict)  # code -> the last refusal's message
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -63,7 +64,7 @@ class OpStats:
 
     @property
     def total(self) -> int:
-        return self.ok + self.busy + sum(self.errors.values())
+        return self.ok + self.busy + self.evicted + sum(self.errors.values())
 
     def summary(self) -> dict[str, object]:
         h = self.latency
@@ -71,6 +72,7 @@ class OpStats:
             "ok": self.ok,
             "errors": dict(self.errors),
             "busy": self.busy,
+            **({"evicted": self.evicted} if self.evicted else {}),
             **({"jobs": dict(self.outcomes)} if self.outcomes else {}),
             **({"refusals": dict(self.refusals)} if self.refusals else {}),
             "p50_ms": round(h.percentile(50) * 1e3, 3),
