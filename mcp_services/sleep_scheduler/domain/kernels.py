@@ -145,6 +145,8 @@ def _epoch(
     stray_floor: float,
     grad: FloatArray,
     esum: FloatArray,
+    grad_weight: FloatArray,
+    unit_weight: FloatArray,
 ) -> tuple[float, float]:
     n = bias.shape[0]
     in_x = np.zeros(n, dtype=np.int64)  # stamp: member of the prototype
@@ -186,6 +188,7 @@ def _epoch(
             z = h[u] * inv_t / scales[u]
             target = 1.0 if in_x[u] == stamp else 0.0
             seen += 1.0
+            unit_weight[u] += w_r
             if not own and z < stray_logit:
                 # A stray clearly off: its error is under the stray floor, skip the exp.
                 err[u] = 0.0
@@ -203,6 +206,7 @@ def _epoch(
             j = cbuf[a]
             for p in range(s_indptr[j], s_indptr[j + 1]):
                 grad[p] += err[s_indices[p]]
+                grad_weight[p] += w_r
     return wrong, seen
 
 
@@ -214,7 +218,7 @@ def epoch_statistics(
     pool: IntArray,
     temperature: float,
     floors: tuple[float, float],
-) -> tuple[FloatArray, FloatArray, float]:
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float]:
     """One pass of corrupted replays over the support ``S`` (CSR, symmetric pattern, no diagonal).
 
     ``support`` is S's ``(indptr, indices, weights on S)``; ``replays`` the prototypes'
@@ -225,13 +229,17 @@ def epoch_statistics(
     :mod:`.wake_sleep` says and weighted by the replay's weight.
 
     Returns ``grad`` aligned with S's indices (entry ``(j, i)`` summing ``e_i`` over replays
-    with ``j`` active: the transpose of ``e c^T``), ``esum`` (N,) the summed errors, and the
-    share of touched (replay, concept) pairs whose response was on the wrong side of 1/2.
+    with ``j`` active: the transpose of ``e c^T``), ``esum`` (N,) the summed errors, the replay
+    weight behind each of them (``grad_weight`` per S entry, ``unit_weight`` per concept: the
+    weight of the replays that touched it), and the share of touched (replay, concept) pairs
+    whose response was on the wrong side of 1/2.
     """
     s_indptr, s_indices, s_w = support
     x_indptr, x_indices, swaps, rw = replays
     grad = np.zeros(s_indices.shape[0])
     esum = np.zeros(bias.shape[0])
+    grad_weight = np.zeros(s_indices.shape[0])
+    unit_weight = np.zeros(bias.shape[0])
     wrong, seen = _epoch(
         s_indptr,
         s_indices,
@@ -249,8 +257,10 @@ def epoch_statistics(
         floors[1],
         grad,
         esum,
+        grad_weight,
+        unit_weight,
     )
-    return grad, esum, wrong / max(seen, 1.0)
+    return grad, esum, grad_weight, unit_weight, wrong / max(seen, 1.0)
 
 
 @numba.njit(nogil=True)

@@ -23,10 +23,20 @@ responses are ~uniform and the update is Hebbian; the caller anneals T across ep
 Which concepts a replay's pseudo-likelihood covers: its prototype, the replay itself, their
 neighbours on the support and the positive-bias concepts, i.e. every concept whose field the
 replay moves or that would switch on by itself; the rest have ``h = b <= 0`` and are left out.
-This set is per replay. (An earlier version took the union over a chunk of replays, so a replay
-also pushed the biases of other chunks' members down, by an amount that grew with the chunk and
-hence with the number of prototypes, while a weight's gradient falls as 1/K: at 10k episodes the
-biases outran the weights and no epoch within the budget recalled anything.)
+This set is per replay, so batching changes nothing.
+
+**Step per parameter.** Each weight and bias moves by ``eta`` times its *mean* error over the
+replays that touched it (the replay weight behind each entry of the gradient), not by the
+gradient averaged over all K replays. With dense patterns every replay touches every concept,
+so this is the plain rule up to a factor ~2 on the weights. With sparse assemblies it is what
+keeps a cycle's learning independent of K: a concept in m assemblies of k members is touched by
+about ``m k`` replays (as a member or a neighbour of one), a weight between two co-members by
+about ``m`` (those with one end active), and m grows with the load. Averaged over all replays,
+the bias collected ``m (k - 1)`` "you should be off" errors per epoch while a weight got one
+"co-active" error worth ``1/K``: at 10k episodes of 20 over 10k concepts the biases outran the
+weights and 10 epochs recalled nothing (an empty graph was kept), at 100k nothing was learned in
+25 epochs. With per-parameter means, 1k, 10k and 100k episodes all recall >= 0.95 by about the
+tenth epoch (bench/bench_cycle.py).
 
 Sparsity: the update lives on a support fixed for the cycle, the existing edges plus the pairs
 co-active in a prototype. Concepts swapped in by the replay noise get no new edges: their own
@@ -156,8 +166,9 @@ class SleepLearner:
     def epoch(self, temperature: float, eta: float, rng: np.random.Generator) -> float:
         """One pass over the corrupted replays at ``temperature``; ``W += eta dW``, ``b += eta db``.
 
-        Returns the share of touched (replay, concept) pairs whose sleep response was on the
-        wrong side of 1/2.
+        Each weight and bias moves by its mean error over the replays that touched it (see the
+        module doc). Returns the share of touched (replay, concept) pairs whose sleep response
+        was on the wrong side of 1/2.
 
         Raises:
             ValueError: if ``temperature`` is not positive.
@@ -165,7 +176,7 @@ class SleepLearner:
         if not temperature > 0.0:
             raise ValueError(f"temperature={temperature} must be > 0 for sleep responses")
         seed_from(rng)
-        grad, esum, error_rate = epoch_statistics(
+        grad, esum, grad_weight, unit_weight, error_rate = epoch_statistics(
             (self._indptr, self._indices, self._w),
             self._b,
             self.field_scales(),
@@ -174,16 +185,19 @@ class SleepLearner:
             temperature,
             (_ERROR_FLOOR, _STRAY_FLOOR),
         )
-        rows, cols, mu = self._rows, self._indices, self._mu
-        # grad[p] at (j, i) is the transpose of e c^T; symmetrised with the centring -e mu^T.
-        centring = esum[rows] * mu[cols]
-        d_sym = 0.5 * (grad + grad[self._transpose]) - 0.5 * (centring + centring[self._transpose])
-        # Plain bias: b = b_centred - W mu, so db = db_centred - sym(dW) mu.
-        d_b = esum - np.bincount(rows, weights=d_sym * mu[cols], minlength=self._n).astype(
-            np.float64
+        rows, cols, mu, tr = self._rows, self._indices, self._mu, self._transpose
+        # Entry (i, j) of e (c - mu)^T: grad holds its transpose, the centring is on S only.
+        raw = grad[tr] - esum[rows] * mu[cols]
+        weight = grad_weight[tr]
+        d_w = np.where(weight > 0, raw / np.where(weight > 0, weight, 1.0), 0.0)
+        d_sym = 0.5 * (d_w + d_w[tr])
+        d_centred = np.where(
+            unit_weight > 0, esum / np.where(unit_weight > 0, unit_weight, 1.0), 0.0
         )
+        # Plain bias: b = b_centred - W mu, so db = db_centred - sym(dW) mu.
+        sym_mu = np.bincount(rows, weights=d_sym * mu[cols], minlength=self._n)
         self._w += eta * d_sym
-        self._b += eta * d_b
+        self._b += eta * (d_centred - sym_mu.astype(np.float64))
         return error_rate
 
     def graph(self) -> ConceptGraph:
