@@ -3,23 +3,27 @@
 Episodes of 20 active concepts over 10k concepts: planted assemblies of 20 concepts, each seen
 as 5 episodes with 2 of its members swapped (so 1k episodes = 200 assemblies). Each size runs the
 service's cycle (:func:`mcp_services.sleep_scheduler.cycle.run_cycle`, what a consolidation job
-runs on its worker thread) from an empty graph with a fixed epoch budget (``--epochs``, default
-10; the stopping rule is evaluated but the budget bounds the work so sizes compare), and reports
-wall time, time per sleep epoch, the time of the merge step alone, edges and the fitted growth
-exponent of cycle time against episodes (1.0 = linear). The peer in the same run is the one-pass
-sparse co-activation count ``X^T X`` of the same episodes (the floor of any rule that touches the
-co-active pairs).
+runs on its worker thread) from an empty graph with the service's default config, stopping rule
+included (``--epochs N`` caps the epochs instead), and reports wall time, the time of one sleep
+epoch (median over epochs not followed by a stability evaluation), the time of the merge step
+alone, epochs run and kept, edges, the label-free stability before and after, and the fitted
+growth exponents against episodes (1.0 = linear). The peer in the same run is the one-pass sparse
+co-activation count ``X^T X`` of the same episodes (the floor of any rule that touches the
+co-active pairs). The compiled kernels are warmed up on a tiny cycle first.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cycle.py`` (1k, 3k, 10k episodes) or with
-``--full`` (adds 100k); writes bench/results/cycle.json and prints it.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cycle.py`` (1k, 10k, 100k episodes;
+``--sizes 1000 10000`` for fewer); writes bench/results/cycle.json and prints it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,7 @@ ACTIVE = 20
 COPIES = 5
 
 
-def run_size(episodes: int, epochs: int, seed: int) -> dict[str, Any]:
+def run_size(episodes: int, epochs: int | None, seed: int) -> dict[str, Any]:
     """One cycle over ``episodes`` planted episodes; returns its figures."""
     frac = ACTIVE / CONCEPTS
     data = planted_sparse(
@@ -57,10 +61,15 @@ def run_size(episodes: int, epochs: int, seed: int) -> dict[str, Any]:
     t = time.perf_counter()
     protos = merge_episodes(eps)
     merge_s = time.perf_counter() - t
-    cfg = ConsolidationConfig(max_epochs=epochs, eval_every=5, max_validation=1024, seed=seed)
+    cfg = ConsolidationConfig(seed=seed)
+    if epochs is not None:
+        cfg = replace(cfg, max_epochs=epochs)
+    stamps: list[float] = []
     t = time.perf_counter()
-    out = run_cycle(StoredGraph.empty(), acts, cfg)
+    out = run_cycle(StoredGraph.empty(), acts, cfg, lambda *_: stamps.append(time.perf_counter()))
     cycle_s = time.perf_counter() - t
+    # A gap between two epoch ends holds one epoch, plus the evaluation after an eval epoch.
+    gaps = [b - a for k, (a, b) in enumerate(itertools.pairwise(stamps), 1) if k % cfg.eval_every]
     row: dict[str, Any] = {
         "episodes": episodes,
         "prototypes": out.stats.prototypes,
@@ -69,14 +78,17 @@ def run_size(episodes: int, epochs: int, seed: int) -> dict[str, Any]:
         "peer_coactivation_pairs": int((co.nnz - co.shape[0]) // 2),
         "merge_seconds": round(merge_s, 3),
         "cycle_seconds": round(cycle_s, 3),
-        "seconds_per_epoch": round(cycle_s / max(out.stats.epochs_run, 1), 4),
+        "seconds_per_epoch_all_in": round(cycle_s / max(out.stats.epochs_run, 1), 4),
+        "sleep_epoch_seconds": round(float(np.median(gaps)), 4) if gaps else None,
         "epochs": out.stats.epochs_run,
+        "epochs_cap": cfg.max_epochs,
         "epoch_kept": out.stats.epoch_kept,
         "edges": out.graph.edge_count,
         "energy_delta": out.stats.energy_delta,
         "settle_loops": out.stats.settle_loops,
         "stability_before": out.stats.stability_before.recall,
         "stability_after": out.stats.stability_after.recall,
+        "stability_overlap_after": round(out.stats.stability_after.mean_overlap, 4),
         "merged_correctly": bool(protos.count == episodes // COPIES),
     }
     print(json.dumps(row), flush=True)
@@ -93,18 +105,20 @@ def growth_exponent(rows: list[dict[str, Any]], key: str) -> float:
 def main() -> None:
     """Run the sizes, write the JSON and print it."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--full", action="store_true", help="include 100k episodes")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    parser.add_argument("--epochs", type=int, default=None, help="cap (default: stopping rule)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    sizes = [1_000, 3_000, 10_000] + ([100_000] if args.full else [])
-    rows = [run_size(n, args.epochs, args.seed) for n in sizes]
+    run_size(50, 5, args.seed)  # compile (or load) the kernels outside the timed runs
+    rows = [run_size(n, args.epochs, args.seed) for n in args.sizes]
     result = {
         "concepts": CONCEPTS,
         "active_per_episode": ACTIVE,
-        "epochs_budget": args.epochs,
+        "epochs_cap": args.epochs,
+        "load_average_1m_at_end": os.getloadavg()[0],
         "rows": rows,
         "growth_exponent_cycle": growth_exponent(rows, "cycle_seconds"),
+        "growth_exponent_sleep_epoch": growth_exponent(rows, "sleep_epoch_seconds"),
         "growth_exponent_merge": growth_exponent(rows, "merge_seconds"),
         "growth_exponent_peer": growth_exponent(rows, "peer_coactivation_seconds"),
     }
