@@ -21,6 +21,8 @@ import json
 import sys
 from dataclasses import dataclass, field
 
+import grpc
+
 from mcp_services.common.config import ConfigError, load_config
 from mcp_services.episodic_vault.backends import BackendError, VaultBackend, open_backend
 from mcp_services.ops.backend_spec import SpecError, describe, vault_config
@@ -140,6 +142,13 @@ def run_services(args: argparse.Namespace) -> int:
         report = check_fleet(settings)
     except (ConfigError, SpecError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:  # a service answers health but refuses the call
+        print(
+            f"error: a running service refused the check's call ({exc.code().name}: "
+            f"{exc.details()}); check auth.api_keys / TORI_API_KEYS_FILE, or stop the fleet",
+            file=sys.stderr,
+        )
         return 2
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

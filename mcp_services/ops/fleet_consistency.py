@@ -434,7 +434,10 @@ def check_fleet(settings: Settings) -> FleetReport:
                     f"graphs: the running scheduler serves version {served} but {root} holds "
                     f"{on_disk} as the latest (is it configured with another graph_dir?)"
                 )
-    learner_digest = _check_learner(r, settings, scan, latest)
+    # The learner is checked against the newest version that loads (a damaged latest is
+    # reported above; it should not also make every learner concept look unknown).
+    usable = next((g for g in reversed(graphs) if g.ok), None)
+    learner_digest = _check_learner(r, settings, scan, usable)
     r.fingerprint = {
         "vault": {
             "episodes": scan.count,
