@@ -417,3 +417,20 @@ class TestPlanted:
                 f"it has read the vault up to seq {last + 50} but the vault's last seq is {last}"
                 in diffs
             )
+
+
+class TestRunningWithAuth:
+    def test_the_check_sends_the_configured_key(self, tmp_path: Path) -> None:
+        """With API keys on, the check calls the vault with the configured key; without one it
+        stops with an error naming the setting, not a traceback or a false difference."""
+        env = service_environ(tmp_path / "var", VAULT_EMBEDDING_DIM=str(DIM), TORI_API_KEYS="k1")
+        settings = load_config(environ=env)
+        with ServerThread("episodic-vault", "episodic_vault", VaultService, settings):
+            code, report = verify(env)
+            assert code == 0, report
+            assert any("running vault" in c for c in report["checked"])
+            keyless = {**env, "TORI_API_KEYS": ""}
+            refused = ops(keyless, "verify-consistency", "--services")
+            assert refused.returncode == 2, refused.stdout
+            assert "refused the check's call (UNAUTHENTICATED" in refused.stderr
+            assert "TORI_API_KEYS_FILE" in refused.stderr
