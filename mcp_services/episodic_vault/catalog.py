@@ -107,7 +107,10 @@ class Catalog:
         self.ref_count[row] = ep.ref_count
         self.size[row] = ep.size_bytes
         self.source[row] = self._sources.setdefault(ep.source.type, len(self._sources))
-        self.tier[row] = int(ep.tier)
+        # A hot episode (tier STM) is durable in MTM: the column holds its durable tier.
+        hot = ep.tier is Tier.STM
+        self.tier[row] = int(Tier.MTM if hot else ep.tier)
+        self.in_stm[row] = hot
         self.consolidated[row] = ep.consolidated
         self.alive[row] = True
         self.has_vector[row] = has_vector

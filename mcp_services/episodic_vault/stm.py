@@ -28,7 +28,7 @@ class ShortTermTier:
         """Hold `ep` (tier STM); the ids evicted to make room."""
         if self.capacity == 0:
             return []
-        hot = dataclasses.replace(ep, tier=Tier.STM)
+        hot = ep if ep.tier is Tier.STM else dataclasses.replace(ep, tier=Tier.STM)
         with self._lock:
             old = self._items.pop(ep.id, None)
             if old is not None:

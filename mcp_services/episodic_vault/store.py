@@ -29,7 +29,6 @@ from mcp_services.episodic_vault.backends import VaultBackend
 from mcp_services.episodic_vault.backends.postgres_backend import redacted as pg_redacted
 from mcp_services.episodic_vault.backends.redis_backend import _redacted as redis_redacted
 from mcp_services.episodic_vault.catalog import Catalog
-from mcp_services.episodic_vault.codec import encode_body
 from mcp_services.episodic_vault.importance import importance, least_important
 from mcp_services.episodic_vault.model import (
     Episode,
@@ -137,16 +136,22 @@ class TieredStore:
         after = 0
         while True:
             batch = self.backend.scan(after, SCAN_CHUNK, False)
-            for ep in batch:
-                vec = self._vector(ep)
-                with self._cat_lock:
-                    self._catalog.add(ep, has_vector=vec is not None)
-                if vec is not None and self.index is not None:
-                    key = content_key(ep.content_hash)
-                    valid[ep.seq] = key
-                    if held.get(ep.seq) != key:
-                        self.index.stage(ep.seq, key, vec)
-                        added += 1
+            vectors = self._vectors(batch)
+            with self._cat_lock:
+                for ep in batch:
+                    self._catalog.add(ep, has_vector=ep.seq in vectors)
+            stage = []
+            for seq, (key, _) in vectors.items():
+                valid[seq] = key
+                if held.get(seq) != key:
+                    stage.append(seq)
+            if stage and self.index is not None:
+                self.index.stage_many(
+                    np.array(stage, np.int64),
+                    np.array([vectors[s][0] for s in stage], np.int64),
+                    np.stack([vectors[s][1] for s in stage]),
+                )
+                added += len(stage)
             if len(batch) < SCAN_CHUNK:
                 break
             after = batch[-1].seq
@@ -204,18 +209,18 @@ class TieredStore:
         self.backend.close()
 
     # -- helpers -----------------------------------------------------------------------------
-    def _vector(self, ep: Episode) -> F32 | None:
-        if self.index is None or len(ep.embedding) != self._dim:
-            return None
-        return normalised(ep.embedding)
-
-    def _forget(self, episode_id: str) -> None:
-        """Drop an episode from the in-process tiers and indexes (caller holds _write)."""
+    def _forget(self, episode_ids: Sequence[str]) -> None:
+        """Drop episodes from the in-process tiers and indexes (caller holds _write)."""
+        seqs = []
         with self._cat_lock:
-            row = self._catalog.remove(episode_id)
-        self._stm.remove(episode_id)
-        if row is not None and self.index is not None:
-            self.index.remove(int(self._catalog.seq[row]))
+            for i in episode_ids:
+                row = self._catalog.remove(i)
+                if row is not None:
+                    seqs.append(int(self._catalog.seq[row]))
+        for i in episode_ids:
+            self._stm.remove(i)
+        if seqs and self.index is not None:
+            self.index.remove_many(seqs)
 
     def _hot(self, eps: list[Episode]) -> list[Episode]:
         """Episodes as the tiers see them: those held in STM report tier STM."""
@@ -232,22 +237,47 @@ class TieredStore:
     def put_many(self, episodes: Sequence[Episode], stored_ms: int) -> list[PutOutcome]:
         with self._write:
             outcomes = self.backend.put_many(episodes, stored_ms)
+            # One copy per new episode, as stored: in STM when there is one (the catalog counts
+            # its durable tier as MTM and notes that it is hot).
+            tier = Tier.STM if self._stm.capacity > 0 else None
             fresh: dict[str, Episode] = {}
             for ep, out in zip(episodes, outcomes, strict=True):
                 if out.status is PutStatus.CREATED and ep.id not in fresh:
                     fresh[ep.id] = dataclasses.replace(
-                        ep, seq=out.seq, stored_ms=stored_ms, size_bytes=len(encode_body(ep))
+                        ep,
+                        seq=out.seq,
+                        stored_ms=stored_ms,
+                        size_bytes=out.size_bytes,
+                        tier=tier or ep.tier,
                     )
+            vectors = self._vectors(list(fresh.values()))
+            with self._cat_lock:
+                for ep in fresh.values():
+                    self._catalog.add(ep, has_vector=ep.seq in vectors)
             for ep in fresh.values():
-                vec = self._vector(ep)
-                with self._cat_lock:
-                    row = self._catalog.add(ep, has_vector=vec is not None)
-                    self._catalog.in_stm[row] = self._stm.capacity > 0
                 for gone in self._stm.put(ep):
                     self._left_stm(gone)
-                if vec is not None and self.index is not None:
-                    self.index.stage(ep.seq, content_key(ep.content_hash), vec)
+            if vectors and self.index is not None:
+                self.index.stage_many(
+                    np.fromiter(vectors, np.int64, len(vectors)),
+                    np.fromiter((k for k, _ in vectors.values()), np.int64, len(vectors)),
+                    np.stack([v for _, v in vectors.values()]),
+                )
         return outcomes
+
+    def _vectors(self, eps: Sequence[Episode]) -> dict[int, tuple[int, F32]]:
+        """seq -> (content key, unit vector) of the episodes with a searchable embedding."""
+        if self.index is None:
+            return {}
+        with_vec = [e for e in eps if len(e.embedding) == self._dim]
+        if not with_vec:
+            return {}
+        m = np.stack([e.embedding.array() for e in with_vec])
+        # As normalised() does it, in float32: a vector whose norm overflows is unsearchable.
+        norms = np.linalg.norm(m, axis=1)
+        ok = (norms > 0) & np.isfinite(norms)
+        m /= np.where(ok, norms, np.float32(1))[:, None]
+        return {e.seq: (content_key(e.content_hash), m[i]) for i, e in enumerate(with_vec) if ok[i]}
 
     def _left_stm(self, episode_id: str) -> None:
         with self._cat_lock:
@@ -280,7 +310,7 @@ class TieredStore:
     def delete(self, episode_id: str) -> bool:
         with self._write:
             deleted = self.backend.delete(episode_id)
-            self._forget(episode_id)
+            self._forget([episode_id])
         return deleted
 
     def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
@@ -309,8 +339,7 @@ class TieredStore:
                         & ~c.consolidated[:k]
                     )
                     ids = [c.ids[r] for r in doomed]
-                for i in ids:
-                    self._forget(i)
+                self._forget(ids)
         return n
 
     def totals(self) -> tuple[int, int]:
@@ -366,7 +395,7 @@ class TieredStore:
                     ids = [c.ids[r] for r in least_important(scores, rows, excess)]
                 for i in ids:
                     self.backend.delete(i)
-                    self._forget(i)
+                self._forget(ids)
             done[tier] = len(ids)
             self.pruned[tier] += len(ids)
             log.info("vault_tier_pruned", tier=tier.name, deleted=len(ids), limit=limit.max_items)

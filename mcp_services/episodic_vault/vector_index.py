@@ -7,7 +7,8 @@ once they exceed a third of it.
 
 New vectors are staged and added in batches by a background thread (inserting into HNSW is the
 slow part of a put); a staged vector is already searchable, exactly, so a put is visible to Search
-as soon as it is acknowledged.
+as soon as it is acknowledged. Staged vectors sit in one contiguous float32 buffer (no per-vector
+Python objects), so a search scores all of them with one matrix-vector product.
 
 Persistence, beside the data: <dir>/index.faiss (faiss's own format), <dir>/labels.npy (per label
 the episode's seq, -1 for a tombstone, and a 63-bit key from its content hash, so a vector is never
@@ -23,6 +24,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,10 @@ log = structlog.get_logger(__name__)
 
 FORMAT = 1
 F32 = npt.NDArray[np.float32]
-# Vectors added to HNSW per lock hold: a search waits at most for one such batch.
-ADD_BATCH = 256
+# Vectors added to HNSW per lock hold: a search waits at most for one such batch (~0.5 ms a
+# vector at M 32, efConstruction 200, d 384 on one core, so ~60 ms), and faiss's per-call cost is
+# negligible at this size.
+ADD_BATCH = 128
 
 
 def normalised(v: npt.ArrayLike) -> F32 | None:
@@ -65,7 +69,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 class VectorIndex:
     """Thread-safe. Labels are faiss's sequential ids; `label_seq[label]` is the episode's seq and
-    `label_key[label]` its content key (content_key())."""
+    `label_key[label]` its content key (content_key()).
+
+    Locks: `_lock` guards the HNSW graph and the label columns; `_pending_lock` guards the staging
+    buffer. Whoever takes both takes `_lock` first. The seq -> label map changes only under both.
+    """
 
     def __init__(self, dim: int, cfg: VaultIndexConfig, path: Path | None, store_id: str) -> None:
         self.dim = dim
@@ -76,10 +84,19 @@ class VectorIndex:
         # Staging has its own lock so a put never waits for an HNSW insertion batch.
         self._pending_lock = threading.Lock()
         self._index = self._new_index()
+        # Label columns, grown by doubling; the first _n rows are used.
+        self._n = 0
         self._label_seq = np.zeros(0, np.int64)
         self._label_key = np.zeros(0, np.int64)
         self._seq_label: dict[int, int] = {}
-        self._pending: dict[int, tuple[int, F32]] = {}
+        # The staging buffer: rows [_head, _tail) are staged, in staging order; a removed one
+        # has seq -1. _staged maps a staged seq to its row.
+        self._stage_vec = np.zeros((0, dim), np.float32)
+        self._stage_seq = np.zeros(0, np.int64)
+        self._stage_key = np.zeros(0, np.int64)
+        self._head = 0
+        self._tail = 0
+        self._staged: dict[int, int] = {}
         self._dirty = False
         self.loaded_from_disk = False
         self.rebuild_reason = ""
@@ -128,9 +145,11 @@ class VectorIndex:
             self.rebuild_reason = f"persisted index unusable ({exc})"
             log.warning("vault_index_rebuild", path=str(self.path), reason=self.rebuild_reason)
             return {}
+        del index_bytes
         index.hnsw.efSearch = self._cfg.ef_search  # type: ignore[attr-defined]
-        with self._lock:
+        with self._lock, self._pending_lock:
             self._index = index
+            self._n = len(labels)
             self._label_seq = labels[:, 0].copy()
             self._label_key = labels[:, 1].copy()
             self._seq_label = {int(s): i for i, s in enumerate(self._label_seq) if s >= 0}
@@ -146,7 +165,8 @@ class VectorIndex:
             if not self._dirty:
                 return False
             index_bytes = faiss.serialize_index(self._index).tobytes()
-            labels_bytes = np.stack([self._label_seq, self._label_key], axis=1).tobytes()
+            n = self._n
+            labels_bytes = np.stack([self._label_seq[:n], self._label_key[:n]], axis=1).tobytes()
             self._dirty = False
         self.path.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.path / "index.faiss", index_bytes)
@@ -156,60 +176,159 @@ class VectorIndex:
         return True
 
     def compact_if_sparse(self, max_dead_fraction: float = 1 / 3) -> bool:
-        """Rebuild without tombstones when they exceed the fraction; True when rebuilt."""
+        """Rebuild without tombstones when they exceed the fraction of the labels; True when
+        rebuilt. HNSW cannot delete, so this is how deleted episodes' vectors and links leave
+        memory. It holds the index for the rebuild (searches wait; staging does not)."""
         with self._lock:
-            n = len(self._label_seq)
-            live = np.flatnonzero(self._label_seq >= 0)
+            n = self._n
+            live = np.flatnonzero(self._label_seq[:n] >= 0)
             if n == 0 or (n - len(live)) <= max_dead_fraction * n:
                 return False
-            vectors = self._index.reconstruct_batch(live.astype(np.int64))
-            seqs = self._label_seq[live]
-            self._index = self._new_index()
-            self._index.add(vectors)
-            self._label_seq = seqs.copy()
-            self._label_key = self._label_key[live].copy()
-            self._seq_label = {int(s): i for i, s in enumerate(seqs)}
+            index = self._new_index()
+            for start in range(0, len(live), 4096):
+                index.add(self._index.reconstruct_batch(live[start : start + 4096]))
+            seqs = self._label_seq[live].copy()
+            keys = self._label_key[live].copy()
+            with self._pending_lock:
+                self._index = index
+                self._n = len(live)
+                self._label_seq, self._label_key = seqs, keys
+                self._seq_label = {int(s): i for i, s in enumerate(seqs)}
             self._dirty = True
+        log.info("vault_index_compacted", vectors=len(live), tombstones_dropped=n - len(live))
         return True
+
+    def tombstone_fraction(self) -> float:
+        with self._lock:
+            return 0.0 if self._n == 0 else 1.0 - len(self._seq_label) / self._n
 
     # -- writes ------------------------------------------------------------------------------
     def stage(self, seq: int, key: int, vector: F32) -> None:
         """Make `vector` (unit length) searchable as `seq`; HNSW insertion happens in flush()."""
+        self.stage_many(
+            np.array([seq], np.int64), np.array([key], np.int64), np.asarray(vector)[None, :]
+        )
+
+    def stage_many(
+        self, seqs: npt.NDArray[np.int64], keys: npt.NDArray[np.int64], vectors: F32
+    ) -> None:
+        """stage() for rows of `vectors` (unit length); a seq already held is left as it is."""
         with self._pending_lock:
-            if seq not in self._seq_label:
-                self._pending[seq] = (key, vector)
+            fresh = [
+                i
+                for i, s in enumerate(seqs.tolist())
+                if s not in self._seq_label and s not in self._staged
+            ]
+            if not fresh:
+                return
+            m = len(fresh)
+            self._reserve_staging(m)
+            rows = slice(self._tail, self._tail + m)
+            self._stage_vec[rows] = vectors[fresh]
+            self._stage_seq[rows] = seqs[fresh]
+            self._stage_key[rows] = keys[fresh]
+            for j, s in enumerate(seqs[fresh].tolist()):
+                self._staged[s] = self._tail + j
+            self._tail += m
+
+    def _reserve_staging(self, m: int) -> None:
+        """Room for m more staged rows (caller holds _pending_lock). Rows keep their order when
+        moved to the front, which flush() relies on."""
+        cap = len(self._stage_seq)
+        if self._tail + m <= cap:
+            return
+        live = self._tail - self._head
+        if self._head > 0 and live + m <= cap // 2:
+            src = slice(self._head, self._tail)
+            self._stage_vec[:live] = self._stage_vec[src]
+            self._stage_seq[:live] = self._stage_seq[src]
+            self._stage_key[:live] = self._stage_key[src]
+        else:
+            new_cap = max(ADD_BATCH, 2 * (live + m))
+            vec = np.empty((new_cap, self.dim), np.float32)
+            seq = np.empty(new_cap, np.int64)
+            key = np.empty(new_cap, np.int64)
+            vec[:live] = self._stage_vec[self._head : self._tail]
+            seq[:live] = self._stage_seq[self._head : self._tail]
+            key[:live] = self._stage_key[self._head : self._tail]
+            self._stage_vec, self._stage_seq, self._stage_key = vec, seq, key
+        self._staged = {s: i - self._head for s, i in self._staged.items()}
+        self._head, self._tail = 0, live
+
+    def _release_staging(self) -> None:
+        """Give an emptied, large staging buffer back (caller holds _pending_lock)."""
+        if self._head == self._tail:
+            self._head = self._tail = 0
+            if len(self._stage_seq) > 8 * ADD_BATCH:
+                self._stage_vec = np.zeros((0, self.dim), np.float32)
+                self._stage_seq = np.zeros(0, np.int64)
+                self._stage_key = np.zeros(0, np.int64)
 
     def flush(self, limit: int | None = None) -> int:
         """Move staged vectors into HNSW, ADD_BATCH per lock hold; how many moved."""
         moved = 0
         while limit is None or moved < limit:
-            with self._pending_lock:
-                take = list(self._pending.items())[:ADD_BATCH]
-            if not take:
-                break
             with self._lock:
-                seqs = np.array([s for s, _ in take], np.int64)
-                keys = np.array([k for _, (k, _) in take], np.int64)
-                self._index.add(np.stack([v for _, (_, v) in take]))
-                base = len(self._label_seq)
-                self._label_seq = np.concatenate([self._label_seq, seqs])
-                self._label_key = np.concatenate([self._label_key, keys])
                 with self._pending_lock:
-                    for i, (s, _) in enumerate(take):
+                    take = min(ADD_BATCH, self._tail - self._head)
+                    if take == 0:
+                        self._release_staging()
+                        break
+                    rows = slice(self._head, self._head + take)
+                    seqs = self._stage_seq[rows].copy()
+                    keys = self._stage_key[rows].copy()
+                    keep = seqs >= 0
+                    vecs = self._stage_vec[rows][keep]  # a copy: staging may move meanwhile
+                seqs, keys = seqs[keep], keys[keep]
+                # The slow part, with only _lock held: puts keep staging meanwhile. Removals
+                # take _lock, so none of these rows can be removed before they are labelled.
+                if len(seqs):
+                    self._index.add(vecs)
+                with self._pending_lock:
+                    base = self._n
+                    self._grow_labels(base + len(seqs))
+                    self._label_seq[base : base + len(seqs)] = seqs
+                    self._label_key[base : base + len(seqs)] = keys
+                    self._n = base + len(seqs)
+                    for i, s in enumerate(seqs.tolist()):
                         self._seq_label[s] = base + i
-                        self._pending.pop(s, None)
-                self._dirty = True
-            moved += len(take)
+                        del self._staged[s]
+                    # New stagings only append, and a move keeps order: these are still the
+                    # first `take` staged rows.
+                    self._head += take
+                    self._dirty = True
+            moved += take
         return moved
 
+    def _grow_labels(self, n: int) -> None:
+        if n <= len(self._label_seq):
+            return
+        cap = max(1024, 2 * n)
+        for name in ("_label_seq", "_label_key"):
+            old = getattr(self, name)
+            new = np.empty(cap, np.int64)
+            new[: self._n] = old[: self._n]
+            setattr(self, name, new)
+
     def remove(self, seq: int) -> None:
-        with self._lock:
-            with self._pending_lock:
-                self._pending.pop(seq, None)
-            label = self._seq_label.pop(seq, None)
-            if label is not None:
-                self._label_seq[label] = -1
-                self._dirty = True
+        self.remove_many([seq])
+
+    def remove_many(self, seqs: Iterable[int]) -> int:
+        """Drop the episodes' vectors: staged ones at once, indexed ones become tombstones
+        (compact_if_sparse() reclaims them); how many were held."""
+        held = 0
+        with self._lock, self._pending_lock:
+            for seq in seqs:
+                row = self._staged.pop(seq, None)
+                if row is not None:
+                    self._stage_seq[row] = -1
+                    held += 1
+                label = self._seq_label.pop(seq, None)
+                if label is not None:
+                    self._label_seq[label] = -1
+                    self._dirty = True
+                    held += 1
+        return held
 
     def keep_only(self, valid: dict[int, int]) -> int:
         """Tombstone every label whose seq is not in `valid` (seq -> content key) or whose key
@@ -218,9 +337,7 @@ class VectorIndex:
             gone = [
                 s for s, i in self._seq_label.items() if valid.get(s) != int(self._label_key[i])
             ]
-        for s in gone:
-            self.remove(s)
-        return len(gone)
+        return self.remove_many(gone)
 
     # -- reads -------------------------------------------------------------------------------
     def search(
@@ -229,32 +346,20 @@ class VectorIndex:
         """The k (seq, cosine) nearest `query` (unit length), best first, among `allowed_seqs`
         (None: all), and whether the answer is exact."""
         with self._lock:
-            n = len(self._label_seq)
-            alive = self._label_seq >= 0
+            n = self._n
+            label_seq = self._label_seq[:n]
             if allowed_seqs is None:
-                allowed_labels = alive
-                count = int(alive.sum())
+                allowed_labels = label_seq >= 0
             else:
-                allowed_labels = np.zeros(n, bool)
-                sl = self._seq_label
-                idx = [sl[s] for s in map(int, allowed_seqs) if s in sl]
-                allowed_labels[np.asarray(idx, np.int64)] = True
-                count = len(idx)
-            allowed_set = None if allowed_seqs is None else set_of(allowed_seqs)
-            with self._pending_lock:
-                pending = [
-                    (s, v)
-                    for s, v in self._pending.items()
-                    if allowed_set is None or s in allowed_set
-                ]
+                allowed_labels = np.isin(label_seq, allowed_seqs) & (label_seq >= 0)
+            count = int(allowed_labels.sum())
             hits: list[tuple[int, float]] = []
             exact = count <= self._cfg.exact_max_candidates
             if count > 0 and exact:
                 labels = np.flatnonzero(allowed_labels).astype(np.int64)
-                vecs = self._index.reconstruct_batch(labels)
-                sims = vecs @ query
-                top = np.argsort(-sims, kind="stable")[:k]
-                hits = [(int(self._label_seq[labels[i]]), float(sims[i])) for i in top]
+                sims = self._index.reconstruct_batch(labels) @ query
+                top = _top(sims, k)
+                hits = [(int(label_seq[labels[i]]), float(sims[i])) for i in top]
             elif count > 0:
                 bitmap = np.packbits(allowed_labels, bitorder="little")
                 sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
@@ -262,32 +367,52 @@ class VectorIndex:
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)  # type: ignore[attr-defined]
                 dist, lab = self._index.search(query[None, :], k, params=params)
                 hits = [
-                    (int(self._label_seq[la]), float(d))
+                    (int(label_seq[la]), float(d))
                     for la, d in zip(lab[0], dist[0], strict=True)
                     if la >= 0
                 ]
-        for s, (_, v) in pending:
-            hits.append((s, float(v @ query)))
+            # Staged vectors, scored exactly in one product (under _lock, so none is half-way
+            # into HNSW).
+            with self._pending_lock:
+                rows = slice(self._head, self._tail)
+                seqs = self._stage_seq[rows]
+                ok = seqs >= 0
+                if allowed_seqs is not None:
+                    ok &= np.isin(seqs, allowed_seqs)
+                if ok.any():
+                    sims = self._stage_vec[rows] @ query
+                    cand = np.flatnonzero(ok)
+                    top = cand[_top(sims[cand], k)]
+                    hits += [(int(seqs[i]), float(sims[i])) for i in top]
         hits.sort(key=lambda h: -h[1])
         return hits[:k], exact
 
     def __len__(self) -> int:
         with self._lock, self._pending_lock:
-            return len(self._seq_label) + len(self._pending)
+            return len(self._seq_label) + len(self._staged)
 
     def sizes(self) -> dict[str, int]:
         """Vectors indexed, staged and tombstoned, and the index's approximate bytes."""
         with self._lock, self._pending_lock:
-            labels = len(self._label_seq)
+            labels = self._n
             live = len(self._seq_label)
             # Flat storage (4 bytes a value) plus the graph's 2*M links of level 0 (4 bytes each).
             approx = labels * (4 * self.dim + 8 * self._cfg.hnsw_m)
             return {
                 "indexed": live,
-                "pending": len(self._pending),
+                "pending": len(self._staged),
                 "tombstones": labels - live,
                 "bytes": approx,
             }
+
+
+def _top(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.intp]:
+    """Indices of the k highest scores, highest first (ties: lower index first)."""
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        part.sort()
+        return part[np.argsort(-scores[part], kind="stable")]
+    return np.argsort(-scores, kind="stable")
 
 
 def set_of(seqs: npt.NDArray[np.int64]) -> set[int]:

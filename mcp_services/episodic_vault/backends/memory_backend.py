@@ -183,7 +183,11 @@ class MemoryBackend:
                     content_hash=ep.content_hash,
                 )
                 new[ep.id] = stored
-                outcomes.append(PutOutcome(ep.id, PutStatus.CREATED, next_seq, ep.content_hash))
+                outcomes.append(
+                    PutOutcome(
+                        ep.id, PutStatus.CREATED, next_seq, ep.content_hash, stored.size_bytes
+                    )
+                )
             cap = self._cfg.capacity
             if cap and len(self._by_id) + len(new) > cap:
                 raise CapacityExceeded(

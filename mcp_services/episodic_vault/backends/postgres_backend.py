@@ -293,7 +293,9 @@ class PostgresBackend:
                     )
                 )  # fmt: skip
                 known[ep.id] = PutOutcome(ep.id, PutStatus.EXISTING, last_seq, ep.content_hash)
-                outcomes.append(PutOutcome(ep.id, PutStatus.CREATED, last_seq, ep.content_hash))
+                outcomes.append(
+                    PutOutcome(ep.id, PutStatus.CREATED, last_seq, ep.content_hash, len(body))
+                )
             if rows:
                 with (
                     conn.cursor() as cur,

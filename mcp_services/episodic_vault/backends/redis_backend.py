@@ -445,7 +445,10 @@ class RedisBackend:
         if not episodes:
             return []
         args: list[str | bytes | int] = [self._prefix, stored_ms, len(episodes)]
+        sizes: list[int] = []
         for ep in episodes:
+            body = encode_body(ep)
+            sizes.append(len(body))
             args += [
                 ep.id,
                 ep.content_hash,
@@ -455,7 +458,7 @@ class RedisBackend:
                 ep.ref_count,
                 int(ep.tier),
                 int(ep.consolidated),
-                len(body := encode_body(ep)),
+                len(body),
                 body,
                 json.dumps(list(ep.tags), ensure_ascii=False),
             ]
@@ -465,13 +468,10 @@ class RedisBackend:
         if reply[0] == b"conflict":
             raise IdConflict(reply[1].decode())
         return [
-            PutOutcome(
-                ep.id,
-                PutStatus.CREATED if status == b"created" else PutStatus.EXISTING,
-                int(seq),
-                ep.content_hash,
-            )
-            for ep, status, seq in zip(episodes, reply[0::2], reply[1::2], strict=True)
+            PutOutcome(ep.id, PutStatus.CREATED, int(seq), ep.content_hash, size)
+            if status == b"created"
+            else PutOutcome(ep.id, PutStatus.EXISTING, int(seq), ep.content_hash)
+            for ep, size, status, seq in zip(episodes, sizes, reply[0::2], reply[1::2], strict=True)
         ]
 
     def delete(self, episode_id: str) -> bool:

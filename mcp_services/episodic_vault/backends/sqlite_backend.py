@@ -197,7 +197,7 @@ class SqliteBackend:
                         "INSERT INTO episode_tags (tag, seq) VALUES (?, ?)",
                         [(t, seq) for t in ep.tags],
                     )
-                    outcome = PutOutcome(ep.id, PutStatus.CREATED, seq, ep.content_hash)
+                    outcome = PutOutcome(ep.id, PutStatus.CREATED, seq, ep.content_hash, len(body))
                 in_batch[ep.id] = outcome
                 outcomes.append(outcome)
         return outcomes
