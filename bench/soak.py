@@ -1,7 +1,7 @@
 """The soak of the deployment guide, shortened: a warm-up, then 10 minutes at 200 operations/s
 against a native fleet on private ports, with consolidation, pruning and learning cycles running.
 
-    OMP_NUM_THREADS=1 python bench/soak.py [--minutes 10] [--warmup 300] [--rate 200]
+    OMP_NUM_THREADS=1 python bench/soak.py [--minutes 10] [--warmup 360] [--rate 200]
 
 The fleet runs with config/soak.yaml (TORI_ENV=soak): the vault keeps at most 20000 consolidated
 episodes and prunes the least important beyond that, so the data is bounded in steady state the
@@ -168,7 +168,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0, help="measured minutes after warm-up")
     p.add_argument("--rate", type=float, default=200.0)
-    p.add_argument("--warmup", type=float, default=300.0, help="seconds before the RSS baseline")
+    p.add_argument("--warmup", type=float, default=360.0, help="seconds before the RSS baseline")
     args = p.parse_args()
     total_s = args.warmup + args.minutes * 60
     work = Path(tempfile.mkdtemp(prefix="tori-soak-"))
