@@ -73,10 +73,11 @@ def fill(spec: str, n: int) -> float:
     return time.perf_counter() - start
 
 
-def ops(*args: str) -> tuple[float, str]:
+def ops(*args: str, env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run `tori-ops` (in the environment given, else ours); its wall time and output."""
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "mcp_services.ops", *args], capture_output=True, text=True
+        [sys.executable, "-m", "mcp_services.ops", *args], capture_output=True, text=True, env=env
     )
     seconds = time.perf_counter() - start
     if result.returncode != 0:
