@@ -1,9 +1,16 @@
 """The vault's in-process catalog: a few columns of every stored episode, for filters, Recall and
-pruning, plus the inverted concept index.
+pruning, plus the inverted concept and tag indexes.
 
 Rebuilt from the backend at start (one Scan) and kept in step by the store on every write, so it
 never holds an episode the backend does not (what it holds is light: no payload, no embedding).
-Rows are dense slots handed out in storage order and never reused; a deleted episode's row is dead.
+Rows are dense slots handed out in storage order; a deleted episode's row is dead until
+compact_if_sparse() renumbers the live rows (in order), which the store does once dead rows are a
+third of them, so a store whose size is bounded has a bounded catalog.
+
+The concept and tag indexes are postings of growable numpy arrays (row, strength): 12 bytes an
+entry, where a dict entry with its int and float objects costs ~90. Dead rows stay in them until
+compaction and are skipped by the alive column. Rows in a posting ascend (rows are handed out in
+order and compaction keeps it), so a row is found in one by bisection.
 
 Recall score (RecallRequest's contract): for a cue c and an episode e with concept strengths
 (a trace counts each concept at its strongest frame),
@@ -13,7 +20,6 @@ a cosine over concept strengths, in [0, 1] since strengths are >= 0.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -45,19 +51,52 @@ class RecallMatch:
     matched: tuple[str, ...]
 
 
+class _Posting:
+    """Rows (ascending) with a value each, in arrays grown by doubling."""
+
+    __slots__ = ("n", "rows", "vals")
+
+    def __init__(self, cap: int = 4) -> None:
+        self.n = 0
+        self.rows = np.zeros(cap, np.int32)
+        self.vals = np.zeros(cap, np.float64)
+
+    def append(self, row: int, val: float) -> None:
+        if self.n == len(self.rows):
+            self.rows = np.concatenate([self.rows, np.zeros(self.n, np.int32)])
+            self.vals = np.concatenate([self.vals, np.zeros(self.n, np.float64)])
+        self.rows[self.n] = row
+        self.vals[self.n] = val
+        self.n += 1
+
+    def value(self, row: int) -> float | None:
+        i = int(np.searchsorted(self.rows[: self.n], row))
+        return float(self.vals[i]) if i < self.n and self.rows[i] == row else None
+
+    def renumbered(self, remap: npt.NDArray[np.int64]) -> _Posting | None:
+        """The posting with rows mapped through `remap` (-1: dropped); None when empty."""
+        new_rows = remap[self.rows[: self.n]]
+        keep = new_rows >= 0
+        if not keep.any():
+            return None
+        out = _Posting(0)
+        out.rows = new_rows[keep].astype(np.int32)
+        out.vals = self.vals[: self.n][keep].copy()
+        out.n = len(out.rows)
+        return out
+
+
 class Catalog:
     """Not thread-safe by itself: the store calls it under its lock."""
 
     def __init__(self) -> None:
         self.n = 0
         self.ids: list[str] = []
-        self.tags: list[frozenset[str]] = []
         self._row_of: dict[str, int] = {}
         self._row_of_seq: dict[int, int] = {}
         self._sources: dict[str, int] = {}
-        self._tag_rows: dict[str, set[int]] = {}
-        self._postings: dict[str, dict[int, float]] = {}
-        self._concepts: list[tuple[str, ...]] = []
+        self._tag_rows: dict[str, _Posting] = {}
+        self._postings: dict[str, _Posting] = {}
         self.seq = np.zeros(_START, np.int64)
         self.ts = np.zeros(_START, np.int64)
         self.stored = np.zeros(_START, np.int64)
@@ -97,7 +136,6 @@ class Catalog:
         row = self.n
         self.n += 1
         self.ids.append(ep.id)
-        self.tags.append(frozenset(ep.tags))
         self._row_of[ep.id] = row
         self._row_of_seq[ep.seq] = row
         self.seq[row] = ep.seq
@@ -115,38 +153,60 @@ class Catalog:
         self.alive[row] = True
         self.has_vector[row] = has_vector
         for tag in ep.tags:
-            self._tag_rows.setdefault(tag, set()).add(row)
+            posting = self._tag_rows.get(tag)
+            if posting is None:
+                posting = self._tag_rows[tag] = _Posting()
+            posting.append(row, 1.0)
         strengths = concept_strengths(ep)
         for cid, s in strengths.items():
             if s > 0:
-                self._postings.setdefault(cid, {})[row] = s
-        self._concepts.append(tuple(strengths))
+                posting = self._postings.get(cid)
+                if posting is None:
+                    posting = self._postings[cid] = _Posting()
+                posting.append(row, s)
         self.cnorm[row] = math.sqrt(sum(s * s for s in strengths.values()))
         self.live += 1
         return row
 
     def remove(self, episode_id: str) -> int | None:
-        """Forget the episode; its row, or None when it was not here."""
+        """Forget the episode; its row, or None when it was not here. The row stays (dead) in
+        the postings until compaction."""
         row = self._row_of.pop(episode_id, None)
         if row is None:
             return None
         del self._row_of_seq[int(self.seq[row])]
         self.alive[row] = False
         self.in_stm[row] = False
-        for tag in self.tags[row]:
-            rows = self._tag_rows[tag]
-            rows.discard(row)
-            if not rows:
-                del self._tag_rows[tag]
-        for cid in self._concepts[row]:
-            post = self._postings.get(cid)
-            if post is not None:
-                post.pop(row, None)
-                if not post:
-                    del self._postings[cid]
-        self._concepts[row] = ()
+        self.ids[row] = ""
         self.live -= 1
         return row
+
+    def compact_if_sparse(self, max_dead_fraction: float = 1 / 3) -> bool:
+        """Renumber the live rows (keeping their order) when dead rows exceed the fraction;
+        True when it did. Row numbers handed out before are void afterwards."""
+        n = self.n
+        if n - self.live <= max(64, max_dead_fraction * n):
+            return False
+        keep = np.flatnonzero(self.alive[:n])
+        remap = np.full(n, -1, np.int64)
+        remap[keep] = np.arange(len(keep))
+        for name in self._COLUMNS:
+            col = getattr(self, name)
+            new = np.zeros(max(_START, 2 * len(keep)), col.dtype)
+            new[: len(keep)] = col[keep]
+            setattr(self, name, new)
+        self.n = len(keep)
+        self.ids = [self.ids[r] for r in keep.tolist()]
+        self._row_of = {i: r for r, i in enumerate(self.ids)}
+        self._row_of_seq = {int(s): r for r, s in enumerate(self.seq[: self.n])}
+        for index in (self._postings, self._tag_rows):
+            for key, posting in list(index.items()):
+                new_posting = posting.renumbered(remap)
+                if new_posting is None:
+                    del index[key]
+                else:
+                    index[key] = new_posting
+        return True
 
     def mark_consolidated(self, episode_ids: Iterable[str]) -> list[int]:
         """Move the episodes to LTM; the rows that changed."""
@@ -182,11 +242,11 @@ class Catalog:
                 return np.zeros(n, bool)
             m &= self.source[:n] == code
         for tag in flt.tags:
-            rows = self._tag_rows.get(tag)
-            if not rows:
+            posting = self._tag_rows.get(tag)
+            if posting is None:
                 return np.zeros(n, bool)
             tm = np.zeros(n, bool)
-            tm[np.fromiter(rows, np.int64, len(rows))] = True
+            tm[posting.rows[: posting.n]] = True
             m &= tm
         if tier is Tier.STM:
             m &= self.in_stm[:n]
@@ -202,29 +262,34 @@ class Catalog:
         """The k rows with the highest cue overlap (module docstring), best first; ties by row
         (older first). Rows outside `allowed` (when given) are skipped."""
         cue_norm = math.sqrt(sum(s * s for s in cue.values()))
-        if cue_norm == 0:
+        if cue_norm == 0 or self.n == 0:
             return []
-        scores: dict[int, float] = {}
+        dots = np.zeros(self.n, np.float64)
         for cid, w in cue.items():
-            post = self._postings.get(cid)
-            if not post or w <= 0:
+            posting = self._postings.get(cid)
+            if posting is None or w <= 0:
                 continue
-            for row, s in post.items():
-                scores[row] = scores.get(row, 0.0) + w * s
+            dots[posting.rows[: posting.n]] += w * posting.vals[: posting.n]
+        ok = (dots > 0) & self.alive[: self.n]
         if allowed is not None:
-            scores = {r: v for r, v in scores.items() if allowed[r]}
-        best = heapq.nlargest(k, scores.items(), key=lambda rv: (rv[1] / self.cnorm[rv[0]], -rv[0]))
+            ok &= allowed[: self.n]
+        rows = np.flatnonzero(ok)
+        ratio = dots[rows] / self.cnorm[rows]
+        best = rows[np.lexsort((rows, -ratio))[:k]]
         out = []
-        for row, dot in best:
-            contrib = [
-                (cue[cid] * self._postings[cid][row], cid)
-                for cid in self._concepts[row]
-                if cid in cue and row in self._postings.get(cid, {})
-            ]
+        for row in best.tolist():
+            contrib = []
+            for cid, w in cue.items():
+                posting = self._postings.get(cid)
+                v = posting.value(row) if posting is not None else None
+                if v is not None:
+                    contrib.append((w * v, cid))
             contrib.sort(key=lambda t: (-t[0], t[1]))
-            score = min(1.0, dot / (cue_norm * float(self.cnorm[row])))
+            score = min(1.0, float(dots[row]) / (cue_norm * float(self.cnorm[row])))
             out.append(RecallMatch(row, score, tuple(c for _, c in contrib)))
         return out
 
     def concept_count(self) -> int:
-        return len(self._postings)
+        """Concepts that at least one live episode holds."""
+        alive = self.alive[: self.n]
+        return sum(bool(alive[p.rows[: p.n]].any()) for p in self._postings.values())

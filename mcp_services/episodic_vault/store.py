@@ -185,6 +185,9 @@ class TieredStore:
         while not self._stop.wait(INDEX_FLUSH_S):
             try:
                 self.index.flush()
+                # Pruned, purged and deleted episodes leave tombstones; a bounded store keeps a
+                # bounded index because they are compacted away here.
+                self.index.compact_if_sparse()
                 if time.monotonic() - last_save >= self._cfg.index.save_interval_s:
                     self.index.save()
                     last_save = time.monotonic()
@@ -217,6 +220,7 @@ class TieredStore:
                 row = self._catalog.remove(i)
                 if row is not None:
                     seqs.append(int(self._catalog.seq[row]))
+            self._catalog.compact_if_sparse()
         for i in episode_ids:
             self._stm.remove(i)
         if seqs and self.index is not None:
@@ -419,10 +423,11 @@ class TieredStore:
 
     # -- retrieval ---------------------------------------------------------------------------
     def _allowed(self, flt: EpisodeFilter, tier: Tier) -> npt.NDArray[np.bool_] | None:
+        """The catalog rows passing the filter, None for all (caller holds _cat_lock: rows are
+        renumbered when the catalog compacts)."""
         if flt == EpisodeFilter() and tier is Tier.UNSPECIFIED:
             return None
-        with self._cat_lock:
-            return self._catalog.mask(flt, tier)
+        return self._catalog.mask(flt, tier)
 
     def _fetch(self, ids: Sequence[str]) -> dict[str, Episode]:
         out: dict[str, Episode] = {}
@@ -447,10 +452,10 @@ class TieredStore:
         q = normalised(query)
         if q is None:
             raise ValueError("is all zeros; cosine similarity needs a non-zero vector")
-        mask = self._allowed(flt, tier)
         allowed = None
-        if mask is not None:
-            with self._cat_lock:
+        with self._cat_lock:
+            mask = self._allowed(flt, tier)
+            if mask is not None:
                 allowed = self._catalog.seq[: len(mask)][
                     mask & self._catalog.has_vector[: len(mask)]
                 ]
@@ -467,9 +472,8 @@ class TieredStore:
     def recall(
         self, cue: Mapping[str, float], k: int, flt: EpisodeFilter, tier: Tier
     ) -> list[RecallHit]:
-        mask = self._allowed(flt, tier)
         with self._cat_lock:
-            matches = self._catalog.recall(cue, k, mask)
+            matches = self._catalog.recall(cue, k, self._allowed(flt, tier))
             ids = [self._catalog.ids[m.row] for m in matches]
         eps = self._fetch(ids)
         return [

@@ -83,6 +83,8 @@ class VectorIndex:
         self._lock = threading.Lock()
         # Staging has its own lock so a put never waits for an HNSW insertion batch.
         self._pending_lock = threading.Lock()
+        # Label numbers change only in a compaction, and compactions do not overlap.
+        self._compact_lock = threading.Lock()
         self._index = self._new_index()
         # Label columns, grown by doubling; the first _n rows are used.
         self._n = 0
@@ -178,24 +180,41 @@ class VectorIndex:
     def compact_if_sparse(self, max_dead_fraction: float = 1 / 3) -> bool:
         """Rebuild without tombstones when they exceed the fraction of the labels; True when
         rebuilt. HNSW cannot delete, so this is how deleted episodes' vectors and links leave
-        memory. It holds the index for the rebuild (searches wait; staging does not)."""
+        memory. The new graph is built from a snapshot without holding the index (searches and
+        flushes go on); what was added or removed meanwhile is applied at the swap. One
+        compaction at a time: a second caller waits, then finds nothing to do."""
+        with self._compact_lock:
+            return self._compact(max_dead_fraction)
+
+    def _compact(self, max_dead_fraction: float) -> bool:
         with self._lock:
-            n = self._n
-            live = np.flatnonzero(self._label_seq[:n] >= 0)
-            if n == 0 or (n - len(live)) <= max_dead_fraction * n:
+            n0 = self._n
+            if n0 == 0 or n0 - len(self._seq_label) <= max_dead_fraction * n0:
                 return False
-            index = self._new_index()
-            for start in range(0, len(live), 4096):
-                index.add(self._index.reconstruct_batch(live[start : start + 4096]))
-            seqs = self._label_seq[live].copy()
-            keys = self._label_key[live].copy()
+            live0 = np.flatnonzero(self._label_seq[:n0] >= 0)
+            if n0 == 0 or (n0 - len(live0)) <= max_dead_fraction * n0:
+                return False
+            vectors = self._index.reconstruct_batch(live0)
+        index = self._new_index()
+        for start in range(0, len(live0), 4096):
+            index.add(vectors[start : start + 4096])
+        del vectors
+        with self._lock:
+            # Labelled since the snapshot: add them too. Removed since: tombstone them.
+            n1 = self._n
+            later = n0 + np.flatnonzero(self._label_seq[n0:n1] >= 0)
+            if len(later):
+                index.add(self._index.reconstruct_batch(later))
+            keep = np.concatenate([live0, later])
+            seqs = self._label_seq[keep].copy()
+            keys = self._label_key[keep].copy()
             with self._pending_lock:
                 self._index = index
-                self._n = len(live)
+                self._n = len(keep)
                 self._label_seq, self._label_key = seqs, keys
-                self._seq_label = {int(s): i for i, s in enumerate(seqs)}
+                self._seq_label = {int(s): i for i, s in enumerate(seqs) if s >= 0}
             self._dirty = True
-        log.info("vault_index_compacted", vectors=len(live), tombstones_dropped=n - len(live))
+        log.info("vault_index_compacted", vectors=len(keep), labels_before=n1)
         return True
 
     def tombstone_fraction(self) -> float:

@@ -153,6 +153,65 @@ class TestPruning:
         assert s.stats().episode_count == 3
 
 
+class TestBoundedStore:
+    def test_pruned_and_purged_episodes_leave_the_index_and_the_catalog(
+        self, open_store: StoreFactory
+    ) -> None:
+        """A store held at mtm.max_items keeps a bounded index and catalog: deleted episodes'
+        vectors become tombstones that compaction removes, dead catalog rows are renumbered
+        away, and Search (through HNSW, not the exact path) never returns a deleted one."""
+        s = open_store(
+            cfg(
+                # No weight on reads: the searches below must not change what is pruned.
+                tiers={"stm": {"capacity": 0}, "mtm": {"max_items": 40}, "weight_access": 0.0},
+                index={"exact_max_candidates": 0},
+            )
+        )
+        assert s.index is not None
+        for b in range(12):
+            # Newer batches carry more energy, so each prune keeps the latest batch.
+            batch = range(b * 40, b * 40 + 40)
+            s.put_many([ep(i, energy=float(i)) for i in batch], 1)
+            s.index.flush()
+            assert s.prune_tiers(2) == ({Tier.MTM: 40} if b else {})
+            s.index.compact_if_sparse()
+            sizes = s.index.sizes()
+            assert sizes["indexed"] == 40 and sizes["pending"] == 0
+            assert sizes["indexed"] + sizes["tombstones"] <= 60  # at most a third dead
+            assert s._catalog.n <= 40 + 64 and s._catalog.live == 40
+            want = {f"ep-{i:05d}" for i in batch}
+            assert set(nearest(s, batch[0], k=40)) == want
+            hits = s.recall({"shared": 1.0}, 100, EpisodeFilter(), Tier.UNSPECIFIED)
+            assert {h.episode.id for h in hits} == want
+        assert s.purge_expired(2, 3, dry_run=False) == 40
+        s.index.compact_if_sparse()
+        assert s.index.sizes() == {"indexed": 0, "pending": 0, "tombstones": 0, "bytes": 0}
+        assert nearest(s, 0) == []
+
+    def test_staged_vectors_removed_before_insertion_never_reach_hnsw(
+        self, open_store: StoreFactory
+    ) -> None:
+        """A vector deleted while still staged is dropped, not inserted as a ghost."""
+        s = open_store(cfg(index={"exact_max_candidates": 0}))
+        assert s.index is not None
+        s._stop.set()  # the background indexer ends, so the vectors stay staged
+        for t in s._threads:
+            t.join()
+        s.put_many([ep(i) for i in range(20)], 1)
+        s.delete("ep-00003")
+        assert s.index.sizes() | {"bytes": 0} == {
+            "indexed": 0,
+            "pending": 19,
+            "tombstones": 0,
+            "bytes": 0,
+        }
+        assert "ep-00003" not in nearest(s, 3, k=20)  # staged, searched exactly
+        assert s.index.flush() == 20  # rows moved, the deleted one dropped
+        assert s.index.sizes()["indexed"] == 19 and s.index.sizes()["tombstones"] == 0
+        assert "ep-00003" not in nearest(s, 3, k=20) and len(nearest(s, 4, k=20)) == 19
+        s.close()
+
+
 class TestIndexPersistence:
     def test_restart_reloads_the_index_and_finds_the_same(self, open_store: StoreFactory) -> None:
         """A clean restart loads the saved index instead of rebuilding; results are unchanged."""
