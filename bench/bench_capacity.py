@@ -8,13 +8,18 @@ measured on that graph exactly as the done-when says.
 Dense: N = 400 random ±1 patterns at loads alpha = P/N in {0.05, 0.1, 0.2, 0.3, 0.4, 0.5}, each
 seen only as 5 unlabelled episodes with 10% of the concepts flipped; a pattern is recalled when its
 cue with 10% flipped settles (T = 0) to overlap >= 0.95. Peers on the same episodes: ``hebbian``
-(covariance Hebbian) and ``wake_sleep`` (the literal wake-sleep rule, domain/baselines.py). Also
+(covariance Hebbian), ``wake_sleep`` (the literal wake-sleep rule, domain/baselines.py) and
+Hopfield-Feinstein-Palmer dreaming (random starts unlearned, domain/baselines.py) on the raw
+episodes (``dreaming_raw``, eps 0.05: five rows per pattern) and on the merged prototypes
+(``dreaming_merged``, eps 0.01), each stopped at its best recall over 3200 dreams (an oracle
+stop that favours it: unsupervised, its recall collapses past the optimum). Also
 the share of random starts ending in spurious attractors (consolidation vs Hebbian) and the
 cycle's energy_delta.
 
 Sparse: N = 2000 assemblies of 2-5% active concepts, 5 episodes each with 10% of the members
 swapped; peer: the covariance Hebbian rule with its threshold tuned on the true recall (an oracle
-that favours the baseline). Reports the largest load at which recall stays >= 0.95.
+that favours the baseline). Loads run in increasing order (``--sparse-loads``) until
+consolidation recall falls below 0.95; reports the largest load at which recall stays >= 0.95.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_capacity.py [--quick]``; writes
 bench/results/capacity.json (capacity_quick.json with --quick) and prints it.
@@ -23,6 +28,7 @@ bench/results/capacity.json (capacity_quick.json with --quick) and prints it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -42,8 +48,9 @@ from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.sleep_scheduler.codec import stored_of_chunks
 from mcp_services.sleep_scheduler.domain import ConceptGraph, ConceptIndex
 from mcp_services.sleep_scheduler.domain.activations import pm1_to_states
-from mcp_services.sleep_scheduler.domain.baselines import hebbian_graph, plain_wake_sleep
+from mcp_services.sleep_scheduler.domain.baselines import dreaming, hebbian_graph, plain_wake_sleep
 from mcp_services.sleep_scheduler.domain.planted import planted_pm1, planted_sparse
+from mcp_services.sleep_scheduler.domain.prototypes import merge_episodes
 from mcp_services.sleep_scheduler.domain.quality import recall_pm1, recall_sparse, spurious_share
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
 
@@ -156,12 +163,29 @@ def dense_row(n: int, alpha: float, seed: int) -> dict[str, Any]:
         "consolidation": recall_pm1(graph, d.patterns).recall,
         "hebbian": recall_pm1(hebb, d.patterns).recall,
         "wake_sleep": recall_pm1(plain_wake_sleep(idx, d.episodes), d.patterns).recall,
+        **best_dreaming("dreaming_raw", idx, d.episodes, 0.05, d.patterns),
+        **best_dreaming(
+            "dreaming_merged", idx, merge_episodes(d.episodes).states, 0.01, d.patterns
+        ),
         "spurious_share_hebbian": spurious_share(hebb, patterns),
         "spurious_share_consolidation": spurious_share(graph, patterns),
         **job,
     }
     print(json.dumps(row), flush=True)
     return row
+
+
+def best_dreaming(
+    name: str, idx: ConceptIndex, states: sp.csr_matrix, eps: float, patterns: np.ndarray
+) -> dict[str, Any]:
+    """Hopfield-Feinstein-Palmer dreaming stopped at its best recall (an oracle stop)."""
+    best, at = 0.0, 0
+    run = dreaming(idx, states, eps, 40, np.random.default_rng(0))
+    for dreams, graph in itertools.islice(run, 80):
+        if dreams % 80 == 0:
+            r = recall_pm1(graph, patterns).recall
+            best, at = (r, dreams) if r > best else (best, at)
+    return {name: best, f"{name}_dreams": at}
 
 
 def sparse_row(n: int, alpha: float, seed: int) -> dict[str, Any]:
@@ -203,10 +227,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (N=200 / N=600)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("dense", "sparse"), help="run one of the two sweeps")
+    parser.add_argument(
+        "--sparse-loads",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0],
+        help="sparse loads P/N, run in increasing order until consolidation recall < 0.95",
+    )
     args = parser.parse_args()
     n_dense, n_sparse = (200, 600) if args.quick else (400, 2000)
     dense_loads = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
-    sparse_loads = (0.1, 0.25, 0.5, 0.75, 1.0)
+    sparse_loads = sorted(args.sparse_loads)
     result: dict[str, Any] = {"path": "vault PutEpisodes -> StartConsolidation -> ReadGraph"}
     if args.only != "sparse":
         dense = [dense_row(n_dense, a, args.seed) for a in dense_loads]
@@ -214,11 +245,22 @@ def main() -> None:
             "n": n_dense,
             "rows": dense,
             "largest_load_recall_095": {
-                k: largest_load(dense, k) for k in ("consolidation", "hebbian", "wake_sleep")
+                k: largest_load(dense, k)
+                for k in (
+                    "consolidation",
+                    "hebbian",
+                    "wake_sleep",
+                    "dreaming_raw",
+                    "dreaming_merged",
+                )
             },
         }
     if args.only != "dense":
-        sparse = [sparse_row(n_sparse, a, args.seed) for a in sparse_loads]
+        sparse = []
+        for a in sparse_loads:
+            sparse.append(sparse_row(n_sparse, a, args.seed))
+            if sparse[-1]["consolidation"] < 0.95:
+                break  # the largest load is found; larger ones only cost time
         result["sparse"] = {
             "n": n_sparse,
             "rows": sparse,

@@ -9,11 +9,18 @@
   Hebbian: wake = episodes clamped, sleep = the episodes annealed from ``t0`` into their
   attractors, ``W += eta (<(s - a)(s - a)^T>_wake - <...>_sleep)`` for a fixed number of epochs,
   with no merging and no stopping rule.
+* :func:`dreaming` — Hopfield-Feinstein-Palmer unlearning ("dreaming"): from the ±1 Hebbian
+  couplings of the given states, repeatedly settle random states at T = 0 and subtract
+  ``eps/N sigma sigma^T`` of the attractor reached; yields the graph after every batch of
+  dreams, since its recall rises to an optimum and then collapses (the caller picks the stop).
 
 Both build a dense N x N matrix: they are baselines for N of a few thousand at most.
 """
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -96,3 +103,31 @@ def plain_wake_sleep(
         b = b + eta * scale * (wake_b - sc.mean(axis=0))
         graph = _graph(index, w.copy(), b.copy())
     return graph
+
+
+def dreaming(
+    index: ConceptIndex, states: sp.csr_matrix, eps: float, batch: int, rng: np.random.Generator
+) -> Iterator[tuple[int, ConceptGraph]]:
+    """Hopfield-Feinstein-Palmer unlearning from the ±1 Hebbian couplings of {0, 1} ``states``.
+
+    ``J = 1/N sum_s sigma sigma^T`` (``sigma = 2 s - 1``, one term per row); each dream settles a
+    uniformly random state at T = 0 and subtracts ``eps/N`` times the outer product of the
+    attractor. Yields ``(dreams so far, graph)`` after every ``batch`` dreams, without end: the
+    caller stops it.
+
+    Raises:
+        ValueError: if ``eps`` or ``batch`` is not positive.
+    """
+    if not eps > 0.0 or batch < 1:
+        raise ValueError(f"eps={eps} and batch={batch} must be positive, e.g. 0.01 and 20")
+    n = index.size
+    sigma = 2.0 * _dense_episodes(index, states) - 1.0
+    j = (sigma.T @ sigma) / n
+    np.fill_diagonal(j, 0.0)
+    for step in itertools.count(1):
+        graph = ConceptGraph.from_pm1_couplings(index, j)
+        starts = sp.csr_matrix((rng.random((batch, n)) < 0.5).astype(np.float64))
+        dreams = 2.0 * settle(graph, starts, AnnealSchedule.zero(), rng).states.toarray() - 1.0
+        j -= eps * (dreams.T @ dreams) / n
+        np.fill_diagonal(j, 0.0)
+        yield step * batch, ConceptGraph.from_pm1_couplings(index, j)

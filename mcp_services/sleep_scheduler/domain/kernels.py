@@ -264,6 +264,72 @@ def epoch_statistics(
 
 
 @numba.njit(nogil=True)
+def _apply(
+    indptr: IntArray,
+    indices: IntArray,
+    transpose: IntArray,
+    grad: FloatArray,
+    grad_weight: FloatArray,
+    esum: FloatArray,
+    unit_weight: FloatArray,
+    mu: FloatArray,
+    eta: float,
+    w: FloatArray,
+    b: FloatArray,
+) -> None:
+    n = b.shape[0]
+    d_w = np.zeros(indices.shape[0])
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            q = transpose[p]
+            if grad_weight[q] > 0.0:
+                d_w[p] = (grad[q] - esum[i] * mu[indices[p]]) / grad_weight[q]
+    for i in range(n):
+        sym_mu = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            d = 0.5 * (d_w[p] + d_w[transpose[p]])
+            w[p] += eta * d
+            sym_mu += d * mu[indices[p]]
+        centred = esum[i] / unit_weight[i] if unit_weight[i] > 0.0 else 0.0
+        b[i] += eta * (centred - sym_mu)
+
+
+def apply_update(
+    support: tuple[IntArray, IntArray, IntArray],
+    statistics: tuple[FloatArray, FloatArray, FloatArray, FloatArray],
+    mu: FloatArray,
+    eta: float,
+    w: FloatArray,
+    b: FloatArray,
+) -> None:
+    """``W += eta dW``, ``b += eta db`` in place from :func:`epoch_statistics`' output.
+
+    ``support`` is S's ``(indptr, indices, transpose)`` (``transpose[p]`` = position of the
+    mirror entry); ``statistics`` is ``(grad, esum, grad_weight, unit_weight)``. Entry (i, j)
+    of ``dW`` is the mean over the replays behind it of ``e_i (c_j - mu_j)`` (``grad`` holds the
+    transpose), symmetrised; ``db = esum / unit_weight - sym(dW) mu`` (centred to plain bias).
+    """
+    indptr, indices, transpose = support
+    grad, esum, grad_weight, unit_weight = statistics
+    _apply(indptr, indices, transpose, grad, grad_weight, esum, unit_weight, mu, eta, w, b)
+
+
+@numba.njit(nogil=True)
+def _row_sq(indptr: IntArray, w: FloatArray) -> FloatArray:
+    out = np.zeros(indptr.shape[0] - 1)
+    for i in range(out.shape[0]):
+        for p in range(indptr[i], indptr[i + 1]):
+            out[i] += w[p] * w[p]
+    return out
+
+
+def row_sq(indptr: IntArray, w: FloatArray) -> FloatArray:
+    """Sum of squared weights of each CSR row."""
+    out: FloatArray = _row_sq(indptr, w)
+    return out
+
+
+@numba.njit(nogil=True)
 def _settle(
     w_indptr: IntArray,
     w_indices: IntArray,
@@ -395,7 +461,17 @@ def settle_rows(
 def _enable_disk_cache() -> None:
     # numba's own cache=True raises at import when no cache location is writable; asking after
     # definition lets the module import there and compile per process instead.
-    for dispatcher in (_seed, _sigmoid, _touch, _spread, _corrupt_row, _epoch, _settle):
+    for dispatcher in (
+        _seed,
+        _sigmoid,
+        _touch,
+        _spread,
+        _corrupt_row,
+        _epoch,
+        _apply,
+        _row_sq,
+        _settle,
+    ):
         try:
             dispatcher.enable_caching()
         except RuntimeError:

@@ -52,7 +52,12 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from mcp_services.sleep_scheduler.domain.graph import ConceptGraph, FloatArray, scales_of
-from mcp_services.sleep_scheduler.domain.kernels import epoch_statistics, seed_from
+from mcp_services.sleep_scheduler.domain.kernels import (
+    apply_update,
+    epoch_statistics,
+    row_sq,
+    seed_from,
+)
 
 _ERROR_FLOOR = 1e-3
 """Errors below this are dropped: far-off concepts would add dense, useless dust to W."""
@@ -143,9 +148,9 @@ class SleepLearner:
         support = _support(graph.weights, x)
         self._indptr = support.indptr.astype(np.int64)
         self._indices = support.indices.astype(np.int64)
-        self._rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(self._indptr))
-        keys = self._rows * n + self._indices
-        self._transpose = np.searchsorted(keys, self._indices * n + self._rows)
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(self._indptr))
+        keys = rows * n + self._indices
+        self._transpose = np.searchsorted(keys, self._indices * n + rows)
         w = sp.csr_matrix(graph.weights)
         w.sort_indices()
         w_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(w.indptr))
@@ -160,8 +165,7 @@ class SleepLearner:
 
     def field_scales(self) -> FloatArray:
         """:meth:`ConceptGraph.field_scales` of the current weights at the replays' activity."""
-        sq = np.bincount(self._rows, weights=self._w * self._w, minlength=self._n)
-        return scales_of(sq.astype(np.float64), self.activity)
+        return scales_of(row_sq(self._indptr, self._w), self.activity)
 
     def epoch(self, temperature: float, eta: float, rng: np.random.Generator) -> float:
         """One pass over the corrupted replays at ``temperature``; ``W += eta dW``, ``b += eta db``.
@@ -185,19 +189,14 @@ class SleepLearner:
             temperature,
             (_ERROR_FLOOR, _STRAY_FLOOR),
         )
-        rows, cols, mu, tr = self._rows, self._indices, self._mu, self._transpose
-        # Entry (i, j) of e (c - mu)^T: grad holds its transpose, the centring is on S only.
-        raw = grad[tr] - esum[rows] * mu[cols]
-        weight = grad_weight[tr]
-        d_w = np.where(weight > 0, raw / np.where(weight > 0, weight, 1.0), 0.0)
-        d_sym = 0.5 * (d_w + d_w[tr])
-        d_centred = np.where(
-            unit_weight > 0, esum / np.where(unit_weight > 0, unit_weight, 1.0), 0.0
+        apply_update(
+            (self._indptr, self._indices, self._transpose),
+            (grad, esum, grad_weight, unit_weight),
+            self._mu,
+            eta,
+            self._w,
+            self._b,
         )
-        # Plain bias: b = b_centred - W mu, so db = db_centred - sym(dW) mu.
-        sym_mu = np.bincount(rows, weights=d_sym * mu[cols], minlength=self._n)
-        self._w += eta * d_sym
-        self._b += eta * (d_centred - sym_mu.astype(np.float64))
         return error_rate
 
     def graph(self) -> ConceptGraph:
