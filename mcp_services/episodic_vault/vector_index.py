@@ -380,10 +380,13 @@ class VectorIndex:
                 top = _top(sims, k)
                 hits = [(int(label_seq[labels[i]]), float(sims[i])) for i in top]
             elif count > 0:
-                bitmap = np.packbits(allowed_labels, bitorder="little")
-                sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
                 ef = max(self._cfg.ef_search, k)
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)  # type: ignore[attr-defined]
+                params = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
+                if count < n:  # a filter or tombstones: only allowed labels may be returned
+                    # Both stay referenced here until the search returns (faiss keeps pointers).
+                    bitmap = np.packbits(allowed_labels, bitorder="little")
+                    sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
+                    params.sel = sel
                 dist, lab = self._index.search(query[None, :], k, params=params)
                 hits = [
                     (int(label_seq[la]), float(d))
