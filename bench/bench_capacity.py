@@ -65,6 +65,8 @@ def _settings(var_dir: Path, **env: str) -> Settings:
         "TORI_VAR_DIR": str(var_dir),
         "VAULT_BACKEND": "memory",
         "SLEEP_PRESSURE_THRESHOLD": "0",
+        # A synchronous cycle at a large load outlasts the default 5 min connection age.
+        "GRPC_MAX_CONNECTION_AGE_MS": "0",
         **{
             k: "0"
             for k in (
@@ -239,6 +241,11 @@ def main() -> None:
     dense_loads = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
     sparse_loads = sorted(args.sparse_loads)
     result: dict[str, Any] = {"path": "vault PutEpisodes -> StartConsolidation -> ReadGraph"}
+    name = "capacity_quick" if args.quick else "capacity"
+    if args.only:
+        name += f"_{args.only}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
     if args.only != "sparse":
         dense = [dense_row(n_dense, a, args.seed) for a in dense_loads]
         result["dense"] = {
@@ -256,24 +263,22 @@ def main() -> None:
             },
         }
     if args.only != "dense":
-        sparse = []
+        sparse: list[dict[str, Any]] = []
         for a in sparse_loads:
             sparse.append(sparse_row(n_sparse, a, args.seed))
+            result["sparse"] = {
+                "n": n_sparse,
+                "rows": sparse,
+                "largest_load_recall_095": {
+                    "consolidation": largest_load(sparse, "consolidation"),
+                    "hebbian_covariance": largest_load(sparse, "hebbian_covariance"),
+                },
+            }
+            # Written after every load: a large load can take long on a shared machine.
+            out.write_text(json.dumps({**result, "partial": True}, indent=2))
             if sparse[-1]["consolidation"] < 0.95:
                 break  # the largest load is found; larger ones only cost time
-        result["sparse"] = {
-            "n": n_sparse,
-            "rows": sparse,
-            "largest_load_recall_095": {
-                "consolidation": largest_load(sparse, "consolidation"),
-                "hebbian_covariance": largest_load(sparse, "hebbian_covariance"),
-            },
-        }
-    name = "capacity_quick" if args.quick else "capacity"
-    if args.only:
-        name += f"_{args.only}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
