@@ -429,12 +429,22 @@ class TieredStore:
             return None
         return self._catalog.mask(flt, tier)
 
-    def _fetch(self, ids: Sequence[str]) -> dict[str, Episode]:
+    def get_many(self, episode_ids: Sequence[str]) -> dict[str, Episode]:
+        """Hot ones from STM, the rest from the backend in one call."""
         out: dict[str, Episode] = {}
-        for i in ids:
-            ep = self._stm.get(i) or self.backend.get(i)
-            if ep is not None:
+        cold: list[str] = []
+        for i in episode_ids:
+            ep = self._stm.get(i)
+            if ep is None:
+                cold.append(i)
+            else:
                 out[i] = ep
+        if cold:
+            out |= self.backend.get_many(cold)
+        return out
+
+    def _fetch(self, ids: Sequence[str]) -> dict[str, Episode]:
+        out = self.get_many(ids)
         self._touch(list(out))
         return out
 

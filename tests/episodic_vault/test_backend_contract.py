@@ -266,6 +266,18 @@ class TestRead:
         assert backend.get("nope") is None
         assert backend.delete("nope") is False
 
+    def test_get_many_returns_what_get_returns_for_the_known_ids(
+        self, backend: VaultBackend
+    ) -> None:
+        """get_many is get over a list: the stored episodes by id, unknown ids left out."""
+        outcomes = backend.put_many([make_ep(i, embedding=(0.5, -1.0)) for i in range(5)], 7)
+        assert all(o.size_bytes > 0 for o in outcomes)
+        got = backend.get_many(["ep-00003", "nope", "ep-00000", "ep-00003"])
+        assert got == {i: backend.get(i) for i in ("ep-00003", "ep-00000")}
+        assert got["ep-00003"].size_bytes == outcomes[3].size_bytes
+        assert got["ep-00000"].embedding.tolist() == [0.5, -1.0]
+        assert backend.get_many([]) == {}
+
 
 class TestLifecycle:
     def test_delete_removes_from_every_view(self, backend: VaultBackend) -> None:

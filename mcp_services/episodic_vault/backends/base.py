@@ -67,6 +67,11 @@ class VaultBackend(Protocol):
 
     def get(self, episode_id: str) -> Episode | None: ...
 
+    def get_many(self, episode_ids: Sequence[str]) -> dict[str, Episode]:
+        """The episodes stored under these ids, by id (unknown ids are absent), in one round
+        trip where the backend has them (Search and Recall fetch their hits this way)."""
+        ...
+
     def list_recent(
         self, flt: EpisodeFilter, limit: int, after: ListCursor | None
     ) -> list[Episode]:

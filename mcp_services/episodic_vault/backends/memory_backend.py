@@ -205,6 +205,10 @@ class MemoryBackend:
         with self._lock:
             return self._by_id.get(episode_id)
 
+    def get_many(self, episode_ids: Sequence[str]) -> dict[str, Episode]:
+        with self._lock:
+            return {i: self._by_id[i] for i in episode_ids if i in self._by_id}
+
     def list_recent(
         self, flt: EpisodeFilter, limit: int, after: ListCursor | None
     ) -> list[Episode]:

@@ -363,6 +363,15 @@ class PostgresBackend:
             ).fetchone()
         return None if row is None else _row_to_episode(row)
 
+    def get_many(self, episode_ids: Sequence[str]) -> dict[str, Episode]:
+        if not episode_ids:
+            return {}
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM episodes WHERE id = ANY(%s)", (list(episode_ids),)
+            ).fetchall()
+        return {ep.id: ep for ep in map(_row_to_episode, rows)}
+
     def list_recent(
         self, flt: EpisodeFilter, limit: int, after: ListCursor | None
     ) -> list[Episode]:

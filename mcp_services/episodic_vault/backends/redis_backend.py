@@ -346,6 +346,16 @@ class RedisBackend:
             h = cast(dict[bytes, bytes], self._r.hgetall(self._ep_key(episode_id)))
         return self._decode(h) if h else None
 
+    def get_many(self, episode_ids: Sequence[str]) -> dict[str, Episode]:
+        if not episode_ids:
+            return {}
+        with _errors(self._url):
+            pipe = self._r.pipeline(transaction=False)
+            for episode_id in episode_ids:
+                pipe.hgetall(self._ep_key(episode_id))
+            replies = cast(list[dict[bytes, bytes]], pipe.execute())
+        return {ep.id: ep for ep in (self._decode(h) for h in replies if h)}
+
     def _matching(self, ids: list[bytes], flt: EpisodeFilter) -> list[bytes]:
         """The ids whose columns pass the filter's source, energy and tag conditions."""
         pipe = self._r.pipeline(transaction=False)

@@ -210,6 +210,23 @@ class SqliteBackend:
         )
         return None if row is None else _row_to_episode(row)
 
+    def get_many(self, episode_ids: Sequence[str]) -> dict[str, Episode]:
+        ids = list(dict.fromkeys(episode_ids))
+        out: dict[str, Episode] = {}
+        # SQLite's default limit on host parameters is 999 (older builds): query in chunks.
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = (
+                self._reader()
+                .execute(f"SELECT {_COLUMNS} FROM episodes WHERE id IN ({marks})", chunk)
+                .fetchall()
+            )
+            for row in rows:
+                ep = _row_to_episode(row)
+                out[ep.id] = ep
+        return out
+
     def list_recent(
         self, flt: EpisodeFilter, limit: int, after: ListCursor | None
     ) -> list[Episode]:
