@@ -31,6 +31,7 @@ import gc
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -128,6 +129,16 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def git_commit() -> str:
+    """HEAD, with "+dirty" when the vault's code differs from it."""
+    run = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*run, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*run, "diff", "--quiet", "HEAD", "--", "mcp_services/episodic_vault"], check=False
+    )
+    return head.stdout.strip() + ("+dirty" if dirty.returncode else "")
+
+
 def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -156,7 +167,11 @@ def run_backend(
     backend: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
-    out: dict[str, Any] = {"backend": backend, "load_average_start": load_average()}
+    out: dict[str, Any] = {
+        "backend": backend,
+        "commit": git_commit(),
+        "load_average_start": load_average(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         env = service_environ(Path(tmp) / "var")
         settings = load_config(
@@ -265,7 +280,7 @@ def load_report(args: argparse.Namespace) -> dict[str, Any]:
     except (OSError, ValueError):
         old = {}
     if old.get("n") == args.n and old.get("dim") == DIM and "commands" in old:
-        return {k: old[k] for k in ("results", "commands", "faiss_peer") if k in old}
+        return {k: old[k] for k in ("results", "commands", "faiss_peer", "notes") if k in old}
     return {"results": []}
 
 
