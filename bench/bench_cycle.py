@@ -9,7 +9,8 @@ epoch (median over epochs not followed by a stability evaluation), the time of t
 alone, epochs run and kept, edges, the label-free stability before and after, and the fitted
 growth exponents against episodes (1.0 = linear). The peer in the same run is the one-pass sparse
 co-activation count ``X^T X`` of the same episodes (the floor of any rule that touches the
-co-active pairs). The compiled kernels are warmed up on a tiny cycle first.
+co-active pairs). The compiled kernels are warmed up on a tiny cycle first. CPU seconds are
+reported beside wall seconds because the machine is shared (the load average is recorded).
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cycle.py`` (1k, 10k, 100k episodes;
 ``--sizes 1000 10000`` for fewer); writes bench/results/cycle.json and prints it.
@@ -64,12 +65,20 @@ def run_size(episodes: int, epochs: int | None, seed: int) -> dict[str, Any]:
     cfg = ConsolidationConfig(seed=seed)
     if epochs is not None:
         cfg = replace(cfg, max_epochs=epochs)
-    stamps: list[float] = []
-    t = time.perf_counter()
-    out = run_cycle(StoredGraph.empty(), acts, cfg, lambda *_: stamps.append(time.perf_counter()))
-    cycle_s = time.perf_counter() - t
+    stamps: list[tuple[float, float]] = []
+
+    def stamp(*_: object) -> None:
+        stamps.append((time.perf_counter(), time.process_time()))
+
+    t, c = time.perf_counter(), time.process_time()
+    out = run_cycle(StoredGraph.empty(), acts, cfg, stamp)
+    cycle_s, cycle_cpu = time.perf_counter() - t, time.process_time() - c
     # A gap between two epoch ends holds one epoch, plus the evaluation after an eval epoch.
-    gaps = [b - a for k, (a, b) in enumerate(itertools.pairwise(stamps), 1) if k % cfg.eval_every]
+    gaps = [
+        (b[0] - a[0], b[1] - a[1])
+        for k, (a, b) in enumerate(itertools.pairwise(stamps), 1)
+        if k % cfg.eval_every
+    ]
     row: dict[str, Any] = {
         "episodes": episodes,
         "prototypes": out.stats.prototypes,
@@ -78,8 +87,12 @@ def run_size(episodes: int, epochs: int | None, seed: int) -> dict[str, Any]:
         "peer_coactivation_pairs": int((co.nnz - co.shape[0]) // 2),
         "merge_seconds": round(merge_s, 3),
         "cycle_seconds": round(cycle_s, 3),
+        "cycle_cpu_seconds": round(cycle_cpu, 3),
         "seconds_per_epoch_all_in": round(cycle_s / max(out.stats.epochs_run, 1), 4),
-        "sleep_epoch_seconds": round(float(np.median(gaps)), 4) if gaps else None,
+        "sleep_epoch_seconds": round(float(np.median([g[0] for g in gaps])), 4) if gaps else None,
+        "sleep_epoch_cpu_seconds": (
+            round(float(np.median([g[1] for g in gaps])), 4) if gaps else None
+        ),
         "epochs": out.stats.epochs_run,
         "epochs_cap": cfg.max_epochs,
         "epoch_kept": out.stats.epoch_kept,
@@ -109,16 +122,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="cap (default: stopping rule)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     run_size(50, 5, args.seed)  # compile (or load) the kernels outside the timed runs
     rows = [run_size(n, args.epochs, args.seed) for n in args.sizes]
     result = {
         "concepts": CONCEPTS,
         "active_per_episode": ACTIVE,
         "epochs_cap": args.epochs,
+        "load_average_1m_at_start": load_start,
         "load_average_1m_at_end": os.getloadavg()[0],
         "rows": rows,
         "growth_exponent_cycle": growth_exponent(rows, "cycle_seconds"),
-        "growth_exponent_sleep_epoch": growth_exponent(rows, "sleep_epoch_seconds"),
+        "growth_exponent_cycle_cpu": growth_exponent(rows, "cycle_cpu_seconds"),
+        "growth_exponent_sleep_epoch_cpu": growth_exponent(rows, "sleep_epoch_cpu_seconds"),
         "growth_exponent_merge": growth_exponent(rows, "merge_seconds"),
         "growth_exponent_peer": growth_exponent(rows, "peer_coactivation_seconds"),
     }
