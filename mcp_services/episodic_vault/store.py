@@ -397,8 +397,7 @@ class TieredStore:
                         now_ms,
                     )
                     ids = [c.ids[r] for r in least_important(scores, rows, excess)]
-                for i in ids:
-                    self.backend.delete(i)
+                self.backend.delete_many(ids)
                 self._forget(ids)
             done[tier] = len(ids)
             self.pruned[tier] += len(ids)

@@ -291,6 +291,18 @@ class TestLifecycle:
         count, size = backend.totals()
         assert count == 1 and 0 < size < size_before
 
+    def test_delete_many_removes_the_known_ids_only(self, backend: VaultBackend) -> None:
+        """delete_many is delete over a list: it counts what was there (duplicates and unknown
+        ids once / not at all) and the rest, totals and stats included, stays."""
+        backend.put_many([make_ep(i) for i in range(1200)], 1)
+        doomed = [f"ep-{i:05d}" for i in range(0, 1200, 2)]
+        assert backend.delete_many([*doomed, "nope", doomed[0]]) == 600
+        assert backend.get_many(doomed) == {}
+        assert backend.get("ep-00001") is not None
+        assert backend.totals()[0] == 600 == backend.stats().episode_count
+        assert [e.id for e in backend.scan(0, 3, False)] == ["ep-00001", "ep-00003", "ep-00005"]
+        assert backend.delete_many([]) == 0
+
     def test_purge_expired_keeps_referenced_and_consolidated(self, backend: VaultBackend) -> None:
         """Purge removes old episodes unless ref_count >= keep or consolidated; dry run changes nothing."""
         backend.put_many(

@@ -86,6 +86,12 @@ class VaultBackend(Protocol):
         """Remove the episode; False when there was none."""
         ...
 
+    def delete_many(self, episode_ids: Sequence[str]) -> int:
+        """Remove the episodes (in one transaction where the backend has them); how many were
+        there. Tier pruning deletes thousands at once: one commit (one fsync) per episode would
+        hold the vault's write lock for seconds."""
+        ...
+
     def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
         """Mark the episodes consolidated into `graph_version`, moving them to the LTM tier.
 

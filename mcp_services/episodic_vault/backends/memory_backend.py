@@ -244,6 +244,17 @@ class MemoryBackend:
             self._dirty = True
             return True
 
+    def delete_many(self, episode_ids: Sequence[str]) -> int:
+        with self._lock:
+            deleted = 0
+            for episode_id in dict.fromkeys(episode_ids):
+                ep = self._by_id.get(episode_id)
+                if ep is not None:
+                    self._remove(ep)
+                    deleted += 1
+            self._dirty = self._dirty or deleted > 0
+            return deleted
+
     def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
         with self._lock:
             marked = already = 0

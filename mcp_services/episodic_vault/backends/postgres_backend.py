@@ -312,6 +312,18 @@ class PostgresBackend:
             conn.execute(_LOCK_WRITERS)
             return conn.execute("DELETE FROM episodes WHERE id = %s", (episode_id,)).rowcount > 0
 
+    def delete_many(self, episode_ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(episode_ids))
+        deleted = 0
+        with self._connection() as conn, conn.transaction():
+            conn.execute(_LOCK_WRITERS)
+            for i in range(0, len(ids), self._batch):
+                chunk = ids[i : i + self._batch]
+                deleted += conn.execute(
+                    "DELETE FROM episodes WHERE id = ANY(%s)", (chunk,)
+                ).rowcount
+        return deleted
+
     def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
         ids = list(dict.fromkeys(episode_ids))
         found: set[str] = set()

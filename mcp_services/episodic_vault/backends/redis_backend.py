@@ -488,6 +488,19 @@ class RedisBackend:
         with _errors(self._url):
             return bool(self._delete(keys=self._keys, args=[self._prefix, episode_id]))
 
+    def delete_many(self, episode_ids: Sequence[str]) -> int:
+        """The delete script once per id, pipelined (one round trip per batch_size ids); each
+        delete is atomic, the call as a whole is not."""
+        ids = list(dict.fromkeys(episode_ids))
+        deleted = 0
+        with _errors(self._url):
+            for i in range(0, len(ids), self._batch):
+                pipe = self._r.pipeline(transaction=False)
+                for episode_id in ids[i : i + self._batch]:
+                    self._delete(keys=self._keys, args=[self._prefix, episode_id], client=pipe)
+                deleted += sum(bool(r) for r in pipe.execute())
+        return deleted
+
     def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
         """One atomic script for the whole call (at most 10000 ids, a few ms of server time)."""
         ids = list(dict.fromkeys(episode_ids))

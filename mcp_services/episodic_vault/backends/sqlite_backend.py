@@ -269,6 +269,18 @@ class SqliteBackend:
         with self._transaction() as conn:
             return conn.execute("DELETE FROM episodes WHERE id = ?", (episode_id,)).rowcount > 0
 
+    def delete_many(self, episode_ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(episode_ids))
+        deleted = 0
+        with self._transaction() as conn:
+            for i in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[i : i + _ID_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                deleted += conn.execute(
+                    f"DELETE FROM episodes WHERE id IN ({marks})", chunk
+                ).rowcount
+        return deleted
+
     def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
         ids = list(dict.fromkeys(episode_ids))
         found: set[str] = set()
