@@ -263,7 +263,7 @@ class VaultIndexConfig(_Strict):
     # snapshot; var/data/vault-index-<backend> for the server backends).
     dir: str = ""
     hnsw_m: Annotated[int, Field(ge=4, le=128)] = 32
-    ef_construction: Annotated[int, Field(ge=8, le=4096)] = 200
+    ef_construction: Annotated[int, Field(ge=8, le=4096)] = 64
     ef_search: Annotated[int, Field(ge=1, le=4096)] = 128
     # A filtered search with at most this many candidates is answered exactly (HNSW recall
     # falls when a filter leaves few reachable neighbours).
