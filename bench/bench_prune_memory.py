@@ -31,16 +31,13 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mcp_services.sleep_scheduler.domain import ConceptGraph as SchedulerGraph  # noqa: E402
-from mcp_services.sleep_scheduler.domain import ConceptIndex, consolidate_states  # noqa: E402
-from mcp_services.sleep_scheduler.domain.planted import planted_pm1  # noqa: E402
 from mcp_services.sparse_pruner.domain import (  # noqa: E402
     ConceptGraph,
     assess_quality,
     make_graph,
     plan_pruning,
 )
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot, to_pm1  # noqa: E402
+from tests.sparse_pruner.planted import consolidated  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 LOADS = (0.05, 0.1, 0.2, 0.3)
@@ -64,26 +61,12 @@ def magnitude_pruned(graph: ConceptGraph, keep: int, shrink: bool) -> ConceptGra
 
 def row(n: int, alpha: float, seed: int) -> dict[str, Any]:
     """Consolidate, prune and measure at one load."""
-    data = planted_pm1(n, round(alpha * n), copies=5, noise=0.1, seed=seed)
-    index = ConceptIndex.of_size(n)
     t = time.perf_counter()
-    out = consolidate_states(SchedulerGraph.empty(index), data.episodes)
+    c = consolidated(n, alpha, seed)
     consolidate_s = time.perf_counter() - t
-    states = out.prototypes.states
-    snapshot = GraphSnapshot(
-        version=1,
-        concept_ids=index.ids,
-        weights=out.graph.weights,
-        biases=out.graph.biases,
-        prototypes=tuple(
-            states.indices[states.indptr[k] : states.indptr[k + 1]].astype(np.int64)
-            for k in range(states.shape[0])
-        ),
-    )
-    graph = to_pm1(snapshot)
-    truth = data.patterns.astype(np.float64)
+    graph, truth = c.graph, c.truth
     t = time.perf_counter()
-    plan = plan_pruning(graph, snapshot.pm1_prototypes())
+    plan = plan_pruning(graph, c.prototypes)
     prune_s = time.perf_counter() - t
     before = assess_quality(graph, truth).recall
     after = assess_quality(plan.graph, truth).recall

@@ -1,18 +1,25 @@
 """TEST FIXTURE: graphs that store planted random patterns, for the pruner's tests and bench.
 
-Consolidation (the SleepScheduler) produces real graphs; these stand-ins store their patterns by
-the projection (pseudo-inverse) rule, which makes every pattern a fixed point with wide basins up
-to ``P / N`` of about 0.5 on a complete graph, so the pruner starts from a graph that really holds
-its memories.
+Consolidation (the SleepScheduler) produces real graphs: :func:`consolidated` runs the scheduler's
+own cycle on noisy episodes of planted patterns. The other stand-ins store their patterns by the
+projection (pseudo-inverse) rule, which makes every pattern a fixed point with wide basins up to
+``P / N`` of about 0.5 on a complete graph, so the pruner starts from a graph that really holds its
+memories.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
+from mcp_services.sleep_scheduler.domain import ConceptGraph as SchedulerGraph
+from mcp_services.sleep_scheduler.domain import ConceptIndex, consolidate_states
+from mcp_services.sleep_scheduler.domain.planted import planted_pm1
 from mcp_services.sparse_pruner.domain import ConceptGraph, make_graph
 from mcp_services.sparse_pruner.domain.graph import FloatArray
+from mcp_services.sparse_pruner.snapshot import GraphSnapshot, to_pm1
 
 
 def random_patterns(n_patterns: int, n_concepts: int, seed: int) -> FloatArray:
@@ -72,3 +79,38 @@ def hebbian_sparse_graph(
     upper = sp.coo_matrix((w, (ei, ej)), shape=(n_concepts, n_concepts))
     graph = make_graph(sp.csr_matrix(upper + upper.T), np.zeros(n_concepts))
     return graph, patterns
+
+
+@dataclass(frozen=True)
+class Consolidated:
+    """A consolidated graph in the pruner's terms, with the planted truth beside it."""
+
+    snapshot: GraphSnapshot
+    graph: ConceptGraph
+    truth: np.ndarray
+
+    @property
+    def prototypes(self) -> np.ndarray:
+        return self.snapshot.pm1_prototypes()
+
+
+def consolidated(n: int, alpha: float, seed: int) -> Consolidated:
+    """Consolidate ``round(alpha n)`` planted patterns (5 noisy episodes each) with the
+    scheduler's own cycle, as the service runs it, and hand the result over as the pruner reads
+    it (a {0, 1} snapshot with the merged prototypes)."""
+    data = planted_pm1(n, round(alpha * n), copies=5, noise=0.1, seed=seed)
+    index = ConceptIndex.of_size(n)
+    out = consolidate_states(SchedulerGraph.empty(index), data.episodes)
+    states = out.prototypes.states
+    snapshot = GraphSnapshot(
+        version=1,
+        concept_ids=index.ids,
+        weights=out.graph.weights,
+        biases=out.graph.biases,
+        prototypes=tuple(
+            states.indices[states.indptr[k] : states.indptr[k + 1]].astype(np.int64)
+            for k in range(states.shape[0])
+        ),
+        support=tuple(int(w) for w in np.rint(out.prototypes.weights)),
+    )
+    return Consolidated(snapshot, to_pm1(snapshot), data.patterns.astype(np.float64))

@@ -23,8 +23,6 @@ from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
-from mcp_services.sleep_scheduler.domain import ConceptGraph as SchedulerGraph
-from mcp_services.sleep_scheduler.domain import ConceptIndex, consolidate_states
 from mcp_services.sleep_scheduler.domain.planted import planted_pm1
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
 from mcp_services.sparse_pruner.domain import (
@@ -38,41 +36,7 @@ from mcp_services.sparse_pruner.snapshot import GraphSnapshot, to_pm1
 from tests.conftest import SettingsFactory
 
 from .conftest import read_back
-
-
-@dataclass(frozen=True)
-class Consolidated:
-    """A consolidated graph in the pruner's terms, with the planted truth beside it."""
-
-    snapshot: GraphSnapshot
-    graph: ConceptGraph
-    truth: np.ndarray
-
-    @property
-    def prototypes(self) -> np.ndarray:
-        return self.snapshot.pm1_prototypes()
-
-
-def consolidated(n: int, alpha: float, seed: int) -> Consolidated:
-    """Consolidate ``round(alpha n)`` planted patterns (5 noisy episodes each) with the
-    scheduler's own cycle, as the service runs it, and hand the result over as the pruner reads
-    it (a {0, 1} snapshot with the merged prototypes)."""
-    data = planted_pm1(n, round(alpha * n), copies=5, noise=0.1, seed=seed)
-    index = ConceptIndex.of_size(n)
-    out = consolidate_states(SchedulerGraph.empty(index), data.episodes)
-    states = out.prototypes.states
-    snapshot = GraphSnapshot(
-        version=1,
-        concept_ids=index.ids,
-        weights=out.graph.weights,
-        biases=out.graph.biases,
-        prototypes=tuple(
-            states.indices[states.indptr[k] : states.indptr[k + 1]].astype(np.int64)
-            for k in range(states.shape[0])
-        ),
-        support=tuple(int(w) for w in np.rint(out.prototypes.weights)),
-    )
-    return Consolidated(snapshot, to_pm1(snapshot), data.patterns.astype(np.float64))
+from .planted import Consolidated, consolidated
 
 
 @pytest.fixture(scope="module")
