@@ -37,6 +37,7 @@ from mcp_services.sparse_pruner.domain import (  # noqa: E402
     make_graph,
     plan_pruning,
 )
+from mcp_services.sparse_pruner.domain.objective import soft_threshold  # noqa: E402
 from tests.sparse_pruner.planted import consolidated  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -52,7 +53,7 @@ def magnitude_pruned(graph: ConceptGraph, keep: int, shrink: bool) -> ConceptGra
     cut = float(data[2 * keep])  # W holds each edge twice
     kept = graph.weights.copy()
     if shrink:
-        kept.data = np.sign(kept.data) * np.maximum(np.abs(kept.data) - cut, 0.0)
+        kept.data = soft_threshold(kept.data, cut)
     else:
         kept.data[np.abs(kept.data) <= cut] = 0.0
     kept.eliminate_zeros()
