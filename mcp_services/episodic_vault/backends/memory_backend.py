@@ -236,13 +236,7 @@ class MemoryBackend:
             return out
 
     def delete(self, episode_id: str) -> bool:
-        with self._lock:
-            ep = self._by_id.get(episode_id)
-            if ep is None:
-                return False
-            self._remove(ep)
-            self._dirty = True
-            return True
+        return self.delete_many((episode_id,)) == 1
 
     def delete_many(self, episode_ids: Sequence[str]) -> int:
         with self._lock:

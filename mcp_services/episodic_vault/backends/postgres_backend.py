@@ -308,9 +308,7 @@ class PostgresBackend:
         return outcomes
 
     def delete(self, episode_id: str) -> bool:
-        with self._connection() as conn, conn.transaction():
-            conn.execute(_LOCK_WRITERS)
-            return conn.execute("DELETE FROM episodes WHERE id = %s", (episode_id,)).rowcount > 0
+        return self.delete_many((episode_id,)) == 1
 
     def delete_many(self, episode_ids: Sequence[str]) -> int:
         ids = list(dict.fromkeys(episode_ids))

@@ -266,8 +266,7 @@ class SqliteBackend:
         return [_row_to_episode(r) for r in rows]
 
     def delete(self, episode_id: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("DELETE FROM episodes WHERE id = ?", (episode_id,)).rowcount > 0
+        return self.delete_many((episode_id,)) == 1
 
     def delete_many(self, episode_ids: Sequence[str]) -> int:
         ids = list(dict.fromkeys(episode_ids))
