@@ -38,7 +38,7 @@ from mcp_services.common.decode_guard import DecodeGuardInterceptor
 from mcp_services.common.event_bus import EventBus
 from mcp_services.common.grpc_metrics import GrpcServerMetrics, MetricsInterceptor
 from mcp_services.common.logging import configure_logging
-from mcp_services.common.reload import Change, ConfigReloader, Reloadable
+from mcp_services.common.reload import ConfigReloader, sections_of
 
 log = structlog.get_logger(__name__)
 
@@ -139,8 +139,8 @@ async def serve(
 ) -> None:
     """Run one service until `stop` is set or the process gets SIGTERM/SIGINT.
 
-    ``reload``: how to re-read the configuration and the files to watch; with it the service's
-    tuning knobs follow file changes and SIGHUP (see reload.py).
+    ``reload``: how to re-read the configuration and the files to watch; with it the keys the
+    service declares live follow file changes and SIGHUP (see reload.py).
     """
     ep: Endpoint = getattr(settings.services, endpoint_key)
     running = running or Running()
@@ -208,7 +208,12 @@ async def serve(
         )
         if reload is not None:
             reloader = ConfigReloader(
-                settings, reload[0], reload[1], _apply_hook(service), registry
+                settings,
+                reload[0],
+                reload[1],
+                service,
+                registry,
+                sections=sections_of(endpoint_key),
             )
             reloader.start(settings.config_reload.poll_interval_s)
             running.reloader = reloader
@@ -230,16 +235,6 @@ async def serve(
         httpd.shutdown()
         httpd.server_close()
         log.info("stopped")
-
-
-def _apply_hook(service: Service) -> Callable[[Settings, Sequence[Change]], None]:
-    if isinstance(service, Reloadable):
-        return service.apply_settings
-
-    def ignore(settings: Settings, changes: Sequence[Change]) -> None:
-        return None
-
-    return ignore
 
 
 def run(name: str, endpoint_key: str, factory: ServiceFactory) -> int:

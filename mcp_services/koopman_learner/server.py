@@ -12,6 +12,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,7 +26,7 @@ from mcp_services.common.event_bus import (
     KCL_MODES_UPDATED,
     new_header,
 )
-from mcp_services.common.reload import Change
+from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 from mcp_services.gen.tori.events.v1 import events_pb2
@@ -37,6 +38,19 @@ from mcp_services.koopman_learner.metrics import KclMetrics
 from mcp_services.koopman_learner.servicer import Backend, KoopmanLearnerServicer
 
 SERVICE_NAME = koopman_pb2.DESCRIPTOR.services_by_name["KoopmanLearner"].full_name
+# Config key -> learner knob (learner.Knobs) that a reload sets; the next update uses it.
+LIVE_KNOBS = {
+    "rank": "rank",
+    "rank_high": "rank_high",
+    "psi_drift_threshold": "psi_drift_threshold",
+    "l1_strength": "l1_strength",
+    "forgetting_factor": "forgetting",
+    "max_modes": "max_modes",
+    "auto_tune": "auto_tune",
+    "refit_interval": "refit_interval",
+    "max_concepts": "max_concepts",
+    "auto_couplings": "auto_couplings",
+}
 SOURCE = "koopman-learner"
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -132,14 +146,30 @@ class KoopmanLearnerService(Backend):
 
     # -- config reload (reload.py) -------------------------------------------------------------
 
-    def apply_settings(self, settings: Settings, changes: Sequence[Change]) -> None:
-        new = knobs_from_config(settings.koopman_learner)
-        old = self.learner.knobs
-        # dt and the window shape the stored state: they change only with a restart.
-        fixed = {"dt": old.dt, "window_snapshots": old.window_snapshots}
-        knobs = Knobs(**{**vars(new), **fixed})
-        # Queued on the worker: applies after any update in progress, never in its middle.
-        self._executor.submit(self._apply_knobs, knobs)
+    def live_settings(self) -> dict[str, Callable[[], object]]:
+        """The keys a reload applies while running, each read where it is in force.
+
+        Not live: dt_s and window_snapshots (they shape the stored state), follow_vault,
+        vault_target, poll_interval_s and scan_batch (the follower and its channel), and
+        stream_max_gap_s and data_dir (fixed when the learner and its state file open).
+        """
+
+        def knob(attr: str) -> Callable[[], object]:
+            return lambda: getattr(self.learner.knobs, attr)
+
+        readers = {f"koopman_learner.{key}": knob(attr) for key, attr in LIVE_KNOBS.items()}
+        readers["koopman_learner.max_batch_snapshots"] = lambda: self.max_batch_snapshots
+        return readers
+
+    async def apply_settings(self, settings: Settings, changes: Sequence[Change]) -> None:
+        """Config reload: the changed knobs take effect once any update in progress is done."""
+        changed = section_changes(changes, "koopman_learner")
+        if "max_batch_snapshots" in changed:
+            self.max_batch_snapshots = settings.koopman_learner.max_batch_snapshots
+        update = {attr: changed[key] for key, attr in LIVE_KNOBS.items() if key in changed}
+        if update:
+            # On the worker, from the knobs in force there (UpdateConfig also sets them there).
+            await self.run(lambda: self._apply_knobs(replace(self.learner.knobs, **update)))
 
     # -- Backend -------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ the trigger command, vault pressure or the schedule (triggers.py).
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import grpc
 import structlog
 
 from mcp_services.common.config_schema import Settings
-from mcp_services.common.reload import Change
+from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.sleep_scheduler.consolidator import Consolidator, Knobs
@@ -31,6 +31,19 @@ from mcp_services.sleep_scheduler.vault_client import Selection, VaultClient
 
 SERVICE_NAME = sleep_pb2.DESCRIPTOR.services_by_name["SleepScheduler"].full_name
 log = structlog.get_logger(__name__)
+
+# The consolidator's knobs (Knobs) a config reload sets; each is read at the next cycle.
+LIVE_KNOBS = (
+    "t0",
+    "eta",
+    "auto_tune",
+    "pressure_threshold",
+    "t_min",
+    "temperature_decay",
+    "anneal_decay",
+    "max_epochs",
+    "max_episodes",
+)
 
 
 def graph_dir(settings: Settings) -> Path:
@@ -136,6 +149,7 @@ class SleepSchedulerService:
             self._numerics,
         )
         self._scheduler = Scheduler(self.consolidator)
+        self._config_spec = self._scheduler.spec  # the schedule the config set (start())
         knobs = self.consolidator.knobs
         self._pressure = PressureWatcher(
             self.consolidator,
@@ -165,27 +179,60 @@ class SleepSchedulerService:
                     Selection(max_episodes=self._cfg.max_episodes),
                 )
             )
+        self._config_spec = self._scheduler.spec
         self._pressure.start(self._ctx.bus)
 
-    def apply_settings(self, settings: Settings, changes: Sequence[Change]) -> None:
-        """Config reload: the tuning knobs follow the files (validated before they get here)."""
+    # -- config reload (common/reload.py) -------------------------------------------------------
+
+    def live_settings(self) -> dict[str, Callable[[], object]]:
+        """The keys a reload applies while running, each read where it is in force.
+
+        Not live: graph_dir (the open store) and lease_ttl_s (a held lease renews on its TTL).
+        """
+
+        def knob(name: str) -> Callable[[], object]:
+            return lambda: getattr(self.consolidator.knobs, name)
+
+        readers = {f"sleep_scheduler.{name}": knob(name) for name in LIVE_KNOBS}
+        readers["sleep_scheduler.keep_versions"] = lambda: self._store.keep
+        readers["sleep_scheduler.pressure_poll_s"] = lambda: self._pressure.poll_s
+        readers["sleep_scheduler.schedule_cron"] = lambda: self._scheduler.spec.cron
+        readers["sleep_scheduler.schedule_every_s"] = lambda: self._scheduler.spec.every_s
+        return readers
+
+    async def apply_settings(self, settings: Settings, changes: Sequence[Change]) -> None:
+        """Config reload: the changed keys take effect; a bad cron refuses them all."""
         cfg = settings.sleep_scheduler
-        k = self.consolidator.knobs
-        for name in (
-            "t0",
-            "eta",
-            "auto_tune",
-            "pressure_threshold",
-            "t_min",
-            "temperature_decay",
-            "anneal_decay",
-            "max_epochs",
-            "max_episodes",
+        changed = section_changes(changes, "sleep_scheduler")
+        spec = None
+        # The configured schedule runs with max_episodes as its selection: re-armed when that
+        # changes too, unless ScheduleConsolidation has replaced it since.
+        if {"schedule_cron", "schedule_every_s"} & changed.keys() or (
+            "max_episodes" in changed
+            and self._config_spec.active
+            and self._scheduler.spec == self._config_spec
         ):
-            setattr(k, name, getattr(cfg, name))
+            try:
+                spec = ScheduleSpec(
+                    cfg.schedule_cron,
+                    cfg.schedule_every_s,
+                    Selection(max_episodes=cfg.max_episodes),
+                )
+            except ValueError as exc:
+                raise ValueError(f"sleep_scheduler.schedule_cron: {exc}") from None
+        k = self.consolidator.knobs
+        for name in LIVE_KNOBS:
+            if name in changed:
+                setattr(k, name, getattr(cfg, name))
+        if "keep_versions" in changed:
+            self._store.keep = cfg.keep_versions  # the next commit drops versions beyond it
+        if "pressure_poll_s" in changed:
+            self._pressure.poll_s = cfg.pressure_poll_s
+        if spec is not None:
+            self._scheduler.set(spec)
+            self._config_spec = spec
         self._metrics.t0.set(k.t0)
         self._metrics.eta.set(k.eta)
-        log.info("knobs_reloaded", changes=[c.key for c in changes if c.live])
 
     async def stop(self) -> None:
         await self._pressure.stop()

@@ -60,6 +60,18 @@ class PressureWatcher:
         self._check = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def poll_s(self) -> float:
+        """Seconds between re-checks of the vault (0: only events)."""
+        return self._poll_s
+
+    @poll_s.setter
+    def poll_s(self, value: float) -> None:
+        # The wait in progress used the old interval: cut it short with a check now (what a poll
+        # would do anyway), so the new interval counts from here.
+        self._poll_s = value
+        self._check.set()
+
     def start(self, bus: EventBus) -> None:
         bus.subscribe([EPISODE_STORED], self._on_event)
         self._task = asyncio.create_task(self._loop(), name="pressure-watch")

@@ -2,13 +2,15 @@
 
 Wires the engine (jobs, backups, tuning) to the SleepScheduler client, the servicer, the
 schedule and the consolidation-event trigger. Backups live under ``sparse_pruner.backup_dir``
-(default ``<paths.var_dir>/pruner/backups``). The tuning knobs follow config reloads live.
+(default ``<paths.var_dir>/pruner/backups``). The knobs and the schedule follow config reloads
+live (``live_settings``).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import grpc
@@ -16,7 +18,7 @@ import grpc
 from mcp_services.common.auth import load_api_keys
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED
-from mcp_services.common.reload import Change
+from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, run
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
 from mcp_services.sparse_pruner.backups import BackupStore
@@ -28,6 +30,8 @@ from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
 from mcp_services.sparse_pruner.servicer import SparsePrunerServicer
 
 SERVICE_NAME = pruner_pb2.DESCRIPTOR.services_by_name["SparsePruner"].full_name
+# Every knob in force (knobs.Knobs, named as in the config) is set by a reload as by UpdateConfig.
+LIVE_KNOBS = tuple(f.name for f in fields(Knobs))
 
 
 def backup_root(settings: Settings) -> Path:
@@ -89,17 +93,39 @@ class SparsePrunerService:
         await self.engine.close()
         await self.client.close()
 
-    def apply_settings(self, settings: Settings, changes: Sequence[Change]) -> None:
-        """Config reload: the knobs follow the files (invalid combinations were refused before)."""
-        if not any(c.key.startswith("sparse_pruner.") and c.live for c in changes):
-            return
-        cfg = settings.sparse_pruner
+    # -- config reload (common/reload.py) -------------------------------------------------------
+
+    def live_settings(self) -> dict[str, Callable[[], object]]:
+        """The keys a reload applies while running, each read where it is in force.
+
+        Not live: backup_dir and scheduler_timeout_s (the open store and client), and the
+        auto-tune windows growth_min_window_s and auto_tune_cooldown_s (fixed in the engine).
+        """
+
+        def knob(name: str) -> Callable[[], object]:
+            return lambda: getattr(self.engine.knobs, name)
+
+        readers = {f"sparse_pruner.{name}": knob(name) for name in LIVE_KNOBS}
+        readers["sparse_pruner.schedule_interval_s"] = lambda: self.schedule.interval_s
+        readers["sparse_pruner.schedule_dry_run"] = lambda: self.schedule.dry_run
+        return readers
+
+    async def apply_settings(self, settings: Settings, changes: Sequence[Change]) -> None:
+        """Config reload: the changed knobs take effect together; one out of range refuses all."""
+        changed = section_changes(changes, "sparse_pruner")
         try:
-            self.engine.set_knobs(Knobs.from_config(cfg))
-        except KnobError:
-            return
-        if cfg.schedule_interval_s != self.schedule.interval_s:
-            self.schedule.set(cfg.schedule_interval_s, cfg.schedule_dry_run)
+            knobs = self.engine.knobs.updated(
+                **{k: v for k, v in changed.items() if k in LIVE_KNOBS}
+            )
+        except KnobError as exc:
+            raise ValueError(f"sparse_pruner.{exc}") from None
+        self.engine.set_knobs(knobs)
+        if {"schedule_interval_s", "schedule_dry_run"} & changed.keys():
+            # The key not edited keeps its running value (which SchedulePruning may have set).
+            self.schedule.set(
+                changed.get("schedule_interval_s", self.schedule.interval_s),
+                changed.get("schedule_dry_run", self.schedule.dry_run),
+            )
 
 
 def main() -> None:
