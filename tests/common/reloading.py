@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -200,8 +200,11 @@ def _counted(svc: Reloading, outcome: str, before: float) -> Callable[[], bool]:
 
 def other_value(model: type[BaseModel], name: str, current: Any, scratch: Path) -> Any:
     """A valid value for ``model.name`` other than ``current`` (by the field's type)."""
-    if isinstance(current, bool):
-        new: Any = not current
+    annotation = model.model_fields[name].annotation
+    if get_origin(annotation) is Literal:
+        new: Any = next(v for v in get_args(annotation) if v != current)
+    elif isinstance(current, bool):
+        new = not current
     elif isinstance(current, int):
         new = current + 1
     elif isinstance(current, float):
@@ -210,7 +213,6 @@ def other_value(model: type[BaseModel], name: str, current: Any, scratch: Path) 
         new = "127.0.0.1:9" if name.endswith("target") else str(scratch / name)
     else:
         raise AssertionError(f"{model.__name__}.{name}: teach other_value about {current!r}")
-    model.model_validate({name: new})  # a field whose constraints the rule misses fails here
     return new
 
 
@@ -226,9 +228,11 @@ def walk_restart(svc: Reloading, section: str, scratch: Path) -> list[str]:
     start = getattr(svc.reloader.settings, section)
     keys = [k for k in model.model_fields if f"{section}.{k}" not in declared]
     applied = svc.reloads("applied")
+    edited = start.model_dump()
     for key in keys:
         current = getattr(start, key)
-        new = other_value(model, key, current, scratch)
+        new = edited[key] = other_value(model, key, current, scratch)
+        model.model_validate(edited)  # a value other_value gets wrong fails here, by name
         held = svc.reloads("restart_needed")
         with capture_logs() as logs:
             svc.edit(section, {key: new})
