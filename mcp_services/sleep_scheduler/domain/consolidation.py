@@ -254,8 +254,10 @@ def consolidate_states(
 
     # Validation cues: real noisy episodes (the learning rule itself only sees prototypes).
     n_eps = eps.shape[0]
-    if n_eps:
-        pick = np.sort(rng.choice(n_eps, size=min(n_eps, cfg.max_validation), replace=False))
+    # Episodes that joined no prototype (seen once, like nothing else) validate nothing.
+    owned = np.flatnonzero(protos.assignment[:n_eps] >= 0)
+    if len(owned):
+        pick = np.sort(rng.choice(owned, size=min(len(owned), cfg.max_validation), replace=False))
         cues, targets = eps[pick], replays[protos.assignment[pick]]
     else:
         pick = np.arange(min(replays.shape[0], cfg.max_validation))

@@ -28,8 +28,17 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from mcp_services.sleep_scheduler.domain.split import (
+    DEFAULT_MIN_WEIGHT,
+    merge_alike,
+    split_clusters,
+)
+
 DEFAULT_MERGE_THRESHOLD = 0.3
 """Halfway between dense copies (~0.64) and unrelated patterns (~0 ± 0.05 at N = 400)."""
+
+DEFAULT_MIN_SUPPORT = 2.0
+"""Episode weight a prototype needs: an assembly seen twice is structure, once is not yet."""
 
 _CHUNK = 1024
 
@@ -41,7 +50,7 @@ class PrototypeSet:
     Attributes:
         states: (K, N) CSR {0, 1} majority-vote prototypes.
         weights: (K,) total member weight of each prototype (episode count when unweighted).
-        assignment: (E,) prototype row of each input episode.
+        assignment: (E,) prototype row of each input episode (-1: it joined no prototype).
     """
 
     states: sp.csr_matrix
@@ -152,6 +161,8 @@ def merge_episodes(
     threshold: float = DEFAULT_MERGE_THRESHOLD,
     weights: NDArray[np.float64] | None = None,
     refine_passes: int = 2,
+    min_weight: float | None = DEFAULT_MIN_WEIGHT,
+    min_support: float = DEFAULT_MIN_SUPPORT,
 ) -> PrototypeSet:
     """Cluster {0, 1} episode states (E, N) and return their majority-vote prototypes.
 
@@ -161,6 +172,13 @@ def merge_episodes(
         weights: (E,) positive vote weight per row (default 1.0; e.g. a previous prototype can
             vote with the number of episodes it was made from).
         refine_passes: reassign-and-revote passes after the leader pass (>= 0).
+        min_weight: episode weight a class needs for :func:`.split.split_clusters` to split it
+            off a cluster of correlated classes (None: no splitting or merging of alike
+            clusters, the leader pass only).
+        min_support: episode weight a prototype needs to be formed at all (0: every cluster
+            is one). Rows of lighter clusters join the nearest kept prototype within
+            ``threshold`` or stay unassigned (assignment -1): an episode seen once, like nothing
+            else, is not yet structure, and rehearsing it would only hold noise in the graph.
 
     Raises:
         ValueError: if ``threshold`` is outside (0, 1), ``weights`` has the wrong shape or a
@@ -178,7 +196,10 @@ def merge_episodes(
     if e == 0:
         return PrototypeSet(sp.csr_matrix((0, n)), np.zeros(0), np.zeros(0, dtype=np.int64))
     labels = _leader_pass(x, n, threshold)
-    protos, total = majority_vote(x, labels, w, int(labels.max()) + 1)
+    if min_weight is not None:
+        labels = split_clusters(x, labels, w, min_weight)
+        labels = merge_alike(x, labels, w)
+    protos, total = majority_vote(x, labels, w, _count(labels))
     for _ in range(refine_passes):
         best, _ = _best_match(x, protos, n, threshold)
         new = np.where(best >= 0, best, labels)
@@ -186,5 +207,34 @@ def merge_episodes(
             break
         _, labels = np.unique(new, return_inverse=True)  # drop emptied clusters
         labels = labels.astype(np.int64)
-        protos, total = majority_vote(x, labels, w, int(labels.max()) + 1)
+        protos, total = majority_vote(x, labels, w, _count(labels))
+    if min_support > 0.0:
+        protos, total, labels = _drop_light(x, w, labels, protos, total, min_support, threshold)
     return PrototypeSet(protos, total, labels)
+
+
+def _count(labels: NDArray[np.int64]) -> int:
+    return int(labels.max()) + 1 if len(labels) else 0
+
+
+def _drop_light(
+    x: sp.csr_matrix,
+    w: NDArray[np.float64],
+    labels: NDArray[np.int64],
+    protos: sp.csr_matrix,
+    total: NDArray[np.float64],
+    min_support: float,
+    threshold: float,
+) -> tuple[sp.csr_matrix, NDArray[np.float64], NDArray[np.int64]]:
+    """Keep prototypes with ``min_support`` weight; their rows join the nearest kept one or -1."""
+    keep = total >= min_support
+    if keep.all():
+        return protos, total, labels
+    kept = sp.csr_matrix(protos[np.flatnonzero(keep)])
+    best, _ = _best_match(x, kept, x.shape[1], threshold)
+    new_of_old = np.cumsum(keep) - 1
+    out = np.where(keep[labels], new_of_old[labels], best).astype(np.int64)
+    if not kept.shape[0]:
+        return kept, np.zeros(0), out
+    votes, mass = majority_vote(x[out >= 0], out[out >= 0], w[out >= 0], kept.shape[0])
+    return votes, mass, out
