@@ -486,8 +486,8 @@ class FleetConfig(_Strict):
 
 class ConfigReloadConfig(_Strict):
     # The config files are re-read when they change (checked this often) or on SIGHUP; 0 turns
-    # the file watch off (SIGHUP still reloads). Only the tuning knobs take effect without a
-    # restart: see mcp_services/common/reload.py.
+    # the file watch off (SIGHUP still reloads). Only the keys a service declares live take
+    # effect without a restart: see mcp_services/common/reload.py.
     poll_interval_s: Annotated[float, Field(ge=0)] = 2.0
 
 

@@ -253,3 +253,26 @@ def walk_restart(svc: Reloading, section: str, scratch: Path) -> list[str]:
         assert getattr(getattr(svc.reloader.settings, section), key) == current
     assert svc.reloads("applied") == applied, "a key that needs a restart was counted applied"
     return keys
+
+
+def readme_reload_row(service: str) -> tuple[set[str], set[str]]:
+    """The keys README.md's "Config reload" table lists for ``service``: (live, restart)."""
+    text = (PROJECT_ROOT / "README.md").read_text()
+    table = text.partition("| service | keys live on reload | keys that need a restart |")[2]
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        if line.startswith(f"| {service} |"):
+            _, _, live, restart, _ = line.split("|")
+            keys = re.compile(r"`([a-z0-9_]+)`")
+            return set(keys.findall(live)), set(keys.findall(restart))
+    raise AssertionError(f"README.md's Config reload table has no row for {service}")
+
+
+def check_readme(svc: Reloading, section: str, service: str) -> None:
+    """The README row of ``service`` names exactly its live keys and the rest of ``section``."""
+    live, restart = readme_reload_row(service)
+    declared = {k.removeprefix(section + ".") for k in svc.reloader.live_keys}
+    assert live == declared, f"README lists {sorted(live)}, {service} declares {sorted(declared)}"
+    model = type(getattr(svc.reloader.settings, section))
+    assert restart == set(model.model_fields) - declared

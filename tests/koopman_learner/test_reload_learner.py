@@ -13,7 +13,14 @@ import pytest
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2_grpc
 from mcp_services.koopman_learner.server import KoopmanLearnerService
-from tests.common.reloading import Reloading, served, wait_for, walk_live, walk_restart
+from tests.common.reloading import (
+    Reloading,
+    check_readme,
+    served,
+    wait_for,
+    walk_live,
+    walk_restart,
+)
 
 SECTION = "koopman_learner"
 # One step per live key; max_concepts before max_batch_snapshots, whose limit its probe would hit.
@@ -130,3 +137,7 @@ class TestLearnerReload:
         assert wait_for(lambda: svc.reloads("applied") == 1)
         cfg = stub.GetConfig(pb.GetConfigRequest(), timeout=5)
         assert (cfg.l1_strength, cfg.max_modes) == (pytest.approx(0.2), 70)
+
+    def test_the_readme_says_which_keys_are_live(self, learner: Served) -> None:
+        """README.md's Config reload table lists exactly the declared keys as live."""
+        check_readme(learner[0], SECTION, "KoopmanLearner")

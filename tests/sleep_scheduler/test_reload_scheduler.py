@@ -11,7 +11,14 @@ import pytest
 
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
-from tests.common.reloading import Reloading, served, wait_for, walk_live, walk_restart
+from tests.common.reloading import (
+    Reloading,
+    check_readme,
+    served,
+    wait_for,
+    walk_live,
+    walk_restart,
+)
 
 SECTION = "sleep_scheduler"
 # One step per live key (two keys where the schema needs them together: cron or interval).
@@ -104,3 +111,9 @@ class TestSchedulerReload:
         assert stub.GetConfig(sleep_pb2.GetConfigRequest(), timeout=5).t0 == t0
         assert svc.running(f"{SECTION}.schedule_cron") == ""
         assert svc.reloads("applied") == 0
+
+    def test_the_readme_says_which_keys_are_live(
+        self, scheduler: tuple[Reloading, sleep_pb2_grpc.SleepSchedulerStub]
+    ) -> None:
+        """README.md's Config reload table lists exactly the declared keys as live."""
+        check_readme(scheduler[0], SECTION, "SleepScheduler")

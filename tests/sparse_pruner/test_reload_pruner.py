@@ -11,7 +11,14 @@ import pytest
 
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
 from mcp_services.sparse_pruner.server import SparsePrunerService
-from tests.common.reloading import Reloading, served, wait_for, walk_live, walk_restart
+from tests.common.reloading import (
+    Reloading,
+    check_readme,
+    served,
+    wait_for,
+    walk_live,
+    walk_restart,
+)
 
 SECTION = "sparse_pruner"
 # One step per live key. The schedule comes last: dry runs first, then an interval short enough
@@ -107,3 +114,7 @@ class TestPrunerReload:
         svc.edit(SECTION, {"schedule_dry_run": True})
         assert wait_for(lambda: svc.running(f"{SECTION}.schedule_dry_run") is True)
         assert _config(stub).schedule_interval_s == 3600.0
+
+    def test_the_readme_says_which_keys_are_live(self, pruner: Served) -> None:
+        """README.md's Config reload table lists exactly the declared keys as live."""
+        check_readme(pruner[0], SECTION, "SparsePruner")
