@@ -366,6 +366,7 @@ class TestSecretsInTheLog:
             assert secret not in text, f"{secret} leaked into the log"
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         by_key = {(e["event"], e.get("key")): e for e in lines}
+        assert {e["key"] for e in lines if e["event"] == "config_changed"} == {"sleep_scheduler.t0"}
         changed = by_key["config_changed", "sleep_scheduler.t0"]
         assert (changed["old"], changed["new"]) == (2.0, 2.5)
         password = by_key["config_change_needs_restart", "redis.password"]
