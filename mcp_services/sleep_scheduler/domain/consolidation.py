@@ -38,14 +38,26 @@ from mcp_services.sleep_scheduler.domain.activations import (
     states_matrix,
 )
 from mcp_services.sleep_scheduler.domain.anneal import AnnealSchedule, settle
+from mcp_services.sleep_scheduler.domain.fading import (
+    DEFAULT_FADE,
+    cycle_notes,
+    fade_unreinforced,
+)
 from mcp_services.sleep_scheduler.domain.graph import ConceptGraph, FloatArray
 from mcp_services.sleep_scheduler.domain.prototypes import (
     DEFAULT_MERGE_THRESHOLD,
     PrototypeSet,
     merge_episodes,
 )
-from mcp_services.sleep_scheduler.domain.quality import RecallReport, stability_score
+from mcp_services.sleep_scheduler.domain.quality import (
+    RECALL_OVERLAP,
+    RecallReport,
+    stability_score,
+)
 from mcp_services.sleep_scheduler.domain.wake_sleep import SleepLearner, swap_noise
+
+RECALLED = RECALL_OVERLAP
+"""Stability recall at which the graph already holds a cycle's episodes: nothing to learn."""
 
 EpochHook = Callable[[int, int, float], None]
 """``on_epoch(epoch, max_epochs, temperature)`` after each sleep epoch; raising aborts the cycle."""
@@ -68,6 +80,8 @@ class ConsolidationConfig:
         patience: evaluations without improvement before stopping (>= 1).
         max_validation: cap on the episodes settled per evaluation (>= 1).
         anneal_sample: replays annealed from ``t0`` for the settle-loop figure (>= 1).
+        fade: factor on the weight of a rehearsed prototype no episode of the cycle reinforced,
+            in [0, 1]; one that falls below the support a prototype needs is dropped.
         seed: seeds every random choice of the cycle.
 
     Raises:
@@ -86,6 +100,7 @@ class ConsolidationConfig:
     patience: int = 6
     max_validation: int = 1024
     anneal_sample: int = 64
+    fade: float = DEFAULT_FADE
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -102,6 +117,7 @@ class ConsolidationConfig:
             ("patience", self.patience >= 1, ">= 1"),
             ("max_validation", self.max_validation >= 1, ">= 1"),
             ("anneal_sample", self.anneal_sample >= 1, ">= 1"),
+            ("fade", 0.0 <= self.fade <= 1.0, "in [0, 1], e.g. 0.9 (1: never fade)"),
         ]
         for name, ok, fix in checks:
             if not ok:
@@ -155,6 +171,10 @@ class CycleStats:
     edges_before: int
     edges_after: int
     sleep_error_rate: float
+    prototypes_faded: int = 0
+    episodes_unassigned: int = 0
+    learned: bool = True
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -250,7 +270,9 @@ def consolidate_states(
         cfg.merge_threshold,
         np.concatenate([np.ones(eps.shape[0]), rw]),
     )
+    protos, faded = fade_unreinforced(protos, eps.shape[0], cfg.fade)
     replays, weights = protos.states, protos.weights
+    notes = cycle_notes(protos, eps.shape[0], faded)
 
     # Validation cues: real noisy episodes (the learning rule itself only sees prototypes).
     n_eps = eps.shape[0]
@@ -266,6 +288,9 @@ def consolidate_states(
     eval_seed = cfg.seed + 1
 
     before = stability_score(graph, cues, targets, eval_seed)
+    # Something to learn: new episodes formed or reinforced a prototype that the graph does not
+    # already recall. Otherwise a small energy drop says nothing about the temperature.
+    learned = bool(len(owned)) and before.recall < RECALLED
     best, best_graph, best_epoch = before, graph, 0
     learner = SleepLearner(graph, replays, weights, cfg.replay_noise)
     stale, epoch, error_rate = 0, 0, 0.0
@@ -320,5 +345,11 @@ def consolidate_states(
         edges_before=graph.edge_count,
         edges_after=best_graph.edge_count,
         sleep_error_rate=error_rate,
+        prototypes_faded=faded,
+        episodes_unassigned=n_eps - len(owned),
+        learned=learned,
+        notes=notes
+        if learned or notes
+        else ("already_stored: the graph recalled these episodes before the cycle",),
     )
     return StatesResult(best_graph, protos, stats)

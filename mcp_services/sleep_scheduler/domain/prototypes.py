@@ -37,8 +37,14 @@ from mcp_services.sleep_scheduler.domain.split import (
 DEFAULT_MERGE_THRESHOLD = 0.3
 """Halfway between dense copies (~0.64) and unrelated patterns (~0 ± 0.05 at N = 400)."""
 
-DEFAULT_MIN_SUPPORT = 2.0
-"""Episode weight a prototype needs: an assembly seen twice is structure, once is not yet."""
+DEFAULT_MIN_SUPPORT = 3.0
+"""Episode weight a prototype needs. Two sparse random episodes share a concept by chance often
+(50 put-get-loop episodes of ~4 concepts out of 500 give a dozen such pairs), and the vote of
+such a pair is that one concept: a "memory" that only fights the real ones. Three sightings
+agreeing on two or more concepts are rare by chance."""
+
+MIN_CONCEPTS = 2
+"""Active concepts a prototype needs: one concept alone couples to nothing."""
 
 _CHUNK = 1024
 
@@ -226,8 +232,18 @@ def _drop_light(
     min_support: float,
     threshold: float,
 ) -> tuple[sp.csr_matrix, NDArray[np.float64], NDArray[np.int64]]:
-    """Keep prototypes with ``min_support`` weight; their rows join the nearest kept one or -1."""
-    keep = total >= min_support
+    """Keep prototypes of ``MIN_CONCEPTS`` concepts or more that members of ``min_support``
+    weight confirm; the rows of the others join the nearest kept one or get -1."""
+    size = np.diff(protos.indptr)
+    # A member confirms its prototype when it holds at least half of it, two concepts or more:
+    # members chained to a leader by one shared concept each vote a "prototype" no one shows.
+    owned = labels >= 0
+    held = np.zeros(len(labels))
+    rows = np.flatnonzero(owned)
+    held[rows] = np.asarray(x[rows].multiply(protos[labels[rows]]).sum(axis=1)).ravel()
+    confirms = owned & (held >= np.maximum(MIN_CONCEPTS, 0.5 * size[np.maximum(labels, 0)]))
+    confirmed = np.bincount(labels[confirms], weights=w[confirms], minlength=len(total))
+    keep = (confirmed >= min_support) & (size >= MIN_CONCEPTS)
     if keep.all():
         return protos, total, labels
     kept = sp.csr_matrix(protos[np.flatnonzero(keep)])

@@ -137,14 +137,17 @@ class SleepLearner:
             raise ValueError(f"replay_weights must be {k} non-negative numbers, one per replay")
         self._rw = rw / max(float(rw.sum()), 1e-300)
         self._mu = np.asarray(x.T @ self._rw).ravel()
-        # Mean share of concepts active in a replay: the activity temperatures are relative to.
-        self.activity = float(np.clip(self._mu.sum() / max(n, 1), 1e-6, 0.5))
         self._graph = graph
         self._n = n
         self._x_indptr = x.indptr.astype(np.int64)
         self._x_indices = x.indices.astype(np.int64)
         self._swaps = np.round(replay_noise * np.diff(self._x_indptr)).astype(np.int64)
         self._pool = np.unique(self._x_indices).astype(np.int64)
+        # Mean share of the replayed concepts active in a replay: the activity temperatures are
+        # relative to. Over the replays' own concepts, not the whole index: the index keeps every
+        # concept ever seen (a night of random put-get-loop episodes adds hundreds), and over it
+        # the activity, and with it every temperature of the cycle, would drift with the past.
+        self.activity = float(np.clip(self._mu.sum() / max(len(self._pool), 1), 1e-6, 0.5))
         support = _support(graph.weights, x)
         self._indptr = support.indptr.astype(np.int64)
         self._indices = support.indices.astype(np.int64)
