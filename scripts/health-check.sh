@@ -20,6 +20,7 @@ exec "$PY" - "$1" <<'PYEOF'
 import sys
 import urllib.request
 
+from mcp_services.common.clients import endpoint_address, reachable_host as client
 from mcp_services.common.config import ConfigError, load_config
 from mcp_services.common.health import check as grpc_check
 
@@ -43,10 +44,6 @@ except ConfigError as exc:
 key, needed = SERVICES[name]
 
 
-def client(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-
-
 ok = True
 if key == "gateway":
     g = settings.gateway
@@ -58,7 +55,7 @@ if key == "gateway":
     where = url
 else:
     ep = getattr(settings.services, key)
-    where = f"{client(ep.host)}:{ep.port}"
+    where = endpoint_address(ep)
     status = grpc_check(where)
     metrics = f"http://{client(ep.metrics_host)}:{ep.metrics_port}/metrics"
 healthy = status == "SERVING"

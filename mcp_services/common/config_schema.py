@@ -75,10 +75,27 @@ class AuthConfig(_Strict):
 
 
 class Endpoint(_Strict):
+    # Where the service listens (0.0.0.0: every interface).
     host: str = "127.0.0.1"
     port: Port
+    # Where the others dial it (host:port): the compose service name in containers. Empty: the
+    # listen host and port, a wildcard host read as loopback (mcp_services/common/clients.py).
+    address: str = ""
     metrics_host: str = "127.0.0.1"
     metrics_port: Port
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        v = v.strip()
+        if v:
+            host, sep, port = v.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ValueError(
+                    f"{v!r} is not host:port; give the address others dial, e.g. "
+                    "episodic-vault:50051, or leave it empty to dial the listen host"
+                )
+        return v
 
 
 class ServicesConfig(_Strict):
@@ -275,7 +292,9 @@ class VaultIndexConfig(_Strict):
 
 
 class RecallConfig(_Strict):
-    # host:port of the SleepScheduler whose Complete expands cues; empty: no completion.
+    # host:port of the SleepScheduler whose Complete expands cues. Empty: the fleet's own
+    # scheduler (services.sleep_scheduler's dial address), so completion is on by default;
+    # "off": no completion.
     scheduler_address: str = ""
     # Longest wait for Complete before Recall answers from the concept index alone.
     completion_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 250
@@ -377,7 +396,8 @@ class KoopmanLearnerConfig(_Strict):
     dt_s: PositiveFloat = 0.1
     # Learn from the vault (Scan cursor, episode.stored as trigger); off: explicit traces only.
     follow_vault: bool = True
-    # host:port of the vault; empty: services.episodic_vault (0.0.0.0 read as 127.0.0.1).
+    # host:port of the vault when it differs from the fleet's; empty: services.episodic_vault's
+    # dial address (mcp_services/common/clients.py).
     vault_target: str = ""
     # Re-check the vault this often even when no event arrives (a lost event only delays).
     poll_interval_s: PositiveFloat = 5.0

@@ -6,9 +6,10 @@
     vault-cli stats
     vault-cli put-get-loop 50        # write 50 episodes, read each back, compare, summarise
 
-The target defaults to the configured vault (services.episodic_vault); --target overrides it.
-An API key comes from --api-key or TORI_API_KEY. Exit codes: 0 ok, 1 a failed check or call,
-2 bad usage.
+The target defaults to the configured vault (its dial address, services.episodic_vault);
+--target overrides it. Every call sends the fleet's key: --api-key, else TORI_API_KEY, else the
+first key of the configured key file (auth.api_keys_file; /run/secrets/api_keys in compose).
+Exit codes: 0 ok, 1 a failed check or call, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
+from mcp_services.common.auth import AuthConfigError
+from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import ConfigError, load_config
 from mcp_services.episodic_vault.codec import client_content
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
@@ -157,7 +160,9 @@ def _dump(msg: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vault-cli", description=__doc__.splitlines()[0])
     parser.add_argument("--target", help="host:port of the vault (default: from config)")
-    parser.add_argument("--api-key", default=os.environ.get("TORI_API_KEY", ""))
+    parser.add_argument(
+        "--api-key", help="the fleet's key (default: TORI_API_KEY, else the key file)"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_put = sub.add_parser("put", help="store one episode")
@@ -182,26 +187,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vault-cli: {exc}", file=sys.stderr)
         return 2
-    ep_cfg = settings.services.episodic_vault
-    host = "127.0.0.1" if ep_cfg.host in ("0.0.0.0", "::") else ep_cfg.host
-    target = args.target or f"{host}:{ep_cfg.port}"
-    metadata = [("authorization", f"Bearer {args.api_key}")] if args.api_key else []
-    limit = settings.grpc.max_message_bytes
-    channel = grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-        ],
-    )
+    try:
+        clients = ClientFactory.of(settings, args.api_key or None)
+    except AuthConfigError as exc:
+        print(f"vault-cli: {exc}", file=sys.stderr)
+        return 2
+    target = args.target or clients.address("episodic_vault")
+    channel = clients.channel(target=target)
     stub = episodic_pb2_grpc.EpisodicVaultStub(channel)
     try:
         if args.cmd == "put-get-loop":
             if args.n < 1:
                 parser.error("put-get-loop: N must be at least 1")
-            summary = put_get_loop(
-                stub, args.n, settings.vault.embedding_dim, metadata, args.timeout
-            )
+            summary = put_get_loop(stub, args.n, settings.vault.embedding_dim, (), args.timeout)
             if args.json:
                 print(json.dumps(asdict(summary)))
             else:
@@ -216,22 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 payload=args.payload.encode(),
                 source=pb.Source(type="vault-cli"),
             )
-            _dump(
-                stub.PutEpisode(
-                    pb.PutEpisodeRequest(episode=ep), timeout=args.timeout, metadata=metadata
-                )
-            )
+            _dump(stub.PutEpisode(pb.PutEpisodeRequest(episode=ep), timeout=args.timeout))
         elif args.cmd == "get":
-            _dump(
-                stub.GetEpisode(
-                    pb.GetEpisodeRequest(id=args.id), timeout=args.timeout, metadata=metadata
-                )
-            )
+            _dump(stub.GetEpisode(pb.GetEpisodeRequest(id=args.id), timeout=args.timeout))
         elif args.cmd == "list":
             req = pb.ListRecentRequest(page_size=args.limit, filter=pb.EpisodeFilter(tags=args.tag))
-            _dump(stub.ListRecent(req, timeout=args.timeout, metadata=metadata))
+            _dump(stub.ListRecent(req, timeout=args.timeout))
         elif args.cmd == "stats":
-            _dump(stub.GetStats(pb.GetStatsRequest(), timeout=args.timeout, metadata=metadata))
+            _dump(stub.GetStats(pb.GetStatsRequest(), timeout=args.timeout))
     except grpc.RpcError as exc:
         print(f"vault-cli: {target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
 """The Recall seam to the SleepScheduler: complete a concept cue through the consolidated graph.
 
-With vault.recall.scheduler_address set, Recall first asks the scheduler's Complete (deadline
-vault.recall.completion_timeout_ms). The effective cue is the settled attractor's concepts with
+Recall first asks the scheduler's Complete (deadline vault.recall.completion_timeout_ms): the
+fleet's own scheduler unless vault.recall.scheduler_address names another or is "off"
+(:func:`completion_address`). The effective cue is the settled attractor's concepts with
 their strengths, plus the cue's concepts the graph does not know (it cannot speak for them); cue
 concepts the settling switched off are dropped. When the scheduler does not answer in time or
 fails, Recall ranks by the cue as given and says why in its response.
@@ -10,12 +11,24 @@ fails, Recall ranks by the cue as given and says why in its response.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
 
+from mcp_services.common.clients import dial_address
+from mcp_services.common.config_schema import Settings
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
+
+OFF = "off"
+
+
+def completion_address(settings: Settings) -> str:
+    """The scheduler Recall completes through: the configured address, the fleet's own, or ""."""
+    configured = settings.vault.recall.scheduler_address.strip()
+    if configured.lower() == OFF:
+        return ""
+    return configured or dial_address(settings, "sleep_scheduler")
 
 
 class CompletionStatus(enum.IntEnum):
@@ -35,11 +48,21 @@ class Completed:
 
 
 class CueCompleter:
-    """Owns one aio channel to the scheduler, opened on first use in the serving event loop."""
+    """Owns one aio channel to the scheduler, opened on first use in the serving event loop.
 
-    def __init__(self, address: str, timeout_ms: int) -> None:
+    ``connect`` makes that channel for an address: the fleet's client factory, which sends the
+    vault's service key.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        timeout_ms: int,
+        connect: Callable[[str], grpc.aio.Channel],
+    ) -> None:
         self.address = address
         self._timeout_s = timeout_ms / 1000
+        self._connect = connect
         self._channel: grpc.aio.Channel | None = None
         self._stub: sleep_pb2_grpc.SleepSchedulerStub | None = None
 
@@ -53,10 +76,10 @@ class CueCompleter:
             return Completed(
                 CompletionStatus.DISABLED,
                 given,
-                "no scheduler configured (vault.recall.scheduler_address)",
+                "completion is off (vault.recall.scheduler_address: off)",
             )
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = self._connect(self.address)
             self._stub = sleep_pb2_grpc.SleepSchedulerStub(self._channel)
         req = sleep_pb2.CompleteRequest(concept_ids=list(given), strengths=list(given.values()))
         try:
@@ -70,6 +93,17 @@ class CueCompleter:
             )
             return Completed(
                 CompletionStatus.UNAVAILABLE, given, why + "; ranked by the cue as given"
+            )
+        if resp.moved_away:
+            # The settled state is farther from every stored prototype than the cue: expanding
+            # the cue with it would rank by a worse memory than the one asked for.
+            return Completed(
+                CompletionStatus.UNAVAILABLE,
+                given,
+                f"graph version {resp.version} completed the cue away from every stored "
+                f"prototype (overlap {resp.cue_overlap:.2f} -> {resp.overlap:.2f}); ranked by "
+                "the cue as given",
+                int(resp.version),
             )
         effective = {c: float(s) for c, s in zip(resp.concept_ids, resp.strengths, strict=True)}
         for c in resp.unknown:

@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import structlog
 
+from mcp_services.common.clients import ClientFactory
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.episodic_vault.backends import open_backend
-from mcp_services.episodic_vault.completion import CueCompleter
+from mcp_services.episodic_vault.completion import CueCompleter, completion_address
 from mcp_services.episodic_vault.metrics import VaultMetrics
 from mcp_services.episodic_vault.servicer import EpisodicVaultServicer
 from mcp_services.episodic_vault.store import TieredStore, index_dir, store_identity
@@ -33,8 +34,12 @@ class VaultService:
         self._executor = ThreadPoolExecutor(self._cfg.io_threads, thread_name_prefix="vault-io")
         self._backend: TieredStore | None = None
         self._metrics = VaultMetrics(ctx.registry, self._cfg.backend)
+        clients = ClientFactory.of(ctx.settings)
         self._completer = CueCompleter(
-            self._cfg.recall.scheduler_address, self._cfg.recall.completion_timeout_ms
+            completion_address(ctx.settings),
+            self._cfg.recall.completion_timeout_ms,
+            # No channel retries: a Recall waits at most completion_timeout_ms, then ranks by the cue.
+            lambda address: clients.aio_channel(target=address, retries=False),
         )
 
     async def start(self) -> None:

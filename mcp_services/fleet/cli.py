@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mcp_services.common.clients import endpoint_address, reachable_host
 from mcp_services.common.config import ConfigError, load_config, resolve_path
 from mcp_services.common.config_schema import Endpoint, Settings
 from mcp_services.common.health import check, wait_serving
@@ -57,21 +58,17 @@ SERVICES: tuple[ServiceDef, ...] = (
 )
 
 
-def _client_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-
-
 def endpoint_of(settings: Settings, svc: ServiceDef) -> tuple[str, str]:
     if svc.kind == "http":
         g = settings.gateway
         return (
-            f"http://{_client_host(g.host)}:{g.port}{g.path}",
-            f"http://{_client_host(g.metrics_host)}:{g.metrics_port}/metrics",
+            f"http://{reachable_host(g.host)}:{g.port}{g.path}",
+            f"http://{reachable_host(g.metrics_host)}:{g.metrics_port}/metrics",
         )
     ep: Endpoint = getattr(settings.services, svc.endpoint_key)
     return (
-        f"{_client_host(ep.host)}:{ep.port}",
-        f"http://{_client_host(ep.metrics_host)}:{ep.metrics_port}/metrics",
+        endpoint_address(ep),
+        f"http://{reachable_host(ep.metrics_host)}:{ep.metrics_port}/metrics",
     )
 
 

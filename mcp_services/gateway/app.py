@@ -21,7 +21,6 @@ import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_services.common.auth import load_api_keys
 from mcp_services.common.config import ConfigError, load_config
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.logging import configure_logging
@@ -153,11 +152,6 @@ def build(settings: Settings, registry: CollectorRegistry) -> tuple[Gateway, Gat
     return gw, server, names
 
 
-def _service_key(settings: Settings) -> str | None:
-    keys = load_api_keys(settings.auth)
-    return keys[0] if keys else None
-
-
 @dataclass
 class Running:
     http_port: int = 0
@@ -183,7 +177,7 @@ async def serve_http(
             f"({exc.strerror}); stop what holds it or set GATEWAY_METRICS_PORT"
         ) from exc
     running.metrics_port = int(httpd.server_address[1])
-    gw.open(_service_key(settings))
+    gw.open()
     gw.live.start()
     app = ApiKeyMiddleware(
         server.streamable_http_app(
@@ -236,7 +230,7 @@ async def serve_stdio(settings: Settings) -> None:
     """Serve MCP over this process's stdin/stdout until the client closes it."""
     registry = CollectorRegistry()
     gw, server, _ = build(settings, registry)
-    gw.open(_service_key(settings))
+    gw.open()
     gw.live.start()
     try:
         await server.run_stdio_async()

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config_schema import GatewayConfig
 from mcp_services.gateway import metrics as m
 from mcp_services.gateway.routing import Route, Targets
@@ -130,27 +131,17 @@ class ServiceClients:
     Create and use it on one event loop; close() releases every channel.
     """
 
-    def __init__(self, metrics: m.GatewayMetrics, service_key: str | None) -> None:
+    def __init__(self, metrics: m.GatewayMetrics, clients: ClientFactory) -> None:
         self._metrics = metrics
+        self._clients = clients
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {service_key}"),) if service_key else ()
-        )
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         ch = self._channels.get(target)
         if ch is None:
-            ch = grpc.aio.insecure_channel(
-                target,
-                options=[
-                    ("grpc.keepalive_time_ms", 30_000),
-                    # Reconnect quickly after a service restarts rather than backing off for 20 s+.
-                    ("grpc.initial_reconnect_backoff_ms", 100),
-                    ("grpc.max_reconnect_backoff_ms", 2_000),
-                    ("grpc.max_receive_message_length", 64 << 20),
-                    ("grpc.max_send_message_length", 64 << 20),
-                ],
-            )
+            # The factory's channel sends the gateway's service key; retries stay here (retries
+            # off in the channel), where they are counted per service and route.
+            ch = self._clients.aio_channel(target=target, retries=False)
             self._channels[target] = ch
         return ch
 
@@ -191,7 +182,7 @@ class ServiceClients:
                 remaining = deadline - time.monotonic()
                 try:
                     arg = iter(stream) if stream is not None else request
-                    result = await fn(arg, timeout=max(remaining, 0.001), metadata=self._metadata)
+                    result = await fn(arg, timeout=max(remaining, 0.001))
                 except grpc.aio.AioRpcError as exc:
                     self._metrics.backend_calls.labels(*labels, exc.code().name).inc()
                     backoff = cfg.retry_backoff_s * 2 ** (attempt - 1)

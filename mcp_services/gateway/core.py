@@ -22,6 +22,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
 from pydantic import ValidationError
 
+from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config_schema import Settings
 from mcp_services.gateway import metrics as m
 from mcp_services.gateway.backends import CallSpec, ServiceClients, ServiceError
@@ -61,9 +62,9 @@ class Gateway:
         self.clients: ServiceClients | None = None
         self.stdio_key = settings.gateway.stdio_api_key
 
-    def open(self, service_key: str | None) -> None:
+    def open(self) -> None:
         """Create the clients; call on the event loop that will make the calls."""
-        self.clients = ServiceClients(self.metrics, service_key)
+        self.clients = ServiceClients(self.metrics, ClientFactory.of(self.settings))
         self.live.on_change.append(lambda snap: self._retain(snap))
 
     def _retain(self, snap: Snapshot) -> None:

@@ -8,12 +8,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+from mcp_services.common.clients import reachable_host
 from mcp_services.common.config_schema import GatewayConfig
 
 
 def healthz_url(cfg: GatewayConfig) -> str:
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "", "::") else cfg.host
-    return f"http://{host}:{cfg.port}/healthz"
+    return f"http://{reachable_host(cfg.host)}:{cfg.port}/healthz"
 
 
 def check(url: str, timeout: float = 2.0) -> str:

@@ -16,6 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
+from mcp_services.common.clients import endpoint_address
 from mcp_services.common.config_schema import GatewayConfig, GatewayRoute, ServicesConfig
 
 Route = Literal["primary", "canary"]
@@ -36,10 +37,6 @@ def route_for(identity: str, canary_percent: float) -> Route:
     return "canary" if bucket(identity) < round(canary_percent * BUCKETS / 100) else "primary"
 
 
-def _client_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-
-
 @dataclass(frozen=True)
 class Targets:
     """host:port of each service, for one route."""
@@ -54,12 +51,7 @@ class Targets:
 
 
 def primary_targets(services: ServicesConfig) -> Targets:
-    return Targets(
-        **{
-            k: f"{_client_host(getattr(services, k).host)}:{getattr(services, k).port}"
-            for k in SERVICE_KEYS
-        }
-    )
+    return Targets(**{k: endpoint_address(getattr(services, k)) for k in SERVICE_KEYS})
 
 
 def canary_targets(canary: GatewayRoute, primary: Targets) -> Targets:

@@ -40,7 +40,7 @@ class VaultFollower:
         bus: EventBus,
         poll_interval_s: float,
         scan_batch: int,
-        metadata: Sequence[tuple[str, str]] = (),
+        connect: Callable[[str], grpc.aio.Channel],
         on_lag: Callable[[int], None] = lambda lag: None,
     ) -> None:
         self._target = target
@@ -50,7 +50,8 @@ class VaultFollower:
         self._bus = bus
         self._poll = poll_interval_s
         self._batch = scan_batch
-        self._metadata = tuple(metadata)
+        # The fleet's client factory in the service: the channel sends the learner's key.
+        self._connect = connect
         self._on_lag = on_lag
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -60,7 +61,7 @@ class VaultFollower:
         self.last_error = ""
 
     def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self._target)
+        self._channel = self._connect(self._target)
         self._bus.subscribe([EPISODE_STORED], self._on_event)
         self._task = asyncio.create_task(self._run(), name="kcl-vault-follower")
 
@@ -92,9 +93,7 @@ class VaultFollower:
                 await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _catch_up(self, stub: episodic_pb2_grpc.EpisodicVaultStub) -> None:
-        stats = await stub.GetStats(
-            episodic_pb2.GetStatsRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
-        )
+        stats = await stub.GetStats(episodic_pb2.GetStatsRequest(), timeout=CALL_TIMEOUT_S)
         self.connected = True
         self.last_error = ""
         self.vault_last_seq = stats.last_seq
@@ -103,7 +102,6 @@ class VaultFollower:
             call = stub.Scan(
                 episodic_pb2.ScanRequest(after_seq=self._cursor(), limit=self._batch),
                 timeout=CALL_TIMEOUT_S,
-                metadata=self._metadata,
             )
             async for response in call:
                 chunk.append(response.episode)

@@ -19,7 +19,8 @@ from typing import TypeVar
 import grpc
 import structlog
 
-from mcp_services.common.auth import load_api_keys
+from mcp_services.common.clients import ClientFactory, dial_address
+from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import KoopmanLearnerConfig, Settings
 from mcp_services.common.event_bus import (
     KCL_COUPLINGS_UPDATED,
@@ -74,17 +75,14 @@ def knobs_from_config(cfg: KoopmanLearnerConfig) -> Knobs:
 
 
 def vault_target(settings: Settings) -> str:
-    """koopman_learner.vault_target, else the vault's endpoint (0.0.0.0 read as loopback)."""
-    if settings.koopman_learner.vault_target:
-        return settings.koopman_learner.vault_target
-    ep = settings.services.episodic_vault
-    host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.host
-    return f"{host}:{ep.port}"
+    """koopman_learner.vault_target, else the vault's dial address."""
+    return settings.koopman_learner.vault_target or dial_address(settings, "episodic_vault")
 
 
 def data_dir(settings: Settings) -> Path:
     cfg = settings.koopman_learner
-    return Path(cfg.data_dir) if cfg.data_dir else Path(settings.paths.var_dir) / "data" / "koopman"
+    # Relative paths are relative to the project, as for every data path (resolve_path).
+    return resolve_path(cfg.data_dir or Path(settings.paths.var_dir) / "data" / "koopman")
 
 
 class KoopmanLearnerService(Backend):
@@ -122,7 +120,7 @@ class KoopmanLearnerService(Backend):
             modes=view.model.rank if view.model is not None else 0,
         )
         if self._cfg.follow_vault:
-            keys = load_api_keys(self._ctx.settings.auth)
+            clients = ClientFactory.of(self._ctx.settings)
             self._follower = VaultFollower(
                 vault_target(self._ctx.settings),
                 cursor=lambda: self.learner.cursor,
@@ -131,7 +129,7 @@ class KoopmanLearnerService(Backend):
                 bus=self._ctx.bus,
                 poll_interval_s=self._cfg.poll_interval_s,
                 scan_batch=self._cfg.scan_batch,
-                metadata=[("x-api-key", keys[0])] if keys else [],
+                connect=lambda target: clients.aio_channel(target=target),
                 on_lag=self._metrics.vault_lag.set,
             )
             self._follower.start()

@@ -28,8 +28,10 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from mcp_services.common.auth import AuthConfigError
+from mcp_services.common.clients import ClientFactory, metrics_address
 from mcp_services.common.config import ConfigError, load_config, resolve_path
-from mcp_services.common.config_schema import Endpoint, Settings
+from mcp_services.common.config_schema import Settings
 from mcp_services.fleet.processes import proc_start_time
 from mcp_services.loadgen.retention import RETENTIONS, retention_of
 from mcp_services.loadgen.runner import LoadConfig, LoadRun, Targets, UnsupportedOperation
@@ -46,16 +48,6 @@ def parse_duration(text: str) -> float:
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 10m or 24h")
     return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def _target(ep: Endpoint) -> str:
-    host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.host
-    return f"{host}:{ep.port}"
-
-
-def _metrics_target(ep: Endpoint) -> str:
-    host = "127.0.0.1" if ep.metrics_host in ("0.0.0.0", "", "::") else ep.metrics_host
-    return f"{host}:{ep.metrics_port}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="what the vault may evict: all kept, consolidated, any (auto: from vault.tiers)",
     )
-    p.add_argument("--api-key", default=os.environ.get("TORI_API_KEY", ""))
+    p.add_argument("--api-key", help="the fleet's key (default: TORI_API_KEY, else the key file)")
     p.add_argument("--pid-file", type=Path, default=None, help="default: <var>/loadgen/pid")
     p.add_argument("--stop-file", type=Path, default=None, help="default: <var>/loadgen/stop")
     p.add_argument("--stop", action="store_true", help="stop the running loadgen and exit")
@@ -173,12 +165,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     run_id = args.run_id or uuid.uuid4().hex[:12]
     dim = settings.vault.embedding_dim if args.embedding_dim is None else args.embedding_dim
-    svc = settings.services
+    try:
+        clients = ClientFactory.of(settings, args.api_key or None)
+    except AuthConfigError as exc:
+        return _fail(str(exc))
     targets = Targets(
-        vault=args.vault or _target(svc.episodic_vault),
-        scheduler=args.scheduler or _target(svc.sleep_scheduler),
-        pruner=args.pruner or _target(svc.sparse_pruner),
-        learner=args.learner or _target(svc.koopman_learner),
+        vault=args.vault or clients.address("episodic_vault"),
+        scheduler=args.scheduler or clients.address("sleep_scheduler"),
+        pruner=args.pruner or clients.address("sparse_pruner"),
+        learner=args.learner or clients.address("koopman_learner"),
     )
     cfg = LoadConfig(
         rate=args.rate,
@@ -193,12 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         trigger_timeout_s=args.trigger_timeout,
         progress_every_s=args.progress_every,
         verify=not args.no_verify,
-        api_key=args.api_key,
+        api_key=clients.key or "",
         stop_file=stop_file,
         retention=(
             retention_of(settings.vault.tiers) if args.retention == "auto" else args.retention
         ),
-        vault_metrics=args.vault_metrics or _metrics_target(svc.episodic_vault),
+        vault_metrics=args.vault_metrics or metrics_address(settings, "episodic_vault"),
     )
     try:
         _check_supported(cfg)
@@ -215,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     try:
-        summary = asyncio.run(_run(cfg, targets))
+        summary = asyncio.run(_run(cfg, targets, clients))
     finally:
         pid_file.unlink(missing_ok=True)
     text = json.dumps(summary, indent=2)
@@ -226,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if summary["ok"] else 1
 
 
-async def _run(cfg: LoadConfig, targets: Targets) -> dict[str, object]:
+async def _run(cfg: LoadConfig, targets: Targets, clients: ClientFactory) -> dict[str, object]:
     stop, interrupt = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -236,7 +231,7 @@ async def _run(cfg: LoadConfig, targets: Targets) -> dict[str, object]:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    return await LoadRun(cfg, targets).run(stop, interrupt)
+    return await LoadRun(cfg, targets, clients=clients).run(stop, interrupt)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from typing import Any, TextIO
 import grpc
 import numpy as np
 
+from mcp_services.common.clients import ClientFactory
+from mcp_services.common.config import load_config
 from mcp_services.episodic_vault.codec import client_content
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as vault_pb
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2_grpc as vault_grpc
@@ -41,7 +43,6 @@ from mcp_services.loadgen.workload import OPS, TRIGGERS, Workload
 # A trigger refused because the service is busy or has nothing to work on yet (a cycle already
 # running, no graph to prune yet): the request was understood and answered, so not an error.
 REFUSALS = {"ALREADY_EXISTS", "ABORTED", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"}
-_MAX_MSG = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,17 @@ def _code(exc: grpc.aio.AioRpcError) -> str:
 
 
 class LoadRun:
-    def __init__(self, cfg: LoadConfig, targets: Targets, out: TextIO = sys.stderr) -> None:
+    def __init__(
+        self,
+        cfg: LoadConfig,
+        targets: Targets,
+        out: TextIO = sys.stderr,
+        clients: ClientFactory | None = None,
+    ) -> None:
         self.cfg = cfg
         self.targets = targets
+        # Channels come from the fleet's client factory (the configured one when not given).
+        self.clients = clients
         self.out = out
         self.wl = cfg.workload
         self.stats = {name: OpStats() for name in (*OPS, *TRIGGERS)}
@@ -402,16 +411,14 @@ class LoadRun:
     # --- the run -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, interrupt: asyncio.Event) -> dict[str, Any]:
         """Run until the duration ends or `stop` is set; then verify unless `interrupt` is."""
-        opts = [
-            ("grpc.max_send_message_length", _MAX_MSG),
-            ("grpc.max_receive_message_length", _MAX_MSG),
-        ]
         t = self.targets
+        clients = self.clients or ClientFactory.of(load_config(), self.cfg.api_key or None)
+        # Retries off: a load generator counts every failure instead of hiding it.
         async with (
-            grpc.aio.insecure_channel(t.vault, options=opts) as vch,
-            grpc.aio.insecure_channel(t.scheduler, options=opts) as sch,
-            grpc.aio.insecure_channel(t.pruner, options=opts) as pch,
-            grpc.aio.insecure_channel(t.learner, options=opts) as lch,
+            clients.aio_channel(target=t.vault, retries=False) as vch,
+            clients.aio_channel(target=t.scheduler, retries=False) as sch,
+            clients.aio_channel(target=t.pruner, retries=False) as pch,
+            clients.aio_channel(target=t.learner, retries=False) as lch,
         ):
             self.vault = vault_grpc.EpisodicVaultStub(vch)
             self.scheduler = sleep_pb2_grpc.SleepSchedulerStub(sch)

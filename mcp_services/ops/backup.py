@@ -32,8 +32,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mcp_services.common.clients import dial_address
 from mcp_services.common.config import ConfigError, load_config, resolve_path
-from mcp_services.common.config_schema import Endpoint, Settings
+from mcp_services.common.config_schema import Settings
 from mcp_services.common.health import check
 from mcp_services.episodic_vault.backends import BackendError, open_backend
 from mcp_services.ops.backend_spec import describe
@@ -160,9 +161,9 @@ def backup(settings: Settings, out: Path) -> dict[str, Any]:
 def _running_services(settings: Settings) -> list[str]:
     up = []
     for name in type(settings.services).model_fields:
-        ep: Endpoint = getattr(settings.services, name)
-        if check(f"{ep.host}:{ep.port}", timeout=0.5) == "SERVING":
-            up.append(f"{name} ({ep.host}:{ep.port})")
+        address = dial_address(settings, name)
+        if check(address, timeout=0.5) == "SERVING":
+            up.append(f"{name} ({address})")
     return up
 
 

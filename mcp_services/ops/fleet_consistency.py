@@ -36,12 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
-from mcp_services.common.auth import load_api_keys
+from mcp_services.common.clients import ClientFactory, dial_address
 from mcp_services.common.config import resolve_path
-from mcp_services.common.config_schema import Endpoint, Settings
+from mcp_services.common.config_schema import Settings
 from mcp_services.common.health import check
 from mcp_services.episodic_vault.backends import VaultBackend, open_backend
 from mcp_services.episodic_vault.model import Tier
@@ -148,23 +147,19 @@ class Rpc:
     """Calls to the running services, with the configured API key (if any)."""
 
     def __init__(self, settings: Settings) -> None:
-        keys = load_api_keys(settings.auth)
-        self._metadata = [("authorization", f"Bearer {keys[0]}")] if keys else []
+        self._clients = ClientFactory.of(settings)
         self._settings = settings
 
     def running(self, name: str) -> str | None:
         """The service's address when it answers health as SERVING, else None."""
-        ep: Endpoint = getattr(self._settings.services, name)
-        address = f"{ep.host}:{ep.port}"
+        address = dial_address(self._settings, name)
         return address if check(address, timeout=1.0) == "SERVING" else None
 
     def vault(self, address: str) -> tuple[episodic_pb2.GetStatsResponse, int | None]:
         """The vault's stats and its index size (None when search is off)."""
-        with grpc.insecure_channel(address) as ch:
+        with self._clients.channel(target=address) as ch:
             stub = episodic_pb2_grpc.EpisodicVaultStub(ch)
-            stats = stub.GetStats(
-                episodic_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S, metadata=self._metadata
-            )
+            stats = stub.GetStats(episodic_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S)
             dim = self._settings.vault.embedding_dim
             if not self._settings.vault.index.enabled or dim == 0:
                 return stats, None
@@ -172,15 +167,14 @@ class Rpc:
             found = stub.Search(
                 episodic_pb2.SearchRequest(embedding=query.tolist(), k=1, omit_bodies=True),
                 timeout=RPC_TIMEOUT_S,
-                metadata=self._metadata,
             )
             return stats, int(found.index_size)
 
     def latest_graph(self, address: str) -> int:
-        with grpc.insecure_channel(address) as ch:
+        with self._clients.channel(target=address) as ch:
             stub = sleep_pb2_grpc.SleepSchedulerStub(ch)
             listed = stub.ListGraphVersions(
-                sleep_pb2.ListGraphVersionsRequest(), timeout=RPC_TIMEOUT_S, metadata=self._metadata
+                sleep_pb2.ListGraphVersionsRequest(), timeout=RPC_TIMEOUT_S
             )
             return int(listed.versions[0].header.version) if listed.versions else 0
 

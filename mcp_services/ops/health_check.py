@@ -17,6 +17,7 @@ import psycopg
 import redis
 
 from mcp_services.common import metric_names as names
+from mcp_services.common.clients import endpoint_address, reachable_host
 from mcp_services.common.config import ConfigError, load_config, resolve_path
 from mcp_services.common.config_schema import Endpoint, Settings
 from mcp_services.common.health import check
@@ -44,7 +45,7 @@ def _timed(component: str, target: str, fn: Callable[[], tuple[bool, str]]) -> P
 
 
 def probe_grpc(name: str, ep: Endpoint, timeout: float) -> Probe:
-    target = f"{ep.host}:{ep.port}"
+    target = endpoint_address(ep)
 
     def go() -> tuple[bool, str]:
         status = check(target, timeout=timeout)
@@ -54,7 +55,7 @@ def probe_grpc(name: str, ep: Endpoint, timeout: float) -> Probe:
 
 
 def probe_metrics(name: str, ep: Endpoint, timeout: float) -> Probe:
-    url = f"http://{ep.metrics_host}:{ep.metrics_port}/metrics"
+    url = f"http://{reachable_host(ep.metrics_host)}:{ep.metrics_port}/metrics"
 
     def go() -> tuple[bool, str]:
         try:

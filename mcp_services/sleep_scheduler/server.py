@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 import structlog
 
+from mcp_services.common.clients import ClientFactory
+from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, StartupError, run
@@ -49,7 +51,8 @@ LIVE_KNOBS = (
 def graph_dir(settings: Settings) -> Path:
     """Where the graph versions live: sleep_scheduler.graph_dir, else <var_dir>/graphs."""
     cfg = settings.sleep_scheduler
-    return Path(cfg.graph_dir) if cfg.graph_dir else Path(settings.paths.var_dir) / "graphs"
+    # Relative paths are relative to the project, as for every data path (resolve_path).
+    return resolve_path(cfg.graph_dir or Path(settings.paths.var_dir) / "graphs")
 
 
 class SleepSchedulerServicer(sleep_pb2_grpc.SleepSchedulerServicer):
@@ -136,8 +139,7 @@ class SleepSchedulerService:
         except OSError as exc:
             raise StartupError(f"sleep-scheduler: cannot open the graph directory: {exc}") from exc
         self._metrics = SleepMetrics(ctx.registry)
-        vault_ep = ctx.settings.services.episodic_vault
-        self._vault = VaultClient(f"{vault_ep.host}:{vault_ep.port}")
+        self._vault = VaultClient.of(ClientFactory.of(ctx.settings))
         self._lease = Lease(ctx.settings.redis, self._cfg.lease_ttl_s)
         self.consolidator = Consolidator(
             self._store,

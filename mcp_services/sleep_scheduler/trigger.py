@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from mcp_services.common.auth import AuthConfigError
+from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import ConfigError, load_config
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 
@@ -29,7 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--once", action="store_true", required=True, help="run one cycle")
     parser.add_argument("--target", help="scheduler host:port (default: from config)")
-    parser.add_argument("--api-key", default=os.environ.get("TORI_API_KEY", ""))
+    parser.add_argument(
+        "--api-key", help="the fleet's key (default: TORI_API_KEY, else the key file)"
+    )
     parser.add_argument("--tag", action="append", default=[], help="only episodes with this tag")
     parser.add_argument("--max-episodes", type=int, default=0)
     parser.add_argument("--min-age-s", type=float, default=0.0)
@@ -39,18 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
     args = parser.parse_args(argv)
 
-    if args.target:
-        target = args.target
-    else:
-        try:
-            settings = load_config()
-        except ConfigError as exc:
-            print(f"trigger: {exc}", file=sys.stderr)
-            return 2
-        ep = settings.services.sleep_scheduler
-        host = "127.0.0.1" if ep.host in ("0.0.0.0", "::") else ep.host
-        target = f"{host}:{ep.port}"
-    metadata = [("authorization", f"Bearer {args.api_key}")] if args.api_key else []
+    try:
+        clients = ClientFactory.of(load_config(), args.api_key or None)
+    except (ConfigError, AuthConfigError) as exc:
+        print(f"trigger: {exc}", file=sys.stderr)
+        return 2
+    target = args.target or clients.address("sleep_scheduler")
     request = sleep_pb2.StartConsolidationRequest(
         wait=not args.no_wait,
         trigger="trigger",
@@ -62,10 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_energy=args.min_energy,
         ),
     )
-    with grpc.insecure_channel(target) as channel:
+    with clients.channel(target=target) as channel:
         stub = sleep_pb2_grpc.SleepSchedulerStub(channel)
         try:
-            job = stub.StartConsolidation(request, timeout=args.timeout, metadata=metadata)
+            job = stub.StartConsolidation(request, timeout=args.timeout)
         except grpc.RpcError as exc:
             code = exc.code()
             print(f"trigger: {code.name}: {exc.details()} (scheduler {target})", file=sys.stderr)

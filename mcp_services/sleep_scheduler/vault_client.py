@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from mcp_services.common.clients import ClientFactory
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.sleep_scheduler.domain import ConceptActivation
 
@@ -77,13 +78,23 @@ def activation_of_episode(ep: episodic_pb2.Episode) -> ConceptActivation:
 
 
 class VaultClient:
-    """Async client of the vault at ``target`` (host:port)."""
+    """Async client of the vault over ``channel`` (to ``target``, host:port, named in errors).
 
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+    Make it with :meth:`of`, which takes the channel from the fleet's client factory (the vault's
+    dial address and this service's key).
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, target: str, timeout_s: float = 30.0) -> None:
         self.target = target
         self._timeout = timeout_s
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = channel
         self._stub = episodic_pb2_grpc.EpisodicVaultStub(self._channel)
+
+    @classmethod
+    def of(cls, clients: ClientFactory, timeout_s: float = 30.0) -> VaultClient:
+        return cls(
+            clients.aio_channel("episodic_vault"), clients.address("episodic_vault"), timeout_s
+        )
 
     async def unconsolidated(self) -> int:
         """How many episodes the vault holds unconsolidated."""

@@ -18,18 +18,12 @@ import sys
 import grpc
 from google.protobuf.json_format import MessageToJson
 
+from mcp_services.common.auth import AuthConfigError
+from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import ConfigError, load_config
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
-from mcp_services.sparse_pruner.server import client_metadata
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
-
-
-def _target_of_config() -> tuple[str, dict[str, str]]:
-    settings = load_config()
-    ep = settings.services.sparse_pruner
-    host = "127.0.0.1" if ep.host in ("0.0.0.0", "::", "") else ep.host
-    return f"{host}:{ep.port}", client_metadata(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,22 +37,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--target", help="host:port of the pruner (default: from the config)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (3600)")
+    parser.add_argument(
+        "--api-key", help="the fleet's key (default: TORI_API_KEY, else the key file)"
+    )
     args = parser.parse_args(argv)
     try:
-        target, metadata = _target_of_config()
-    except ConfigError as exc:
+        clients = ClientFactory.of(load_config(), args.api_key)
+    except (ConfigError, AuthConfigError) as exc:
         print(f"prune: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    target = args.target or target
+    target = args.target or clients.address("sparse_pruner")
     request = pruner_pb2.TriggerPruningRequest(dry_run=args.dry_run, reason="prune --once")
     if args.tau is not None:
         request.options.tau = args.tau
-    with grpc.insecure_channel(target) as channel:
+    with clients.channel(target=target) as channel:
         stub = pruner_pb2_grpc.SparsePrunerStub(channel)
         try:
-            job = stub.TriggerPruning(
-                request, timeout=args.timeout, metadata=tuple(metadata.items())
-            )
+            job = stub.TriggerPruning(request, timeout=args.timeout)
         except grpc.RpcError as exc:
             code = exc.code()
             print(f"prune: {code.name}: {exc.details()}", file=sys.stderr)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 import grpc
 import numpy as np
 
+from mcp_services.common.clients import ClientFactory
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot, snapshot_from_edges
 
@@ -61,22 +62,21 @@ def _translate(exc: grpc.aio.AioRpcError, what: str) -> SchedulerError:
 
 
 class SchedulerClient:
-    """Async client over one channel to ``target`` (host:port); every call has ``timeout_s``."""
+    """Async client over one channel to the scheduler at ``target`` (host:port, named in errors);
+    every call has ``timeout_s``. :meth:`of` takes the channel from the fleet's client factory
+    (the scheduler's dial address and the pruner's key)."""
 
-    def __init__(
-        self, target: str, timeout_s: float, metadata: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, channel: grpc.aio.Channel, target: str, timeout_s: float) -> None:
         self.target = target
         self._timeout = timeout_s
-        self._metadata = tuple((metadata or {}).items())
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 64 << 20),
-            ],
-        )
+        self._channel = channel
         self._stub = sleep_pb2_grpc.SleepSchedulerStub(self._channel)
+
+    @classmethod
+    def of(cls, clients: ClientFactory, timeout_s: float) -> SchedulerClient:
+        return cls(
+            clients.aio_channel("sleep_scheduler"), clients.address("sleep_scheduler"), timeout_s
+        )
 
     async def close(self) -> None:
         await self._channel.close()
@@ -94,7 +94,6 @@ class SchedulerClient:
         call = self._stub.ReadGraph(
             sleep_pb2.ReadGraphRequest(version=version),
             timeout=self._timeout,
-            metadata=self._metadata,
         )
         try:
             async for chunk in call:
@@ -151,9 +150,7 @@ class SchedulerClient:
         )
         header.metadata.update(metadata or {})
         try:
-            response = await self._stub.CommitGraph(
-                _chunks(graph, header), timeout=self._timeout, metadata=self._metadata
-            )
+            response = await self._stub.CommitGraph(_chunks(graph, header), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, f"CommitGraph(base_version={base_version})") from None
         out: sleep_pb2.GraphHeader = response.header
@@ -163,7 +160,7 @@ class SchedulerClient:
         """Headers of the retained versions, newest first."""
         try:
             response = await self._stub.ListGraphVersions(
-                sleep_pb2.ListGraphVersionsRequest(), timeout=self._timeout, metadata=self._metadata
+                sleep_pb2.ListGraphVersionsRequest(), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, "ListGraphVersions") from None

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import grpc
 
-from mcp_services.common.auth import load_api_keys
+from mcp_services.common.clients import ClientFactory
+from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED
 from mcp_services.common.reload import Change, section_changes
@@ -36,24 +37,8 @@ LIVE_KNOBS = tuple(f.name for f in fields(Knobs))
 
 def backup_root(settings: Settings) -> Path:
     cfg = settings.sparse_pruner
-    return (
-        Path(cfg.backup_dir)
-        if cfg.backup_dir
-        else Path(settings.paths.var_dir) / "pruner" / "backups"
-    )
-
-
-def scheduler_target(settings: Settings) -> str:
-    """host:port of the SleepScheduler (a wildcard bind address is reached on loopback)."""
-    ep = settings.services.sleep_scheduler
-    host = "127.0.0.1" if ep.host in ("0.0.0.0", "::", "") else ep.host
-    return f"{host}:{ep.port}"
-
-
-def client_metadata(settings: Settings) -> dict[str, str]:
-    """The API key the fleet shares, when auth is on."""
-    keys = load_api_keys(settings.auth)
-    return {"x-api-key": keys[0]} if keys else {}
+    # Relative paths are relative to the project, as for every data path (resolve_path).
+    return resolve_path(cfg.backup_dir or Path(settings.paths.var_dir) / "pruner" / "backups")
 
 
 class SparsePrunerService:
@@ -63,9 +48,7 @@ class SparsePrunerService:
         settings = ctx.settings
         cfg = settings.sparse_pruner
         self._bus = ctx.bus
-        self.client = SchedulerClient(
-            scheduler_target(settings), cfg.scheduler_timeout_s, client_metadata(settings)
-        )
+        self.client = SchedulerClient.of(ClientFactory.of(settings), cfg.scheduler_timeout_s)
         self.engine = PruningEngine(
             Knobs.from_config(cfg),
             self.client,

@@ -274,7 +274,9 @@ class TestRecall:
         for h in resp.hits:
             assert h.score == pytest.approx(expect[h.episode.id], abs=1e-6)
         assert list(resp.hits[0].matched_concepts) == ["a", "b"]
-        assert resp.completion == pb.COMPLETION_DISABLED
+        # Completion is on by default; no scheduler runs here, so the cue is ranked as given.
+        assert resp.completion == pb.COMPLETION_UNAVAILABLE
+        assert "ranked by the cue as given" in resp.completion_detail
 
     def test_a_trace_counts_each_concept_at_its_strongest(self, vault: Vault) -> None:
         """Concepts of a trace episode are recalled with their strongest strength over frames."""
