@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from mcp_services.common.config import load_config
+from mcp_services.episodic_vault.completion import completion_address
 from mcp_services.fleet.cli import SERVICES, endpoint_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,6 +296,19 @@ class TestEnvironment:
             env = merged()["services"][svc.name]["environment"]
             assert env["REDIS_URL"].startswith("redis://redis:")
             assert env["TORI_ENV"] == "container"
+
+    def test_the_vault_completes_recall_through_the_compose_scheduler(self) -> None:
+        """Recall completion is on in compose: nothing turns it off for the vault, and the address
+        its configuration resolves is the scheduler's compose name and the port it listens on."""
+        services = merged()["services"]
+        env = {k: str(v) for k, v in services["episodic-vault"]["environment"].items()}
+        assert env.get("VAULT_RECALL_SCHEDULER_ADDRESS", "").strip().lower() != "off"
+        address = completion_address(load_config(env="container", environ=env))
+        host, _, port = address.rpartition(":")
+        assert host == "sleep-scheduler" and host in services, address
+        scheduler_env = {k: str(v) for k, v in services[host]["environment"].items()}
+        listens = load_config(env="container", environ=scheduler_env).services.sleep_scheduler
+        assert int(port) == listens.port == fleet_ports(host)[0]
 
     def test_secrets_are_files_under_run_secrets(self) -> None:
         """API keys come from a compose secret, mounted at /run/secrets/api_keys and named by
