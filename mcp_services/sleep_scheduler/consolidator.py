@@ -37,7 +37,7 @@ from mcp_services.common.config_schema import SleepSchedulerConfig
 from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED, EventBus, new_header
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.sleep_scheduler.cycle import CycleOutput, run_cycle
-from mcp_services.sleep_scheduler.domain import ConsolidationConfig
+from mcp_services.sleep_scheduler.domain import ConsolidationConfig, CycleStats
 from mcp_services.sleep_scheduler.domain.tuning import advise
 from mcp_services.sleep_scheduler.graph_store import GraphStore, StoredGraph, VersionConflict
 from mcp_services.sleep_scheduler.lease import Lease, LeaseUnavailable
@@ -145,6 +145,10 @@ class Job:
     started_ms: int = 0
     finished_ms: int = 0
     tuning: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    prototypes_faded: int = 0
+    episodes_unassigned: int = 0
     cancel_reason: str = ""
     task: asyncio.Task[None] | None = None
 
@@ -398,13 +402,15 @@ class Consolidator:
         job.settle_loops = s.settle_loops
         job.stability_before = s.stability_before.recall
         job.stability_after = s.stability_after.recall
+        job.notes = list(s.notes)
+        job.prototypes_faded = s.prototypes_faded
+        job.episodes_unassigned = s.episodes_unassigned
         job.progress = 1.0
         job.state = JobState.SUCCEEDED
         t = self.totals
         t.cycles += 1
         t.episodes += job.episodes
         t.last_energy_delta, t.last_settle_loops = s.energy_delta, s.settle_loops
-        t.deltas.append(s.energy_delta)
         m = self.metrics
         m.energy_delta.set(s.energy_delta)
         m.energy_drop.set(s.energy_drop)
@@ -436,13 +442,28 @@ class Consolidator:
             stability_before=job.stability_before,
             stability_after=job.stability_after,
             settle_loops=s.settle_loops,
+            notes=list(s.notes),
+            prototypes_faded=s.prototypes_faded,
         )
-        self._tune(job, s.energy_drop, s.settle_loops)
+        self._tune(job, s)
 
-    def _tune(self, job: Job, energy_drop: float, settle_loops: int) -> None:
+    def _tune(self, job: Job, s: CycleStats) -> None:
         k = self.knobs
-        advice = advise(k.t0, k.eta, energy_drop, settle_loops, list(self.totals.deltas))
+        if s.learned:
+            self.totals.deltas.append(s.energy_delta)
+        advice = advise(
+            k.t0,
+            k.eta,
+            s.energy_drop,
+            s.settle_loops,
+            list(self.totals.deltas),
+            learned=s.learned,
+            cause=s.notes[0] if s.notes else "",
+        )
+        job.advice = list(advice.reasons)
         if not advice.changed:
+            if advice.why:
+                log.info("tuning_no_advice", job_id=job.job_id, why=advice.why)
             return
         if not k.auto_tune:
             log.info("tuning_advice", reasons=list(advice.reasons), t0=advice.t0, eta=advice.eta)
@@ -456,8 +477,8 @@ class Consolidator:
             t0_new=advice.t0,
             eta_old=k.eta,
             eta_new=advice.eta,
-            energy_drop=energy_drop,
-            settle_loops=settle_loops,
+            energy_drop=s.energy_drop,
+            settle_loops=s.settle_loops,
         )
         k.t0, k.eta = advice.t0, advice.eta
         if "energy_delta_oscillates:halve_eta" in advice.reasons:

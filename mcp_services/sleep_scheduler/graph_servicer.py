@@ -200,7 +200,8 @@ def _complete(
     stored: StoredGraph, cue: ConceptActivation, sweeps: int
 ) -> sleep_pb2.CompleteResponse:
     g = stored.graph
-    res = complete(g, cue, max_sweeps=sweeps)
+    protos = stored.prototypes
+    res = complete(g, cue, max_sweeps=sweeps, prototypes=protos if protos.shape[0] else None)
     pos = g.index.positions(list(res.concept_ids)) if res.concept_ids else np.zeros(0, np.int64)
     strengths = np.zeros(0)
     if len(pos):
@@ -219,6 +220,11 @@ def _complete(
         sweeps=res.sweeps,
         converged=res.settled,
         energy=res.energy,
+        cue_overlap=res.cue_overlap,
+        overlap=res.overlap,
+        confidence=res.confidence,
+        moved_away=res.moved_away,
+        prototypes=int(protos.shape[0]),
     )
 
 

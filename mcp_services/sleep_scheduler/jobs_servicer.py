@@ -48,6 +48,10 @@ def job_to_proto(job: Job) -> sleep_pb2.ConsolidationJob:
         eta=job.eta,
         error=job.error,
         tuning=job.tuning,
+        notes=job.notes,
+        prototypes_faded=job.prototypes_faded,
+        episodes_unassigned=job.episodes_unassigned,
+        advice=job.advice,
     )
     if job.started_ms:
         out.started_at.CopyFrom(timestamp_of_ms(job.started_ms))

@@ -127,10 +127,12 @@ def retrieve(
     mix = sp.csr_matrix(mix)
     mix.data = (mix.data > 0.5).astype(np.float64)
     mix.eliminate_zeros()
-    rows = np.flatnonzero(near)
-    out = sp.lil_matrix(cues)
-    out[rows] = mix[rows]
-    return sp.csr_matrix(out), confidence
+    # Rows near a prototype take the mix, the others keep their cue.
+    out = sp.diags(near.astype(np.float64)) @ mix + sp.diags((~near).astype(np.float64)) @ cues
+    out = sp.csr_matrix(out)
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out, confidence
 
 
 def complete(

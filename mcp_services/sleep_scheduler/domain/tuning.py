@@ -6,6 +6,11 @@
 
 The service reports the advice as metrics and applies it when ``auto_tune`` is on. If both T0
 rules fire, lowering wins: a cycle that cannot settle is the more urgent fault.
+
+The rules read the figures of a cycle that had something to learn. A cycle whose episodes held
+no structure (no prototype formed or reinforced) or whose graph already recalled them has a
+small energy drop by nature, and raising T0 for it would be advice about a cause that is not
+there: such a cycle advises nothing and says why (``TuningAdvice.why``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class TuningAdvice:
     t0: float
     eta: float
     reasons: tuple[str, ...]
+    why: str = ""
 
     @property
     def changed(self) -> bool:
@@ -58,6 +64,8 @@ def advise(
     energy_drop: float,
     settle_loops: int,
     energy_deltas: Sequence[float] = (),
+    learned: bool = True,
+    cause: str = "",
 ) -> TuningAdvice:
     """Apply the tuning table to the last cycle's figures.
 
@@ -67,6 +75,9 @@ def advise(
         energy_drop: the last cycle's relative energy drop (CycleStats.energy_drop).
         settle_loops: the last cycle's settle loops (>= 0).
         energy_deltas: energy deltas of recent cycles, oldest first, the last one included.
+        learned: whether the cycle had something to learn (CycleStats.learned); when False no
+            rule fires and ``why`` carries ``cause`` (e.g. the cycle's "no_structure: ..." note).
+        cause: why there was nothing to learn, for ``why``.
 
     Raises:
         ValueError: if ``t0`` or ``eta`` is not positive or ``settle_loops`` is negative.
@@ -77,6 +88,8 @@ def advise(
         raise ValueError(f"eta={eta} must be > 0")
     if settle_loops < 0:
         raise ValueError(f"settle_loops={settle_loops} must be >= 0")
+    if not learned:
+        return TuningAdvice(t0, eta, (), cause or "nothing to learn in this cycle: no knob advised")
     reasons: list[str] = []
     new_t0, new_eta = t0, eta
     lo, hi = T0_BOUNDS

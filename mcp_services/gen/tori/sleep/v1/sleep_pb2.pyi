@@ -462,10 +462,30 @@ class CompleteResponse(_message.Message):
     SWEEPS_FIELD_NUMBER: _builtins.int
     CONVERGED_FIELD_NUMBER: _builtins.int
     ENERGY_FIELD_NUMBER: _builtins.int
+    CUE_OVERLAP_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    MOVED_AWAY_FIELD_NUMBER: _builtins.int
+    PROTOTYPES_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     sweeps: _builtins.int
     converged: _builtins.bool
     energy: _builtins.float
+    cue_overlap: _builtins.float
+    """Phi (Pearson overlap of the binary states, in [-1, 1]) of the cue with its nearest stored
+    prototype, and of the completed state with its nearest one (0 when the version holds none).
+    """
+    overlap: _builtins.float
+    confidence: _builtins.float
+    """Softmax weight in [0, 1] of the prototype retrieval the settling started from (0: no stored
+    prototype was within reach of the cue, so the cue itself was settled).
+    """
+    moved_away: _builtins.bool
+    """True when the completed state is farther from every stored prototype than the cue was
+    (overlap < cue_overlap): the completion made the cue worse; do not expand the cue with it.
+    """
+    prototypes: _builtins.int
+    """Prototypes the version holds (what cue_overlap and overlap were measured against)."""
     @_builtins.property
     def concept_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The settled attractor's active concepts, strongest local field first."""
@@ -494,10 +514,15 @@ class CompleteResponse(_message.Message):
         sweeps: _builtins.int = ...,
         converged: _builtins.bool = ...,
         energy: _builtins.float = ...,
+        cue_overlap: _builtins.float = ...,
+        overlap: _builtins.float = ...,
+        confidence: _builtins.float = ...,
+        moved_away: _builtins.bool = ...,
+        prototypes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "concept_ids", b"concept_ids", "converged", b"converged", "energy", b"energy", "removed", b"removed", "strengths", b"strengths", "sweeps", b"sweeps", "unknown", b"unknown", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "concept_ids", b"concept_ids", "confidence", b"confidence", "converged", b"converged", "cue_overlap", b"cue_overlap", "energy", b"energy", "moved_away", b"moved_away", "overlap", b"overlap", "prototypes", b"prototypes", "removed", b"removed", "strengths", b"strengths", "sweeps", b"sweeps", "unknown", b"unknown", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -605,6 +630,10 @@ class ConsolidationJob(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     DURATION_S_FIELD_NUMBER: _builtins.int
     TUNING_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    PROTOTYPES_FADED_FIELD_NUMBER: _builtins.int
+    EPISODES_UNASSIGNED_FIELD_NUMBER: _builtins.int
+    ADVICE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     trigger: _builtins.str
@@ -634,6 +663,12 @@ class ConsolidationJob(_message.Message):
     error: _builtins.str
     """Why the job failed or was cancelled."""
     duration_s: _builtins.float
+    prototypes_faded: _builtins.int
+    """Rehearsed prototypes no episode of this cycle reinforced that faded below support and were
+    dropped.
+    """
+    episodes_unassigned: _builtins.int
+    """Episodes that joined no prototype (seen once, like nothing else)."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -641,6 +676,18 @@ class ConsolidationJob(_message.Message):
     @_builtins.property
     def tuning(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Auto-tune changes applied after this cycle ("settle_loops_high:lower_t0", ...)."""
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the cycle's merge found, "<cause>: <explanation>": "no_structure: ..." (no episode
+        repeated an assembly: nothing to learn), "unassigned: ...", "faded: ...", "already_stored: ...".
+        """
+
+    @_builtins.property
+    def advice(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tuning rules that fired after this cycle, applied or not (auto_tune off); empty when
+        there was nothing to learn.
+        """
 
     def __init__(
         self,
@@ -670,10 +717,14 @@ class ConsolidationJob(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         duration_s: _builtins.float = ...,
         tuning: _abc.Iterable[_builtins.str] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+        prototypes_faded: _builtins.int = ...,
+        episodes_unassigned: _builtins.int = ...,
+        advice: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "duration_s", b"duration_s", "energy_after", b"energy_after", "energy_before", b"energy_before", "energy_delta", b"energy_delta", "energy_drop", b"energy_drop", "episodes_processed", b"episodes_processed", "epochs_run", b"epochs_run", "error", b"error", "eta", b"eta", "finished_at", b"finished_at", "graph_version", b"graph_version", "job_id", b"job_id", "phase", b"phase", "progress", b"progress", "prototypes", b"prototypes", "settle_loops", b"settle_loops", "stability_after", b"stability_after", "stability_before", b"stability_before", "started_at", b"started_at", "state", b"state", "t0", b"t0", "temperature", b"temperature", "trigger", b"trigger", "tuning", b"tuning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advice", b"advice", "base_version", b"base_version", "duration_s", b"duration_s", "energy_after", b"energy_after", "energy_before", b"energy_before", "energy_delta", b"energy_delta", "energy_drop", b"energy_drop", "episodes_processed", b"episodes_processed", "episodes_unassigned", b"episodes_unassigned", "epochs_run", b"epochs_run", "error", b"error", "eta", b"eta", "finished_at", b"finished_at", "graph_version", b"graph_version", "job_id", b"job_id", "notes", b"notes", "phase", b"phase", "progress", b"progress", "prototypes", b"prototypes", "prototypes_faded", b"prototypes_faded", "settle_loops", b"settle_loops", "stability_after", b"stability_after", "stability_before", b"stability_before", "started_at", b"started_at", "state", b"state", "t0", b"t0", "temperature", b"temperature", "trigger", b"trigger", "tuning", b"tuning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
