@@ -5,6 +5,8 @@
     vault-cli list --limit 10 --tag pets
     vault-cli stats
     vault-cli put-get-loop 50        # write 50 episodes, read each back, compare, summarise
+    vault-cli put-file episodes.jsonl   # one Episode (protobuf JSON) a line, one atomic batch
+    vault-cli recall --concepts concept:kettle,concept:cup   # completed through the graph
 
 The target defaults to the configured vault (its dial address, services.episodic_vault);
 --target overrides it. Every call sends the fleet's key: --api-key, else TORI_API_KEY, else the
@@ -23,10 +25,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, Parse, ParseError
 
 from mcp_services.common.auth import AuthConfigError
 from mcp_services.common.clients import ClientFactory
@@ -45,6 +48,32 @@ def _parse_concepts(text: str) -> pb.ConceptActivation:
         act.concept_ids.append(cid)
         act.strengths.append(float(strength))
     return act
+
+
+def read_episodes(path: str) -> list[pb.Episode]:
+    """Episodes of a JSON-lines file (``-``: stdin), one Episode in protobuf JSON a line.
+
+    Raises ValueError naming the file, the line and the fix.
+    """
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"put-file: cannot read {path}: {exc.strerror}") from exc
+    episodes = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            episodes.append(Parse(line, pb.Episode()))
+        except ParseError as exc:
+            raise ValueError(
+                f"put-file: {path} line {n} is not an episode: {exc}; give one JSON object a "
+                'line, e.g. {"id": "e1", "activation": {"conceptIds": ["concept:dog"], '
+                '"strengths": [0.9]}}'
+            ) from exc
+    if not episodes:
+        raise ValueError(f"put-file: {path} holds no episode; give one JSON object a line")
+    return episodes
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -180,6 +209,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_loop = sub.add_parser("put-get-loop", help="write N episodes, read each back, compare")
     p_loop.add_argument("n", type=int)
     p_loop.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p_file = sub.add_parser(
+        "put-file", help="store a JSON-lines file of episodes (- for stdin) as one atomic batch"
+    )
+    p_file.add_argument("path")
+    p_recall = sub.add_parser(
+        "recall", help="episodes for a concept cue, completed through the consolidated graph"
+    )
+    p_recall.add_argument(
+        "--concepts", required=True, help="id[=strength],... (strength 0..1, 1 when omitted)"
+    )
+    p_recall.add_argument("--k", type=int, default=10, help="how many episodes, 1-1000")
+    p_recall.add_argument("--tag", action="append", default=[], help="only episodes with it")
+    p_recall.add_argument(
+        "--no-complete", action="store_true", help="rank by the cue as given (no completion)"
+    )
+    p_recall.add_argument(
+        "--bodies", action="store_true", help="include payloads and embeddings in the hits"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -222,6 +269,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             _dump(stub.ListRecent(req, timeout=args.timeout))
         elif args.cmd == "stats":
             _dump(stub.GetStats(pb.GetStatsRequest(), timeout=args.timeout))
+        elif args.cmd == "put-file":
+            batch = [pb.PutEpisodeRequest(episode=ep) for ep in read_episodes(args.path)]
+            _dump(stub.PutEpisodes(iter(batch), timeout=args.timeout))
+        elif args.cmd == "recall":
+            if not 1 <= args.k <= 1000:
+                parser.error(f"recall: --k {args.k} is out of range; give 1 to 1000")
+            recall_req = pb.RecallRequest(
+                cue=_parse_concepts(args.concepts),
+                k=args.k,
+                filter=pb.EpisodeFilter(tags=args.tag),
+                no_completion=args.no_complete,
+                omit_bodies=not args.bodies,
+            )
+            _dump(stub.Recall(recall_req, timeout=args.timeout))
     except grpc.RpcError as exc:
         print(f"vault-cli: {target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
