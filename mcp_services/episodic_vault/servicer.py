@@ -21,7 +21,7 @@ import numpy as np
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mcp_services.common.config_schema import VaultConfig
+from mcp_services.common.config_schema import VaultConfig, VaultLimits
 from mcp_services.common.event_bus import EPISODE_STORED, EventBus, new_header
 from mcp_services.episodic_vault.backends import (
     BackendUnavailable,
@@ -110,7 +110,20 @@ def _checked_ms(ts: Timestamp, field: str) -> int:
     return ms_from_timestamp(ts)
 
 
-def filter_from_proto(f: episodic_pb2.EpisodeFilter) -> EpisodeFilter:
+def filter_from_proto(f: episodic_pb2.EpisodeFilter, limits: VaultLimits) -> EpisodeFilter:
+    """The filter, checked: an episode carries at most ``limits.max_tags`` tags of at most
+    ``max_tag_len`` characters, so a filter asking for more could match nothing and would only
+    cost the backend (SQLite refuses a query with thousands of terms)."""
+    if len(f.tags) > limits.max_tags:
+        raise InvalidEpisode(
+            "filter.tags",
+            f"{len(f.tags)} tags; an episode carries at most {limits.max_tags}, so give at most "
+            f"{limits.max_tags}",
+        )
+    if len(f.source_type) > limits.max_source_field_len:
+        raise InvalidEpisode(
+            "filter.source_type", f"is longer than {limits.max_source_field_len} characters"
+        )
     since = _checked_ms(f.since, "filter.since") if f.HasField("since") else None
     until = _checked_ms(f.until, "filter.until") if f.HasField("until") else None
     if since is not None and until is not None and since >= until:
@@ -120,6 +133,10 @@ def filter_from_proto(f: episodic_pb2.EpisodeFilter) -> EpisodeFilter:
     for i, tag in enumerate(f.tags):
         if not tag:
             raise InvalidEpisode(f"filter.tags[{i}]", "is empty; drop it or give a tag")
+        if len(tag) > limits.max_tag_len:
+            raise InvalidEpisode(
+                f"filter.tags[{i}]", f"is longer than {limits.max_tag_len} characters"
+            )
     return EpisodeFilter(tuple(f.tags), since, until, f.source_type, f.min_energy)
 
 
@@ -267,7 +284,7 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
                 raise InvalidEpisode(
                     "page_size", f"{request.page_size} is not in 1..{MAX_PAGE_SIZE} (0 means 50)"
                 )
-            flt = filter_from_proto(request.filter)
+            flt = filter_from_proto(request.filter, self._cfg.limits)
             after = decode_page_token(request.page_token, flt) if request.page_token else None
         except InvalidEpisode as exc:
             await self._invalid(context, exc)
@@ -413,7 +430,7 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
             raise InvalidEpisode("k", f"{k} is not in 1..{MAX_K} (0 means {DEFAULT_K})")
         if tier not in {int(t) for t in Tier}:
             raise InvalidEpisode("tier", f"{tier} is not a tier; use TIER_STM, _MTM, _LTM or 0")
-        return k, filter_from_proto(flt), Tier(tier)
+        return k, filter_from_proto(flt, self._cfg.limits), Tier(tier)
 
     def _hit_episode(self, ep: Episode, omit_bodies: bool) -> episodic_pb2.Episode:
         msg = episode_to_proto(ep)

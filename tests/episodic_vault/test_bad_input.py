@@ -281,3 +281,29 @@ class TestReadArguments:
                 vault.stub.ListRecent(req)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert (err.value.details() or "").startswith(f"filter.{bound}: is outside")
+
+    def test_an_oversized_tag_filter_is_refused_by_name_on_every_read(self, vault: Vault) -> None:
+        """2000 filter tags (which made SQLite fail UNKNOWN 'Expression tree is too large') are
+        INVALID_ARGUMENT naming filter.tags and the limit, for ListRecent, Search and Recall; a
+        tag longer than an episode's tag can be is refused by its index."""
+        vault.stub.PutEpisode(pb.PutEpisodeRequest(episode=good_episode(1)))
+        many = [f"t{i}" for i in range(2000)]
+        reqs = [
+            pb.ListRecentRequest(filter=pb.EpisodeFilter(tags=many)),
+            pb.SearchRequest(embedding=[1.0] * 8, filter=pb.EpisodeFilter(tags=many)),
+            pb.RecallRequest(
+                cue=pb.ConceptActivation(concept_ids=["concept:a"], strengths=[1.0]),
+                filter=pb.EpisodeFilter(tags=many),
+                no_completion=True,
+            ),
+        ]
+        for req, call in zip(reqs, ("ListRecent", "Search", "Recall"), strict=True):
+            with pytest.raises(grpc.RpcError) as err:
+                getattr(vault.stub, call)(req)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, call
+            detail = err.value.details() or ""
+            assert detail.startswith("filter.tags: 2000 tags") and "at most 32" in detail
+        with pytest.raises(grpc.RpcError) as err:
+            vault.stub.ListRecent(pb.ListRecentRequest(filter=pb.EpisodeFilter(tags=["x" * 200])))
+        assert (err.value.details() or "").startswith("filter.tags[0]: is longer than 128")
+        assert vault.count() == 1
