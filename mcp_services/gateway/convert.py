@@ -266,6 +266,24 @@ def activation_json(a: vpb.ConceptActivation) -> dict[str, Any]:
     return out
 
 
+def _blob_json(payload: bytes, kind: str) -> dict[str, Any]:
+    """The payload as it was put (JSON or text), else base64. A payload that says it is JSON or
+    text but is not (written past the gateway, straight over gRPC) comes back as base64 with a
+    note: one bad record never fails a read for every caller whose search hits it."""
+    try:
+        if kind == "json":
+            return {"episodeBlob": json.loads(payload)}
+        if kind == "text":
+            return {"episodeBlob": payload.decode()}
+    except (ValueError, RecursionError):  # JSON and UTF-8 errors are ValueErrors
+        return {
+            "payloadBase64": base64.b64encode(payload).decode(),
+            "payloadNote": f"metadata says {BLOB_KEY}={kind}, but the payload is not valid "
+            f"{'JSON' if kind == 'json' else 'UTF-8 text'}; returned as base64",
+        }
+    return {"payloadBase64": base64.b64encode(payload).decode()}
+
+
 def episode_json(ep: vpb.Episode, *, bodies: bool = True) -> dict[str, Any]:
     """An episode as the tools give it back: camelCase, the episodeBlob as it was put."""
     metadata = dict(ep.metadata)
@@ -290,12 +308,7 @@ def episode_json(ep: vpb.Episode, *, bodies: bool = True) -> dict[str, Any]:
     if metadata:
         out["metadata"] = metadata
     if bodies and ep.payload:
-        if blob_kind == "json":
-            out["episodeBlob"] = json.loads(ep.payload)
-        elif blob_kind == "text":
-            out["episodeBlob"] = ep.payload.decode()
-        else:
-            out["payloadBase64"] = base64.b64encode(ep.payload).decode()
+        out.update(_blob_json(ep.payload, blob_kind))
     if bodies and ep.embedding:
         out["embeddingDim"] = len(ep.embedding)
     return out
