@@ -9,7 +9,7 @@ import pytest
 
 from mcp_services.koopman_learner import status
 from tests.conftest import free_port
-from tests.koopman_learner.conftest import LearnerFactory, batch
+from tests.koopman_learner.conftest import Learner, LearnerFactory, batch
 
 IDS = ["concept:tide-a", "concept:tide-b", "concept:shore"]
 FREQ_HZ = 1.25
@@ -23,8 +23,8 @@ def rhythm(n: int = 200, dt: float = 0.1) -> np.ndarray:
     return np.vstack([0.5 + 0.45 * np.cos(w * t), 0.5 + 0.45 * np.sin(w * t), 0.6 + 0 * t])
 
 
-def target(learner: object) -> list[str]:
-    return ["--target", f"127.0.0.1:{learner.server.running.grpc_port}"]  # type: ignore[attr-defined]
+def target(learner: Learner) -> list[str]:
+    return ["--target", f"127.0.0.1:{learner.server.running.grpc_port}"]
 
 
 class TestStatusCli:
