@@ -161,3 +161,16 @@ class TestCompleteService:
         resp = recall(vault_for(scheduler), 0, 1, 2, 3)
         assert resp.completion == episodic_pb2.COMPLETION_APPLIED
         assert sorted(resp.effective_cue.concept_ids) == [f"concept:{c}" for c in range(5)]
+
+
+class TestAbstention:
+    def test_a_cue_torn_between_two_prototypes_is_answered_as_given(self) -> None:
+        """Equally near two stored classes, completion abstains: the cue comes back unchanged."""
+        w = np.zeros((N, N))
+        protos = sp.csr_matrix(
+            np.array([[1.0] * 4 + [0.0] * 8, [1.0] * 2 + [0.0] * 2 + [1.0] * 2 + [0.0] * 6])
+        )
+        graph = ConceptGraph(ConceptIndex.of_size(N, "concept:"), sp.csr_matrix(w), np.full(N, 0.5))
+        res = complete(graph, cue(0, 1), prototypes=protos)
+        assert res.concept_ids == ("concept:0", "concept:1")
+        assert 0.0 < res.confidence < 0.6

@@ -113,3 +113,32 @@ class TestNeverStuck:
         assert out.stats.learned is False
         assert any(n.startswith("no_structure:") for n in out.stats.notes)
         assert out.stats.edges_after == 0 and out.stats.energy_delta == 0.0
+
+
+class TestFading:
+    def test_unreinforced_prototypes_fade_and_are_dropped_with_a_note(self) -> None:
+        """Prototypes of 5 episodes no later episode joins lose 10% a cycle, then go (noted)."""
+        first = cycle(None, activations(PLANTED.episodes))
+        assert first.prototype_weights == (5.0,) * 20
+        other = planted_sparse(CONCEPTS, 10, activity=(0.05, 0.08), seed=6)
+        other_eps = [
+            ConceptActivation(
+                tuple(c.replace("concept:", "other:") for c in a.concept_ids), a.strengths
+            )
+            for a in activations(other.episodes)
+        ]
+        prev = cycle(first, other_eps)
+        old = [w for w in prev.prototype_weights if w < 5.0]
+        assert old == [4.5] * 20 and prev.stats.prototypes_faded == 0
+        for _ in range(4):
+            prev = cycle(prev, other_eps)
+        assert prev.stats.prototypes_faded == 20
+        assert any(n.startswith("faded: 20 ") for n in prev.stats.notes)
+        assert len(prev.prototypes) == 10
+
+    def test_reinforced_prototypes_do_not_fade(self) -> None:
+        """Prototypes the new episodes join keep (and grow) their weight."""
+        first = cycle(None, activations(PLANTED.episodes))
+        again = cycle(first, activations(PLANTED.episodes))
+        assert len(again.prototypes) == 20
+        assert all(w >= 5.0 for w in again.prototype_weights)

@@ -7,9 +7,11 @@ memory:
    prototypes, Ramsauer et al. 2020): the cue's similarity to every prototype is the phi
    coefficient (the chance-corrected, activity-aware overlap of :mod:`.prototypes`), the
    prototypes are mixed with weights ``softmax(beta * phi)`` and the mix is binarised at 1/2.
-   With ``beta`` large this is the nearest prototype when one clearly wins and a blend of the
-   few that tie when the cue is truly ambiguous. Only cues within ``min_overlap`` phi of some
-   prototype are retrieved: a cue that resembles no stored class is not pulled into one.
+   With ``beta`` large this is the nearest prototype when one clearly wins. Only cues within
+   ``min_overlap`` phi of some prototype are retrieved: a cue that resembles no stored class is
+   not pulled into one. Where the winner's weight is under ``DEFAULT_ABSTAIN`` (two or more
+   stored classes tie for the cue), completion abstains and answers with the cue as given: a
+   coin toss between classes would make an ambiguous cue worse half of the time.
 2. **Settling** on the graph: the retrieved state (else the cue) settles at T = 0
    (deterministic, block-asynchronous sweeps that only lower the energy) until no concept
    changes. A prototype the cycle stored as an attractor stays where it is; concepts the
@@ -43,6 +45,10 @@ from mcp_services.sleep_scheduler.domain.prototypes import phi_pairs
 
 DEFAULT_BETA = 32.0
 """Inverse temperature of retrieval on the phi scale: a 0.1 lead weighs 25x the runner-up."""
+
+DEFAULT_ABSTAIN = 0.6
+"""Retrieval confidence under which completion abstains and answers with the cue: at beta 32
+the runner-up is within about 0.015 phi, a tie the cue cannot break."""
 
 DEFAULT_MIN_OVERLAP = 0.3
 """Phi a cue needs with some prototype to be retrieved: the merge threshold of a cluster."""
@@ -174,9 +180,16 @@ def complete_states(
         raise ValueError(
             f"prototypes have {protos.shape[1]} columns: expected {graph.size} (the index size)"
         )
-    begin, confidence = retrieve(sp.csr_matrix(start), protos)
+    start = sp.csr_matrix(start)
+    begin, confidence = retrieve(start, protos)
     res = settle(graph, begin, AnnealSchedule.zero(max_sweeps), np.random.default_rng(seed))
-    return res.states, confidence, res.sweeps, res.settled
+    # Abstain where retrieval could not tell two or more stored classes apart: the cue is
+    # answered as given rather than pushed into one of them at a coin's odds.
+    torn = ((confidence > 0.0) & (confidence < DEFAULT_ABSTAIN)).astype(np.float64)
+    states = sp.csr_matrix(sp.diags(1.0 - torn) @ res.states + sp.diags(torn) @ start)
+    states.eliminate_zeros()
+    states.sort_indices()
+    return states, confidence, res.sweeps, res.settled
 
 
 def complete_many(
