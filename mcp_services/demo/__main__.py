@@ -1,0 +1,5 @@
+import sys
+
+from mcp_services.demo.cli import main
+
+sys.exit(main())
