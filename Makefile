@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create .venv and install the project with its dev tools
 
-demo: up ## Bring the fleet up and run a first real job: vault-cli put-get-loop 50
-	$(VENV)/bin/vault-cli put-get-loop 50
+demo: $(STAMP) ## Bring the fleet up (unless it runs), then show the memory: scenes in, sleep, prune, recall, modes
+	@$(PY) -m mcp_services.fleet status >/dev/null 2>&1 || $(MAKE) --no-print-directory up
+	$(PY) -m mcp_services.demo
 
 up: $(STAMP) ## Start the local fleet (Redis, the four services, the MCP gateway) as processes
 	$(PY) -m mcp_services.fleet up
