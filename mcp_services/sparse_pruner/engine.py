@@ -33,7 +33,15 @@ from mcp_services.common.event_bus import GRAPH_PRUNED, EventBus, new_header
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.sparse_pruner.backups import BackupInfo, BackupStore
 from mcp_services.sparse_pruner.domain import SolveCancelled, tuned_tau, weekly_growth
-from mcp_services.sparse_pruner.jobs import Computation, Job, JobState, compute, record, summary
+from mcp_services.sparse_pruner.jobs import (
+    Computation,
+    Job,
+    JobState,
+    compute,
+    plan_reason,
+    record,
+    summary,
+)
 from mcp_services.sparse_pruner.knobs import (
     Knobs,
     RunOverrides,
@@ -51,6 +59,13 @@ T = TypeVar("T")
 SERVICE = "sparse-pruner"
 # Finished jobs kept for GetPruningStatus.
 _JOB_HISTORY = 200
+# How a job came to run, for messages about it (by Job.trigger).
+STARTED_BY = {
+    "consolidation": "started automatically after the last consolidation",
+    "schedule": "started by the pruning schedule",
+    "rpc": "started by a TriggerPruning call",
+    "cli": "started from the command line",
+}
 _WEEK_MS = 7 * 86_400_000
 
 
@@ -120,8 +135,10 @@ class PruningEngine:
         """
         run_settings(self.knobs, overrides)
         if self._active is not None:
+            busy = self._active
             raise JobBusy(
-                f"pruning job {self._active.job_id} is {self._active.state.value}: wait for it "
+                f"pruning job {busy.job_id} ({STARTED_BY.get(busy.trigger, busy.trigger)}) is "
+                f"{busy.state.value} and jobs run one at a time: wait for it "
                 "(GetPruningStatus) or cancel it (CancelPruning)"
             )
         job = Job(str(ULID()), trigger, dry_run, overrides, reason)
@@ -230,7 +247,7 @@ class PruningEngine:
             record(job, result, requested)
             self._observe_solve(job)
             if result.plan is None or not result.plan.accepted:
-                reason = result.refusal or (result.plan.reason if result.plan else "")
+                reason = result.refusal or (plan_reason(result.plan) if result.plan else "")
                 job.finish(JobState.REFUSED, reason)
                 return
             if job.dry_run:
@@ -286,6 +303,11 @@ class PruningEngine:
         job.finish(JobState.SUCCEEDED, f"committed version {version}: {summary(plan)}")
         self.pruned_edges_total += removed
         self.metrics.pruned_edges.inc(removed)
+        # The quality gauges describe what a commit did to the graph: a refused run or a dry run
+        # changed nothing, and PrunerQualityDrop must not read its figures as a loss.
+        self.metrics.quality_before.set(job.quality_before)
+        self.metrics.quality_after.set(job.quality_after)
+        self.metrics.quality_stderr.set(job.quality_stderr)
         self.metrics.edge_count.set(plan.edges_after)
         self.metrics.backups.set(len(self.backups.list()))
         self.last_version, self.last_edge_count = version, plan.edges_after
@@ -308,8 +330,6 @@ class PruningEngine:
     def _observe_solve(self, job: Job) -> None:
         if job.solver is None:
             return
-        self.metrics.quality_before.set(job.quality_before)
-        self.metrics.quality_after.set(job.quality_after)
         self.metrics.solver_iterations.set(job.solver.iterations)
         self.metrics.duality_gap.set(job.solver.relative_gap)
 

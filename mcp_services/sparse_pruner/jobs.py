@@ -66,6 +66,7 @@ class Job:
     edges_after: int = 0
     quality_before: float = 0.0
     quality_after: float = 0.0
+    quality_stderr: float = 0.0
     tau_requested: float = 0.0
     tau_used: float = 0.0
     solver: SolverFigures | None = None
@@ -139,6 +140,7 @@ def record(job: Job, result: Computation, requested_tau: float) -> None:
     job.edges_after = plan.edges_after
     job.quality_before = plan.quality_before.recall
     job.quality_after = plan.quality_after.recall
+    job.quality_stderr = plan.quality_stderr
     job.tau_used = operator_tau(plan.tau_used)
     last = plan.attempts[-1] if plan.attempts else None
     if last is not None:
@@ -161,6 +163,20 @@ def summary(plan: PruningPlan) -> str:
         f"{plan.quality_before.recall:.3f} -> {plan.quality_after.recall:.3f}, "
         f"tau {operator_tau(plan.tau_used):.3g}"
     )
+
+
+def plan_reason(plan: PruningPlan) -> str:
+    """The plan's reason with the tau it used, in the operators' units (those of ``tau_used``).
+
+    The domain's own tau is a fraction of ``lambda_max``; a person reading a refusal compares the
+    figure with the tau they set, so only the operators' unit appears in a message.
+    """
+    used, asked = operator_tau(plan.tau_used), operator_tau(plan.tau_requested)
+    if not plan.attempts:
+        return plan.reason
+    if used != asked:
+        return f"{plan.reason} (tau backed off from {asked:.3g} to {used:.3g})"
+    return f"{plan.reason} (tau {used:.3g})"
 
 
 def removed_order(plan: PruningPlan) -> np.ndarray:

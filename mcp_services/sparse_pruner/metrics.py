@@ -25,12 +25,17 @@ class PrunerMetrics:
         )
         self.quality_before = Gauge(
             names.PRUNER_QUALITY_BEFORE,
-            "Recall of the stored prototypes before the last run's pruning (10% cue).",
+            "Recall of the stored prototypes before the last committed pruning (10% cue).",
             registry=registry,
         )
         self.quality_after = Gauge(
             names.PRUNER_QUALITY_AFTER,
-            "Recall of the stored prototypes after the last run's pruning (10% cue).",
+            "Recall of the stored prototypes after the last committed pruning (10% cue).",
+            registry=registry,
+        )
+        self.quality_stderr = Gauge(
+            names.PRUNER_QUALITY_STDERR,
+            "Standard error of the last committed pruning's recall drop over the guard's cues.",
             registry=registry,
         )
         self.tau = Gauge(

@@ -25,7 +25,14 @@ from mcp_services.sparse_pruner.engine import (
     PruningEngine,
     RollbackImpossible,
 )
-from mcp_services.sparse_pruner.jobs import Job, JobState, compute, record, removed_order
+from mcp_services.sparse_pruner.jobs import (
+    Job,
+    JobState,
+    compute,
+    plan_reason,
+    record,
+    removed_order,
+)
 from mcp_services.sparse_pruner.knobs import KnobError, RunOverrides, run_settings
 from mcp_services.sparse_pruner.schedule import Schedule
 from mcp_services.sparse_pruner.scheduler_client import (
@@ -94,6 +101,7 @@ def job_message(job: Job) -> pruner_pb2.PruningJob:
         backup_id=job.backup_id,
         message=job.message,
         prototypes_checked=job.prototypes_checked,
+        quality_stderr=job.quality_stderr,
     )
     if job.finished_at_ms:
         msg.finished_at.CopyFrom(_ts(job.finished_at_ms))
@@ -352,13 +360,14 @@ class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
         preview = pruner_pb2.PruningPreview(
             graph_version=graph.version,
             would_accept=result.accepted,
-            reason=result.refusal or (plan.reason if plan else ""),
+            reason=result.refusal or (plan_reason(plan) if plan else ""),
             edges_before=graph.edge_count,
             edges_after=job.edges_after,
             recall_before=job.quality_before,
             recall_after=job.quality_after,
             expected_quality_change=job.quality_after - job.quality_before,
             tau_used=job.tau_used if plan else requested,
+            quality_stderr=job.quality_stderr,
         )
         if job.solver is not None:
             preview.solver.CopyFrom(job_message(job).solver)

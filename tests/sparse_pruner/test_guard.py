@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from mcp_services.sparse_pruner.domain import (
+    GUARD_SIGMAS,
     ConceptGraph,
     PruneSettings,
     PruningPlan,
@@ -99,15 +102,20 @@ class TestGuard:
         assert plan.removed_i.size == 0
         assert plan.edges_after == plan.edges_before
 
-    def test_zero_tolerance_refuses_any_loss(self) -> None:
-        """max_quality_drop = 0 refuses a run whose every attempt loses recall."""
+    def test_zero_tolerance_refuses_every_loss_beyond_the_noise(self) -> None:
+        """max_quality_drop = 0 refuses a loss the measure can tell from noise, and lets through
+        only an attempt whose drop is within GUARD_SIGMAS standard errors."""
         graph, xi = _planted(120, 0.2, seed=1)
         settings = PruneSettings(
-            tau=0.9, retention_target=0.0, max_backoffs=1, max_quality_drop=0.0
+            tau=0.9, retention_target=0.0, max_backoffs=0, max_quality_drop=0.0
         )
-        plan = plan_pruning(graph, xi, settings)
-        assert not plan.accepted
-        assert all(not a.passed for a in plan.attempts)
+        refused = plan_pruning(graph, xi, settings)
+        assert not refused.accepted
+        backed_off = plan_pruning(graph, xi, replace(settings, max_backoffs=1))
+        assert not backed_off.attempts[0].passed
+        assert backed_off.accepted, backed_off.reason
+        last = backed_off.attempts[-1]
+        assert 0.0 < last.drop <= GUARD_SIGMAS * last.drop_stderr
 
 
 class TestLimits:
@@ -163,6 +171,7 @@ class TestSettings:
             ("noisy_copies", -1),
             ("cue_noise", 0.5),
             ("tol", 0.0),
+            ("min_cues", -1),
         ],
     )
     def test_bad_field(self, field: str, value: float) -> None:

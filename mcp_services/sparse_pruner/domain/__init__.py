@@ -7,7 +7,9 @@ Public surface (the service layer needs nothing else):
   relative to the weight RMS), validated at construction.
 * :func:`plan_pruning` -> :class:`PruningPlan` - solve, refit, guard, back off or refuse.
 * :func:`preview_pruning` -> :class:`PruningPreview` - the same, reported without applying.
-* :func:`assess_quality` -> :class:`QualityReport` - recall of stored patterns at T = 0.
+* :func:`assess_quality` -> :class:`QualityReport` - recall of stored patterns at T = 0;
+  :func:`measure_quality` - the guard's deterministic measure of it (cues seeded by the
+  prototypes); :func:`judge` -> :class:`Verdict` - the guard's decision, never on noise.
 * :func:`build_problem`, :func:`solve_l1` -> :class:`L1Solution` - the certified solver itself.
 * :func:`tuned_tau`, :func:`weekly_growth` - the weekly growth tuning rule.
 
@@ -16,14 +18,26 @@ else is raised for bad input. Inputs are never modified.
 """
 
 from .graph import ConceptGraph, graph_from_edges, make_graph
-from .guard import PruneAttempt, PruningPlan, PruningPreview, plan_pruning, preview_pruning
+from .guard import (
+    GUARD_SIGMAS,
+    PruneAttempt,
+    PruningPlan,
+    PruningPreview,
+    Verdict,
+    cue_seed,
+    judge,
+    measure_quality,
+    plan_pruning,
+    preview_pruning,
+)
 from .objective import DualityCertificate, PruningProblem, build_problem, lambda_max
-from .recall import QualityReport, assess_quality, settle
+from .recall import QualityReport, assess_quality, paired_drop, settle
 from .settings import PruneSettings
 from .solver import L1Solution, SolveCancelled, relative_lambda, solve_l1
 from .tuning import tuned_tau, weekly_growth
 
 __all__ = [
+    "GUARD_SIGMAS",
     "ConceptGraph",
     "DualityCertificate",
     "L1Solution",
@@ -34,11 +48,16 @@ __all__ = [
     "PruningProblem",
     "QualityReport",
     "SolveCancelled",
+    "Verdict",
     "assess_quality",
     "build_problem",
+    "cue_seed",
     "graph_from_edges",
+    "judge",
     "lambda_max",
     "make_graph",
+    "measure_quality",
+    "paired_drop",
     "plan_pruning",
     "preview_pruning",
     "relative_lambda",

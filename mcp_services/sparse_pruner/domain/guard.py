@@ -4,16 +4,27 @@ One attempt: solve the L1 problem at ``tau`` (certified by its duality gap), kee
 L1 solution keeps (above ``l1_threshold``), honour ``retention_target`` / ``max_edges_to_prune`` by
 putting back the removed edges closest to entering the L1 support, then refit the survivors without
 the penalty (soft shrinkage of survivors costs recall at high sparsity). The guard measures recall
-before and after on identical cues; if the drop exceeds ``max_quality_drop`` or a prototype that
-was a fixed point stops being one, the run backs off and tries again, up to ``max_backoffs``
-times, and then refuses. A back-off halves the number of edges the next attempt may remove (so
-backing off always approaches the input graph) and halves ``tau`` (a warm-started re-solve) while
-it stays at or above ``min_tau``. Everything here is pure: inputs are never
-changed, the caller commits the returned graph (or not).
+before and after on identical cues; if the drop exceeds its limit or a prototype that was a fixed
+point stops being one, the run backs off and tries again, up to ``max_backoffs`` times, and then
+refuses.
+
+The measure is deterministic and reports its own error. The cues are a function of the stored
+prototypes alone (their seed is a hash of them, :func:`cue_seed`), so every evaluation of a graph
+version uses the same cues: twenty evaluations of one version give one figure, and the version a
+run commits is measured by the next run exactly as the run that made it measured it. There are at
+least ``min_cues`` cues, and the drop's standard error over them (a paired difference,
+:func:`~.recall.paired_drop`) is reported; the guard never refuses on a drop that this error
+explains: its limit is ``max(max_quality_drop, GUARD_SIGMAS * stderr)``.
+
+A back-off halves the number of edges the next attempt may remove (so backing off always
+approaches the input graph) and halves ``tau`` (a warm-started re-solve) while it stays at or
+above ``min_tau``. Everything here is pure: inputs are never changed, the caller commits the
+returned graph (or not).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -22,9 +33,17 @@ from numpy.typing import NDArray
 
 from .graph import ConceptGraph, FloatArray, IndexArray, check_prototypes, graph_from_edges
 from .objective import PruningProblem, build_problem, edge_gradient, lambda_max, margins
-from .recall import QualityReport, assess_quality
+from .recall import QualityReport, assess_quality, paired_drop
 from .settings import PruneSettings
 from .solver import L1Solution, solve_l1
+
+# Standard errors a recall drop must exceed before the guard may refuse for it. A drop within 2
+# standard errors of zero arises from the choice of cues alone about once in 40 runs (one-sided
+# normal tail, 2.3%); at 1 it would be one run in 6, so the guard would still refuse harmless
+# runs on noise, and at 3 a real loss of 2.5 errors would pass. With the default 200 cues the
+# error of a 5% drop is about 0.016, so 2 errors (0.03) stay below max_quality_drop (0.05) and
+# the operator's limit is the one that decides; it is the small cue sets where noise decides.
+GUARD_SIGMAS = 2.0
 
 # Sweep budget of the unpenalised refit. The refit only descends from the L1 point, so stopping
 # early still improves it; an unpenalised piece can be rank-deficient and crawl (measured: 1000
@@ -45,6 +64,9 @@ class PruneAttempt:
     passed: bool
     reason: str
     sweeps: float = 0.0
+    drop: float = 0.0
+    drop_stderr: float = 0.0
+    limit: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +85,10 @@ class PruningPlan:
         tau_requested, tau_used: ``tau`` asked for and the one that passed (after back-offs;
             that of the last attempt when refused).
         attempts: every attempt in order.
+        quality_stderr: standard error of the recall drop of the accepted (or last) attempt
+            (0 when no attempt was made).
+        quality_limit: the drop that attempt was held to, ``max(max_quality_drop,
+            GUARD_SIGMAS * quality_stderr)``.
     """
 
     accepted: bool
@@ -79,6 +105,8 @@ class PruningPlan:
     tau_used: float
     attempts: tuple[PruneAttempt, ...]
     lambda_max: float = 0.0
+    quality_stderr: float = 0.0
+    quality_limit: float = 0.0
 
     @property
     def quality_change(self) -> float:
@@ -108,6 +136,21 @@ class PruningPreview:
     recall_after: float
     expected_quality_change: float
     tau_used: float
+    quality_stderr: float = 0.0
+
+
+def cue_seed(prototypes: FloatArray) -> int:
+    """The seed of the guard's cues: a hash of the prototypes (their shape and active entries).
+
+    Deterministic across processes and machines (blake2b, not Python's salted ``hash``), and the
+    same for every graph version that stores the same prototypes, so a pruned version keeps the
+    cues its unpruned parent was judged on.
+    """
+    active = np.packbits(np.asarray(prototypes) > 0.0, axis=1)
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(np.asarray(prototypes.shape, dtype=np.int64).tobytes())
+    digest.update(active.tobytes())
+    return int.from_bytes(digest.digest(), "little")
 
 
 def plan_pruning(
@@ -128,7 +171,7 @@ def plan_pruning(
     cfg = settings or PruneSettings()
     xi = check_prototypes(prototypes, graph.n_concepts)
     edge_i, edge_j, old_w = graph.edges()
-    before = _quality(graph, xi, cfg)
+    before = measure_quality(graph, xi, cfg)
     if graph.n_edges == 0:
         return _refused(graph, before, before, cfg, (), "graph has no edges to prune")
     problem = build_problem(
@@ -165,8 +208,10 @@ def plan_pruning(
         start = np.where(solution.weights != 0.0, solution.weights, old_w)
         new_w, refit_kkt = _refit(problem, keep, start, cfg, lmax)
         candidate = graph_from_edges(graph.n_concepts, edge_i, edge_j, new_w, graph.biases)
-        after = _quality(candidate, xi, cfg)
-        passed, reason = _judge(before, after, solution, cfg)
+        after = measure_quality(candidate, xi, cfg)
+        # A solve that ran out of sweeps is still a certified point (its gap is recorded in the
+        # attempt); recall, not the gap, decides whether the graph it proposes may be committed.
+        verdict = judge(before, after, cfg.max_quality_drop)
         attempts.append(
             PruneAttempt(
                 tau=tau,
@@ -175,16 +220,19 @@ def plan_pruning(
                 relative_gap=solution.certificate.relative_gap,
                 refit_kkt_residual=refit_kkt,
                 quality=after,
-                passed=passed,
-                reason=reason,
+                passed=verdict.passed,
+                reason=verdict.reason,
                 sweeps=solution.sweeps,
+                drop=verdict.drop,
+                drop_stderr=verdict.stderr,
+                limit=verdict.limit,
             )
         )
-        if passed:
+        if verdict.passed:
             gone = new_w == 0.0
             return PruningPlan(
                 accepted=True,
-                reason=reason,
+                reason=verdict.reason,
                 graph=candidate,
                 removed_i=edge_i[gone],
                 removed_j=edge_j[gone],
@@ -197,6 +245,8 @@ def plan_pruning(
                 tau_used=tau,
                 attempts=tuple(attempts),
                 lambda_max=lmax,
+                quality_stderr=verdict.stderr,
+                quality_limit=verdict.limit,
             )
         # Back off: each attempt removes at most half of what the last one did (so a run that
         # keeps backing off approaches the input graph), and tau halves while it stays above
@@ -212,10 +262,15 @@ def plan_pruning(
         after,
         cfg,
         tuple(attempts),
-        f"refused after {len(attempts)} attempts down to tau={attempts[-1].tau:.3g}: "
+        # No tau here: the domain's tau is a fraction of lambda_max, and the caller reports the
+        # one it used (PruningPlan.tau_used) in the units its own caller set.
+        f"refused after {len(attempts)} attempt{'s' if len(attempts) != 1 else ''}: "
         f"{attempts[-1].reason}",
     )
-    return replace(refused, lambda_max=lmax)
+    last = attempts[-1]
+    return replace(
+        refused, lambda_max=lmax, quality_stderr=last.drop_stderr, quality_limit=last.limit
+    )
 
 
 def preview_pruning(
@@ -237,18 +292,55 @@ def preview_pruning(
         recall_after=plan.quality_after.recall,
         expected_quality_change=plan.quality_change,
         tau_used=plan.tau_used,
+        quality_stderr=plan.quality_stderr,
     )
 
 
-def _quality(graph: ConceptGraph, xi: FloatArray, cfg: PruneSettings) -> QualityReport:
+def measure_quality(
+    graph: ConceptGraph, prototypes: NDArray[np.floating], settings: PruneSettings | None = None
+) -> QualityReport:
+    """The guard's recall of ``prototypes`` on ``graph``: the same cues for the same prototypes.
+
+    At least ``cues_per_pattern`` cues per prototype and ``min_cues`` in all, seeded by
+    :func:`cue_seed`; ``settings.seed`` does not enter (it seeds the solver's noisy copies).
+
+    Raises:
+        ValueError: bad prototypes (settings validate themselves).
+    """
+    cfg = settings or PruneSettings()
+    xi = check_prototypes(prototypes, graph.n_concepts)
+    per_pattern = cfg.cues_per_pattern
+    if xi.shape[0]:
+        per_pattern = max(per_pattern, -(-cfg.min_cues // xi.shape[0]))
     return assess_quality(
         graph,
         xi,
         cue_noise=cfg.cue_noise,
         overlap_threshold=cfg.overlap_threshold,
-        cues_per_pattern=cfg.cues_per_pattern,
-        seed=cfg.seed,
+        cues_per_pattern=per_pattern,
+        seed=cue_seed(xi),
     )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The guard's judgement of one candidate against the graph it would replace.
+
+    Attributes:
+        passed: the candidate may be committed.
+        reason: why, for a person to read.
+        drop: recall lost (``before - after``, negative is a gain).
+        stderr: standard error of ``drop`` over the cues.
+        limit: the largest drop allowed, ``max(max_quality_drop, GUARD_SIGMAS * stderr)``.
+        lost_fixed_points: prototypes that were fixed points and would stop being ones.
+    """
+
+    passed: bool
+    reason: str
+    drop: float
+    stderr: float
+    limit: float
+    lost_fixed_points: int
 
 
 def _removal_budget(n_edges: int, cfg: PruneSettings) -> int:
@@ -296,25 +388,37 @@ def _refit(
     return out, refit.certificate.kkt_residual
 
 
-def _judge(
-    before: QualityReport, after: QualityReport, solution: L1Solution, cfg: PruneSettings
-) -> tuple[bool, str]:
-    drop = before.recall - after.recall
+def judge(before: QualityReport, after: QualityReport, max_quality_drop: float) -> Verdict:
+    """Judge ``after`` against ``before`` (reports of the same cues).
+
+    Refused: a prototype stops being a fixed point, or recall drops by more than
+    ``max(max_quality_drop, GUARD_SIGMAS * stderr)``: more than the operator allows *and* more
+    than the choice of cues explains. A drop within the noise is never a reason to refuse.
+
+    Raises:
+        ValueError: the reports were measured on different cue sets.
+    """
+    drop, stderr = paired_drop(before, after)
+    limit = max(max_quality_drop, GUARD_SIGMAS * stderr)
     lost = int(np.count_nonzero(before.fixed_points & ~after.fixed_points))
-    # A solve that ran out of sweeps is still a certified point (its gap is recorded in the
-    # attempt); recall, not the gap, decides whether the graph it proposes may be committed.
-    del solution
-    if lost:
-        return False, f"{lost} stored prototype(s) would stop being fixed points"
-    if drop > cfg.max_quality_drop + 1e-12:
-        return False, (
-            f"recall would drop by {drop:.3f} (from {before.recall:.3f} to {after.recall:.3f}), "
-            f"more than max_quality_drop={cfg.max_quality_drop}"
-        )
-    return True, (
-        f"recall {before.recall:.3f} -> {after.recall:.3f} (drop {max(drop, 0.0):.3f} <= "
-        f"{cfg.max_quality_drop}), all fixed points kept"
+    figures = (
+        f"recall {before.recall:.3f} -> {after.recall:.3f} over {after.cues} cues "
+        f"(drop {drop:.3f} +- {stderr:.3f})"
     )
+    if lost:
+        reason = f"{lost} stored prototype(s) would stop being fixed points; {figures}"
+        return Verdict(False, reason, drop, stderr, limit, lost)
+    if drop > limit + 1e-12:
+        reason = (
+            f"{figures}: the drop exceeds max_quality_drop={max_quality_drop:g} and "
+            f"{GUARD_SIGMAS:g} standard errors ({GUARD_SIGMAS * stderr:.3f})"
+        )
+        return Verdict(False, reason, drop, stderr, limit, 0)
+    if drop > max_quality_drop + 1e-12:
+        why = f"within {GUARD_SIGMAS:g} standard errors ({limit:.3f}): noise of the cue set"
+    else:
+        why = f"<= max_quality_drop={max_quality_drop:g}"
+    return Verdict(True, f"{figures}, {why}; all fixed points kept", drop, stderr, limit, 0)
 
 
 def _refused(

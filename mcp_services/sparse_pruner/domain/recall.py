@@ -4,11 +4,18 @@ The dynamics are asynchronous sign updates ``s_i <- sign(sum_j W_ij s_j + b_i)``
 each sweep (a zero field keeps the current state). For symmetric ``W`` with zero diagonal each
 update can only lower ``E(s) = -1/2 s^T W s - b^T s``, so settling terminates at a fixed point;
 ``max_sweeps`` only guards against a non-symmetric input.
+
+A field within :data:`TIE_TOLERANCE` of the row's scale (``sum_j |W_ij| + |b_i|``) counts as zero.
+Concepts of sparse graphs often have an exact tie (no edge to an active concept, zero bias), and
+the same graph held as ``(J, h)`` in memory or read back from its {0, 1} form computes that zero
+with a different rounding (``1e-17``); without the tolerance the sign of the rounding would decide
+the concept's state, and one graph would be measured at two recalls.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,6 +24,10 @@ from numpy.typing import NDArray
 from .graph import ConceptGraph, FloatArray, check_prototypes
 
 BoolArray = NDArray[np.bool_]
+
+# Relative size below which a local field is a tie (see the module docstring): far above the
+# rounding of a sum of a few thousand doubles (1e-13), far below any learned weight or bias.
+TIE_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -30,17 +41,55 @@ class QualityReport:
         fixed_points: ``(P,)`` whether each prototype is a strict fixed point
             (``xi_i * h_i > 0`` for every concept ``i``).
         cues: number of cues settled.
+        recalled: ``(cues,)`` whether each cue settled onto its prototype; ``recall`` is its
+            mean. Two reports on the same cues compare cue by cue (:func:`paired_drop`).
     """
 
     recall: float
     mean_overlap: float
     fixed_points: BoolArray
     cues: int
+    recalled: BoolArray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @property
     def fixed_fraction(self) -> float:
         """Fraction of prototypes that are fixed points."""
         return float(np.mean(self.fixed_points)) if self.fixed_points.size else 1.0
+
+    @property
+    def stderr(self) -> float:
+        """Standard error of ``recall`` as an estimate over random cues: ``sqrt(r (1 - r) / C)``.
+
+        Another cue set of the same size would typically measure within about this much.
+        """
+        if not self.cues:
+            return 0.0
+        return math.sqrt(self.recall * (1.0 - self.recall) / self.cues)
+
+
+def paired_drop(before: QualityReport, after: QualityReport) -> tuple[float, float]:
+    """``(drop, stderr)``: the recall lost from ``before`` to ``after`` and its standard error.
+
+    Both reports must come from the same cues (the same prototypes, noise, count and seed). The
+    drop is the mean over cues of ``recalled_before - recalled_after`` (in ``{-1, 0, 1}``); its
+    standard error is that of a paired mean, ``s_d / sqrt(C)``, so it is zero when no cue changed
+    its outcome and about ``sqrt(k) / C`` when ``k`` cues were lost and none gained.
+
+    Raises:
+        ValueError: the reports were not measured on the same number of cues.
+    """
+    if before.recalled.shape != after.recalled.shape or before.cues != after.cues:
+        raise ValueError(
+            f"after: measured on {after.cues} cues, before on {before.cues}; compare reports of "
+            "the same cue set"
+        )
+    d = before.recalled.astype(np.float64) - after.recalled.astype(np.float64)
+    n = d.size
+    if n == 0:
+        return 0.0, 0.0
+    drop = float(d.mean())
+    var = float(np.sum((d - drop) ** 2)) / max(n - 1, 1)
+    return drop, math.sqrt(var / n)
 
 
 def settle(
@@ -55,13 +104,14 @@ def settle(
         raise ValueError(f"states: expected shape (C, {graph.n_concepts}), got {s.shape}")
     cols = sp.csc_matrix(graph.weights)
     indptr, indices, data = cols.indptr, cols.indices, cols.data
+    ties = _tie_levels(graph)
     rng = np.random.default_rng(seed)
     for _ in range(max_sweeps):
         changed = False
         for i in rng.permutation(graph.n_concepts):
             lo, hi = indptr[i], indptr[i + 1]
-            field = s[:, indices[lo:hi]] @ data[lo:hi] + graph.biases[i]
-            new = np.where(field > 0.0, 1.0, np.where(field < 0.0, -1.0, s[:, i]))
+            h = s[:, indices[lo:hi]] @ data[lo:hi] + graph.biases[i]
+            new = np.where(h > ties[i], 1.0, np.where(h < -ties[i], -1.0, s[:, i]))
             if not changed and np.any(new != s[:, i]):
                 changed = True
             s[:, i] = new
@@ -71,9 +121,16 @@ def settle(
 
 
 def fixed_points(graph: ConceptGraph, prototypes: FloatArray) -> BoolArray:
-    """``(P,)`` whether each prototype satisfies ``xi_i * h_i > 0`` for every concept."""
+    """``(P,)`` whether each prototype satisfies ``xi_i * h_i > 0`` for every concept (a field
+    within the tie tolerance is not positive)."""
     fields = np.asarray(graph.weights @ prototypes.T).T + graph.biases
-    return np.asarray(np.all(fields * prototypes > 0.0, axis=1))
+    return np.asarray(np.all(fields * prototypes > _tie_levels(graph), axis=1))
+
+
+def _tie_levels(graph: ConceptGraph) -> FloatArray:
+    """``(N,)`` the largest ``|field|`` of each concept that still counts as zero."""
+    scale = np.asarray(abs(graph.weights).sum(axis=1)).ravel() + np.abs(graph.biases)
+    return np.asarray(TIE_TOLERANCE * scale, dtype=np.float64)
 
 
 def corrupt(prototypes: FloatArray, noise: float, copies: int, seed: int) -> FloatArray:
@@ -115,9 +172,11 @@ def assess_quality(
     cues = corrupt(xi, cue_noise, cues_per_pattern, seed)
     final = settle(graph, cues, seed=seed)
     overlap = np.mean(final * np.repeat(xi, cues_per_pattern, axis=0), axis=1)
+    recalled = np.asarray(overlap >= overlap_threshold)
     return QualityReport(
-        recall=float(np.mean(overlap >= overlap_threshold)),
+        recall=float(np.mean(recalled)),
         mean_overlap=float(np.mean(overlap)),
         fixed_points=fixed_points(graph, xi),
         cues=int(cues.shape[0]),
+        recalled=recalled,
     )

@@ -364,6 +364,7 @@ class PruningJob(_message.Message):
     BACKUP_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     PROTOTYPES_CHECKED_FIELD_NUMBER: _builtins.int
+    QUALITY_STDERR_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     dry_run: _builtins.bool
@@ -388,6 +389,11 @@ class PruningJob(_message.Message):
     """Why the guard accepted or refused, or what failed."""
     prototypes_checked: _builtins.int
     """Prototypes the guard checked; all of them stayed fixed points when SUCCEEDED."""
+    quality_stderr: _builtins.float
+    """Standard error of the recall drop (quality_before - quality_after) over the guard's cues.
+    The cues are fixed by the stored prototypes, so one version always measures the same; the
+    guard never refuses a drop within 2 standard errors (it is the noise of the cue set).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -416,10 +422,11 @@ class PruningJob(_message.Message):
         backup_id: _builtins.str = ...,
         message: _builtins.str = ...,
         prototypes_checked: _builtins.int = ...,
+        quality_stderr: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "solver", b"solver"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_id", b"backup_id", "base_version", b"base_version", "committed_version", b"committed_version", "conflict_retries", b"conflict_retries", "created_at", b"created_at", "dry_run", b"dry_run", "edges_after", b"edges_after", "edges_before", b"edges_before", "finished_at", b"finished_at", "job_id", b"job_id", "message", b"message", "prototypes_checked", b"prototypes_checked", "quality_after", b"quality_after", "quality_before", b"quality_before", "solver", b"solver", "state", b"state", "tau_requested", b"tau_requested", "tau_used", b"tau_used", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_id", b"backup_id", "base_version", b"base_version", "committed_version", b"committed_version", "conflict_retries", b"conflict_retries", "created_at", b"created_at", "dry_run", b"dry_run", "edges_after", b"edges_after", "edges_before", b"edges_before", "finished_at", b"finished_at", "job_id", b"job_id", "message", b"message", "prototypes_checked", b"prototypes_checked", "quality_after", b"quality_after", "quality_before", b"quality_before", "quality_stderr", b"quality_stderr", "solver", b"solver", "state", b"state", "tau_requested", b"tau_requested", "tau_used", b"tau_used", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -781,6 +788,7 @@ class PruningPreview(_message.Message):
     REMOVED_FIELD_NUMBER: _builtins.int
     REMOVED_COUNT_FIELD_NUMBER: _builtins.int
     SOLVER_FIELD_NUMBER: _builtins.int
+    QUALITY_STDERR_FIELD_NUMBER: _builtins.int
     graph_version: _builtins.int
     would_accept: _builtins.bool
     reason: _builtins.str
@@ -791,6 +799,8 @@ class PruningPreview(_message.Message):
     expected_quality_change: _builtins.float
     tau_used: _builtins.float
     removed_count: _builtins.int
+    quality_stderr: _builtins.float
+    """Standard error of recall_before - recall_after (see PruningJob.quality_stderr)."""
     @_builtins.property
     def removed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Edge]:
         """The edges that would go (largest |weight| last), up to the limit."""
@@ -812,10 +822,11 @@ class PruningPreview(_message.Message):
         removed: _abc.Iterable[Global___Edge] | None = ...,
         removed_count: _builtins.int = ...,
         solver: Global___SolverReport | None = ...,
+        quality_stderr: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["solver", b"solver"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges_after", b"edges_after", "edges_before", b"edges_before", "expected_quality_change", b"expected_quality_change", "graph_version", b"graph_version", "reason", b"reason", "recall_after", b"recall_after", "recall_before", b"recall_before", "removed", b"removed", "removed_count", b"removed_count", "solver", b"solver", "tau_used", b"tau_used", "would_accept", b"would_accept"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges_after", b"edges_after", "edges_before", b"edges_before", "expected_quality_change", b"expected_quality_change", "graph_version", b"graph_version", "quality_stderr", b"quality_stderr", "reason", b"reason", "recall_after", b"recall_after", "recall_before", b"recall_before", "removed", b"removed", "removed_count", b"removed_count", "solver", b"solver", "tau_used", b"tau_used", "would_accept", b"would_accept"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
