@@ -151,13 +151,16 @@ class TestQuickStart:
         graph: gateway -> vault -> scheduler, every hop authenticated."""
         cue = {c: 1.0 for c in ASSEMBLIES["fruit"][:3]}
         args = {"concepts": cue, "k": 5, "tags": [TAG]}
-        # The first recall opens the vault's channel to the scheduler within the 250 ms completion
-        # deadline; it may miss it on a busy machine (UNAVAILABLE, never DISABLED). The second
-        # must complete.
-        first, second = mcp(fleet, ("memory.recall", args), ("memory.recall", args))
-        assert first["structured"]["completion"] in ("APPLIED", "UNAVAILABLE"), first
-        got = second["structured"]
-        assert got["completion"] == "APPLIED", got
+        # Completion has a 250 ms deadline (vault.recall.completion_timeout_ms); the first recall
+        # also opens the vault's channel to the scheduler, and a busy machine can miss it. That
+        # is UNAVAILABLE (fail-soft), never DISABLED; completion must apply within a few tries.
+        seen = []
+        for _ in range(5):
+            got = mcp(fleet, ("memory.recall", args))[0]["structured"]
+            seen.append((got["completion"], got["completionDetail"]))
+            if got["completion"] == "APPLIED":
+                break
+        assert got["completion"] == "APPLIED" and "DISABLED" not in dict(seen), seen
         assert got["graphVersion"] >= max(1, TestQuickStart.consolidated_version), got
         assert got["hits"] and set(cue) & set(got["hits"][0]["matchedConcepts"]), got
 
