@@ -66,6 +66,15 @@ class CueCompleter:
         self._channel: grpc.aio.Channel | None = None
         self._stub: sleep_pb2_grpc.SleepSchedulerStub | None = None
 
+    def warm(self) -> None:
+        """Open the channel and start connecting now (call on the serving event loop), so the
+        first Recall does not spend its short deadline on name resolution and the handshake.
+        A scheduler that is not up yet is retried in the background by the channel."""
+        if self.address and self._stub is None:
+            self._channel = self._connect(self.address)
+            self._stub = sleep_pb2_grpc.SleepSchedulerStub(self._channel)
+            self._channel.get_state(try_to_connect=True)
+
     async def complete(self, cue: Mapping[str, float], wanted: bool) -> Completed:
         given = dict(cue)
         if not wanted:
@@ -78,9 +87,8 @@ class CueCompleter:
                 given,
                 "completion is off (vault.recall.scheduler_address: off)",
             )
-        if self._stub is None:
-            self._channel = self._connect(self.address)
-            self._stub = sleep_pb2_grpc.SleepSchedulerStub(self._channel)
+        self.warm()
+        assert self._stub is not None
         req = sleep_pb2.CompleteRequest(concept_ids=list(given), strengths=list(given.values()))
         try:
             resp = await self._stub.Complete(req, timeout=self._timeout_s)

@@ -38,7 +38,7 @@ class VaultService:
         self._completer = CueCompleter(
             completion_address(ctx.settings),
             self._cfg.recall.completion_timeout_ms,
-            # No channel retries: a Recall waits at most completion_timeout_ms, then ranks by the cue.
+            # No channel retries: Recall waits at most completion_timeout_ms, then ranks by the cue.
             lambda address: clients.aio_channel(target=address, retries=False),
         )
 
@@ -66,6 +66,7 @@ class VaultService:
         totals = await loop.run_in_executor(self._executor, store.totals)
         self._metrics.set_totals(totals)
         log.info("vault_opened", backend=self._backend.name, episodes=totals[0], bytes=totals[1])
+        self._completer.warm()
 
     def register(self, server: grpc.aio.Server) -> None:
         assert self._backend is not None, "start() first"
