@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
@@ -35,11 +36,13 @@ CALLER_SCOPE_KEY = "tori.caller"
 
 
 class GatewayToolError(ToolError):
-    """A tool failure with the outcome label it is counted under."""
+    """A tool failure with the outcome label it is counted under, and the service's status code
+    when a service refused (so a tool can say what that refusal means in its own terms)."""
 
-    def __init__(self, text: str, outcome: str) -> None:
+    def __init__(self, text: str, outcome: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(text)
         self.outcome = outcome
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class Gateway:
                 stream=stream,
             )
         except ServiceError as exc:
-            raise GatewayToolError(str(exc), exc.outcome) from None
+            raise GatewayToolError(str(exc), exc.outcome, exc.code) from None
 
     def stdio_caller(self, snap: Snapshot) -> Caller:
         if snap.keys.empty and not snap.cfg.auth_required:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import Field
 
 from mcp_services.gateway.backends import CallSpec
 from mcp_services.gateway.convert import ArgumentError
-from mcp_services.gateway.core import CALL, Gateway
+from mcp_services.gateway.core import CALL, Gateway, GatewayToolError
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2 as ppb
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2 as spb
 
@@ -17,10 +18,22 @@ PRUNE_DESCRIPTION = (
     "Keep the concept graph sparse: drop weak edges by L1 optimisation, only as far as a quality "
     "guard allows (recall of stored memories may fall by at most maxQualityDrop, else it backs off "
     "or refuses and changes nothing). dryRun reports what would go without changing anything. "
-    "By default it waits and returns the finished job (edges before/after, quality before/after, "
-    "committed graph version, backup id); wait: false returns a job handle at once, and "
-    "memory.prune with that jobId reports its progress."
+    "By default it waits and returns the finished job (edges before/after, quality before/after "
+    "with the standard error of their difference, committed graph version, backup id); wait: "
+    "false returns a job handle at once, and memory.prune with that jobId reports its progress. "
+    "One pruning job runs at a time, and one starts by itself after every memory.sleep."
 )
+# The largest tau the pruner accepts (sparse_pruner.knobs.TAU_MAX: lambda_max, in its units).
+TAU_MAX = 0.01
+# What started a running job (PruningJob.trigger), in a tool caller's words.
+_STARTED_BY = {
+    "consolidation": "started automatically after the last consolidation (every memory.sleep "
+    "is followed by one)",
+    "schedule": "started by the pruner's own schedule",
+    "rpc": "started by another request",
+    "cli": "started by an operator",
+}
+_ACTIVE = (ppb.JOB_STATE_PENDING, ppb.JOB_STATE_RUNNING)
 
 
 def _iso(ts: Timestamp) -> str | None:
@@ -40,12 +53,35 @@ def job_json(job: ppb.PruningJob) -> dict[str, Any]:
         "edgesAfter": job.edges_after,
         "qualityBefore": job.quality_before,
         "qualityAfter": job.quality_after,
+        "qualityStderr": job.quality_stderr,
         "tauUsed": job.tau_used,
         "backupId": job.backup_id,
         "message": job.message,
         "createdAt": _iso(job.created_at),
         "finishedAt": _iso(job.finished_at),
     }
+
+
+async def _busy_refusal(gw: Gateway, spec: CallSpec, refused: GatewayToolError) -> GatewayToolError:
+    """The pruner refused a new job because one is running: say which, and what to do, in the
+    tool's own terms (the pruner's text names its gRPC methods, which a tool caller cannot use)."""
+    try:
+        running = await gw.call(spec, ppb.GetPruningStatusRequest())
+    except GatewayToolError:
+        running = None
+    if running is None or running.state not in _ACTIVE:
+        text = (
+            "another pruning job was running and has just finished (one runs at a time); "
+            "nothing was started: call memory.prune again"
+        )
+    else:
+        started = _STARTED_BY.get(running.trigger, "started by another request")
+        text = (
+            f"a pruning job {started} is running (jobId {running.job_id}), and one runs at a "
+            "time, so nothing new was started. Wait for it: memory.prune with that jobId "
+            "reports its progress and result; or retry in a few seconds"
+        )
+    return GatewayToolError(text, refused.outcome, refused.code)
 
 
 def build_prune(gw: Gateway) -> Any:
@@ -62,7 +98,12 @@ def build_prune(gw: Gateway) -> Any:
         ] = None,
         tau: Annotated[
             float | None,
-            Field(gt=0, description="L1 strength relative to the weight scale (default 0.001)."),
+            Field(
+                gt=0,
+                le=TAU_MAX,
+                description="L1 strength relative to the weight scale (default 0.001, at most "
+                f"{TAU_MAX}); tauUsed reports the one that passed in the same units.",
+            ),
         ] = None,
         maxQualityDrop: Annotated[
             float | None,
@@ -73,13 +114,22 @@ def build_prune(gw: Gateway) -> Any:
         ] = None,
     ) -> dict[str, Any]:
         deadlines = CALL.get().snap.cfg.deadlines
+        status = CallSpec("sparse_pruner", "GetPruningStatus", deadlines.prune_s, "prune_s", True)
         if jobId is not None:
             if dryRun or tau is not None or maxQualityDrop is not None or reason:
                 raise ArgumentError(
                     "jobId", "asks for a job's state; leave out the options of a new run"
                 )
-            spec = CallSpec("sparse_pruner", "GetPruningStatus", deadlines.prune_s, "prune_s", True)
-            job = await gw.call(spec, ppb.GetPruningStatusRequest(job_id=jobId))
+            try:
+                job = await gw.call(status, ppb.GetPruningStatusRequest(job_id=jobId))
+            except GatewayToolError as exc:
+                if exc.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+                raise ArgumentError(
+                    "jobId",
+                    f"no pruning job {jobId!r}: use the jobId a memory.prune call returned (the "
+                    "pruner keeps its last 200 jobs until it restarts)",
+                ) from None
             return {"job": job_json(job)}
         options = ppb.PruneOptions()
         if tau is not None:
@@ -91,7 +141,12 @@ def build_prune(gw: Gateway) -> Any:
         )
         # A real run changes the graph: never repeated. A dry run changes nothing: retried.
         spec = CallSpec("sparse_pruner", "TriggerPruning", deadlines.prune_s, "prune_s", dryRun)
-        job = await gw.call(spec, req)
+        try:
+            job = await gw.call(spec, req)
+        except GatewayToolError as exc:
+            if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            raise await _busy_refusal(gw, status, exc) from None
         return {"job": job_json(job)}
 
     return prune
