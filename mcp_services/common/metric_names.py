@@ -67,6 +67,10 @@ PRUNER_BACKUPS = "pruner_backups"
 CONSOL_OPS = "consol_ops_total"
 ENERGY_DELTA = "energy_delta"
 SLEEP_ENERGY_DROP = "sleep_energy_drop"
+# Whether the last cycle had something to learn, and the energy delta of the last one that had:
+# the tuning alerts read cycle figures only from such cycles (an idle fleet exports zeros).
+SLEEP_CYCLE_LEARNED = "sleep_cycle_learned"
+SLEEP_LEARNED_ENERGY_DELTA = "sleep_learned_energy_delta"
 SLEEP_SETTLE_LOOPS = "sleep_settle_loops"
 SLEEP_EPISODES_PER_CYCLE = "sleep_episodes_per_cycle"
 SLEEP_CYCLE_SECONDS = "sleep_cycle_seconds"

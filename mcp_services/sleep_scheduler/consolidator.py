@@ -413,6 +413,10 @@ class Consolidator:
         t.last_energy_delta, t.last_settle_loops = s.energy_delta, s.settle_loops
         m = self.metrics
         m.energy_delta.set(s.energy_delta)
+        # The tuning alerts read a cycle's figures only when it had something to learn.
+        m.cycle_learned.set(1.0 if s.learned else 0.0)
+        if s.learned:
+            m.learned_energy_delta.set(s.energy_delta)
         m.energy_drop.set(s.energy_drop)
         m.settle_loops.set(s.settle_loops)
         m.episodes.set(job.episodes)

@@ -22,6 +22,17 @@ class SleepMetrics:
             "Energy change of the replayed prototypes in the last cycle (negative = deeper).",
             registry=registry,
         )
+        self.cycle_learned = Gauge(
+            names.SLEEP_CYCLE_LEARNED,
+            "1 when the last cycle had something to learn (a prototype formed or reinforced that "
+            "the graph did not already recall), 0 when it had not or before the first cycle.",
+            registry=registry,
+        )
+        self.learned_energy_delta = Gauge(
+            names.SLEEP_LEARNED_ENERGY_DELTA,
+            "energy_delta of the last cycle that had something to learn (0 before the first).",
+            registry=registry,
+        )
         self.energy_drop = Gauge(
             names.SLEEP_ENERGY_DROP,
             "Relative energy drop of the last cycle (-delta / |before|).",
