@@ -41,11 +41,13 @@ def assemblies_graph(bias: float = -1.5) -> tuple[ConceptGraph, sp.csr_matrix]:
     return graph, protos
 
 
-def broken_graph() -> tuple[ConceptGraph, sp.csr_matrix]:
-    """The same prototypes over a graph that holds none of them: everything settles off."""
-    graph, protos = assemblies_graph()
-    empty = ConceptGraph(graph.index, sp.csr_matrix((N, N)), np.full(N, -1.0))
-    return empty, protos
+def drifting_graph() -> tuple[ConceptGraph, sp.csr_matrix]:
+    """The same prototypes over a graph that pulls concept 10 into {10, 11} and drops 0."""
+    _, protos = assemblies_graph()
+    w = np.zeros((N, N))
+    w[10, 11] = w[11, 10] = 2.0
+    graph = ConceptGraph(ConceptIndex.of_size(N, "concept:"), sp.csr_matrix(w), np.full(N, -1.0))
+    return graph, protos
 
 
 def cue(*concepts: int) -> ConceptActivation:
@@ -63,12 +65,20 @@ class TestCompletionFigures:
         assert res.confidence > 0.99 and not res.moved_away
 
     def test_a_completion_that_loses_the_memory_says_so(self) -> None:
-        """Settling on a graph that holds no prototype ends farther away: moved_away is set."""
-        graph, protos = broken_graph()
-        res = complete(graph, cue(0, 1, 2, 3), prototypes=protos)
-        assert res.concept_ids == ()
+        """A cue too far for retrieval settles away from every prototype: moved_away is set."""
+        graph, protos = drifting_graph()
+        res = complete(graph, cue(0, 10), prototypes=protos)
+        assert res.confidence == 0.0
+        assert res.concept_ids == ("concept:10", "concept:11")
         assert res.overlap < res.cue_overlap
         assert res.moved_away
+
+    def test_a_retrieved_prototype_the_graph_does_not_hold_is_kept(self) -> None:
+        """Settling that would lose a retrieved prototype is not taken: the prototype answers."""
+        graph, protos = drifting_graph()
+        res = complete(graph, cue(0, 1, 2, 3), prototypes=protos)
+        assert res.concept_ids == tuple(f"concept:{c}" for c in range(5))
+        assert not res.moved_away
 
     def test_a_cue_like_no_prototype_is_not_pulled_into_one(self) -> None:
         """A cue below the retrieval overlap keeps its own start: confidence 0."""
@@ -147,11 +157,11 @@ class TestCompleteService:
         self, scheduler: Scheduler, vault_for: VaultFactory
     ) -> None:
         """Recall ranks by the cue as given and says why when Complete moved away."""
-        commit(scheduler, *broken_graph())
-        resp = recall(vault_for(scheduler), 0, 1, 2, 3)
+        commit(scheduler, *drifting_graph())
+        resp = recall(vault_for(scheduler), 0, 10)
         assert resp.completion == episodic_pb2.COMPLETION_UNAVAILABLE
         assert "away from every stored prototype" in resp.completion_detail
-        assert sorted(resp.effective_cue.concept_ids) == [f"concept:{c}" for c in range(4)]
+        assert sorted(resp.effective_cue.concept_ids) == ["concept:0", "concept:10"]
 
     def test_recall_expands_a_cue_the_completion_improved(
         self, scheduler: Scheduler, vault_for: VaultFactory

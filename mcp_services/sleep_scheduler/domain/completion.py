@@ -15,7 +15,9 @@ memory:
 2. **Settling** on the graph: the retrieved state (else the cue) settles at T = 0
    (deterministic, block-asynchronous sweeps that only lower the energy) until no concept
    changes. A prototype the cycle stored as an attractor stays where it is; concepts the
-   prototypes do not cover are filled in by the graph.
+   prototypes do not cover are filled in by the graph. Where settling takes a retrieved
+   prototype farther from every stored prototype (the cycle has not made it an attractor yet),
+   the retrieved prototype is the answer.
 
 Why both: the graph alone has narrow basins for correlated classes (siblings share most of their
 concepts, so a noisy cue is a few flips from a spurious mixture), while nearest-prototype
@@ -88,19 +90,33 @@ class Completion:
 def nearest_overlap(
     states: sp.csr_matrix, prototypes: sp.csr_matrix
 ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    """Phi of each state row with its nearest prototype row, and that row (-1: none shares a
-    concept, phi 0.0)."""
-    best = np.zeros(states.shape[0])
-    which = np.full(states.shape[0], -1, dtype=np.int64)
-    if prototypes.shape[0] == 0 or states.shape[0] == 0:
+    """Phi of each state row with its nearest prototype row, and that row (for rows sharing no
+    concept with any prototype, the least negative phi of a disjoint one)."""
+    b, n = states.shape
+    best = np.zeros(b)
+    which = np.full(b, -1, dtype=np.int64)
+    if prototypes.shape[0] == 0 or b == 0:
         return best, which
-    r, c, phi = phi_pairs(states, prototypes, states.shape[1])
+    r, c, phi = phi_pairs(states, prototypes, n)
+    # A prototype sharing no concept with a row has phi = -sqrt(na nb / ((n - na)(n - nb))),
+    # highest for the smallest prototype: the floor of every row that misses some prototype.
+    na = np.asarray(states.sum(axis=1)).ravel()
+    nb = np.asarray(prototypes.sum(axis=1)).ravel()
+    k = int(nb.argmin())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        floor = -np.sqrt(na * nb[k] / ((n - na) * (n - nb[k])))
+    floor = np.where(np.isfinite(floor), floor, 0.0)
+    misses = np.bincount(r, minlength=b) < prototypes.shape[0]
+    best = np.where(misses, floor, -np.inf)
+    which = np.where(misses, k, -1).astype(np.int64)
     order = np.lexsort((-phi, r))
     r, c, phi = r[order], c[order], phi[order]
     first = np.ones(len(r), dtype=bool)
     first[1:] = r[1:] != r[:-1]
-    best[r[first]] = phi[first]
-    which[r[first]] = c[first]
+    rows = r[first]
+    better = phi[first] > best[rows]
+    best[rows[better]] = phi[first][better]
+    which[rows[better]] = c[first][better]
     return best, which
 
 
@@ -183,13 +199,32 @@ def complete_states(
     start = sp.csr_matrix(start)
     begin, confidence = retrieve(start, protos)
     res = settle(graph, begin, AnnealSchedule.zero(max_sweeps), np.random.default_rng(seed))
+    # Where the graph settled a retrieved prototype farther from the stored prototypes than it
+    # started (the cycle did not make it an attractor), the retrieved state is the answer.
+    retrieved = confidence >= DEFAULT_ABSTAIN
+    if retrieved.any():
+        lost = retrieved & (
+            nearest_overlap(res.states, protos)[0] < nearest_overlap(begin, protos)[0]
+        )
+        settled = _pick_rows(lost, begin, res.states)
+    else:
+        settled = res.states
     # Abstain where retrieval could not tell two or more stored classes apart: the cue is
     # answered as given rather than pushed into one of them at a coin's odds.
-    torn = ((confidence > 0.0) & (confidence < DEFAULT_ABSTAIN)).astype(np.float64)
-    states = sp.csr_matrix(sp.diags(1.0 - torn) @ res.states + sp.diags(torn) @ start)
-    states.eliminate_zeros()
-    states.sort_indices()
+    torn = (confidence > 0.0) & ~retrieved
+    states = _pick_rows(torn, start, settled)
     return states, confidence, res.sweeps, res.settled
+
+
+def _pick_rows(
+    mask: NDArray[np.bool_], when: sp.csr_matrix, otherwise: sp.csr_matrix
+) -> sp.csr_matrix:
+    """Rows of ``when`` where ``mask``, of ``otherwise`` elsewhere."""
+    m = mask.astype(np.float64)
+    out = sp.csr_matrix(sp.diags(m) @ when + sp.diags(1.0 - m) @ otherwise)
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
 
 
 def complete_many(

@@ -230,9 +230,14 @@ def merge_alike(
             has = n_eff > 1.0 + 1e-9
             spread = np.where(has, raw * n_eff / np.where(has, n_eff - 1.0, 1.0), 0.0)
             known = np.where(has, mass, 0.0)
-        cross = sp.triu(means @ means.T, k=1).tocoo()
-        a, b = cross.row.astype(np.int64), cross.col.astype(np.int64)
-        gap = mean_sq[a] + mean_sq[b] - 2 * cross.data
+        cross = sp.coo_matrix(means @ means.T)
+        upper = cross.row < cross.col
+        a, b = cross.row[upper].astype(np.int64), cross.col[upper].astype(np.int64)
+        gap = mean_sq[a] + mean_sq[b] - 2 * cross.data[upper]
+        # Alike needs gap <= (SEPARATION + 2) * pooled <= that times the largest spread: drop
+        # the far pairs (almost all of them among unrelated assemblies) before the rest.
+        near = gap <= (SEPARATION + 2.0) * float(spread.max(initial=0.0))
+        a, b, gap = a[near], b[near], gap[near]
         ka, kb = known[a], known[b]
         pooled = np.where(
             ka + kb > 0, (ka * spread[a] + kb * spread[b]) / np.maximum(ka + kb, 1e-300), 0.0
