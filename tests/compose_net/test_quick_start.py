@@ -232,18 +232,35 @@ class TestHarness:
             if service != "mcp-gateway":
                 assert env["SLEEP_T0"] == "2.0"
 
-    def test_names_resolve_inside_and_services_bind_every_interface(self, fleet: Fleet) -> None:
-        """In the vault's namespace the compose names resolve to the network's addresses, and
-        the vault listens on 0.0.0.0:50051 there; the host's own network has no such address."""
+    def test_names_resolve_inside_the_network_only(self, fleet: Fleet) -> None:
+        """In the vault's namespace every compose name resolves to its address on the network;
+        the host's own network has none of these addresses."""
         code = "import socket, sys; print(*[socket.gethostbyname(n) for n in sys.argv[1:]])"
         names = list(fleet.net.containers)
         got = fleet.net.exec("episodic-vault", ["python", "-c", code, *names])
         assert got.stdout.split() == [fleet.net.address(n) for n in names], got.stderr
-        # gRPC binds 0.0.0.0 as a dual-stack socket: a LISTEN (0A) entry on port 50051 (C383)
-        # with the all-zero (wildcard) address, in tcp or tcp6.
-        tcp = fleet.net.exec("episodic-vault", ["cat", "/proc/net/tcp", "/proc/net/tcp6"]).stdout
-        assert re.search(r"\s0+:C383 0+:0000 0A ", tcp), tcp
-        assert fleet.net.address("episodic-vault") not in Path("/proc/net/fib_trie").read_text()
+        host = Path("/proc/net/fib_trie").read_text()
+        assert not any(fleet.net.address(n) in host for n in names)
+
+    @pytest.mark.parametrize("service", SERVICES)
+    def test_each_published_port_listens_on_every_interface(
+        self, fleet: Fleet, service: str
+    ) -> None:
+        """Every container port compose publishes has a LISTEN socket on the wildcard address
+        (0.0.0.0 or ::) inside the service's namespace, so other containers and the host reach
+        it."""
+        ports = fleet.net.topology.services[service].ports
+        tables = fleet.net.exec(service, ["cat", "/proc/net/tcp", "/proc/net/tcp6"]).stdout
+        # /proc/net/tcp{,6} rows: "sl local_address(hex ip:hex port) rem_address st ..."; 0A is
+        # LISTEN, an all-zero address the wildcard.
+        listening = {
+            int(port, 16)
+            for addr, port, state in re.findall(
+                r"^\s*\d+: (\w+):(\w{4}) \w+:\w{4} (\w\w) ", tables, re.M
+            )
+            if state == "0A" and set(addr) == {"0"}
+        }
+        assert ports and set(ports) <= listening, (ports, sorted(listening))
 
     def test_secrets_are_mounted_where_compose_mounts_them(self, fleet: Fleet) -> None:
         """Each container sees exactly its compose secrets under /run/secrets, read-only; the

@@ -63,7 +63,7 @@ class TestTheProjectsFiles:
         )
         assert env["REDIS_URL"] == "redis://redis:6379/0" and env["SLEEP_T0"] == "2.0"
         assert [s.target for s in vault.secrets] == ["/run/secrets/api_keys"]
-        assert vault.depends_on == {"redis": "service_healthy"}
+        assert vault.depends_on == {"redis": "service_healthy"} and vault.ports == (50051, 9091)
         assert vault.healthcheck is not None and vault.healthcheck.retries == 12
 
     def test_run_appends_its_arguments_to_the_tools_entrypoint(self) -> None:

@@ -233,6 +233,7 @@ class Service:
     healthcheck: Healthcheck | None
     profiles: tuple[str, ...]
     image_volumes: tuple[str, ...] = field(default=())
+    ports: tuple[int, ...] = field(default=())  # container ports compose publishes
 
     def argv(self, args: Sequence[str] | None = None) -> list[str]:
         """What the container runs: the entrypoint, then `args` (as `run` passes them) or the
@@ -353,6 +354,7 @@ class Topology:
                 healthcheck=_healthcheck(svc.get("healthcheck"), f"{where}.healthcheck"),
                 profiles=tuple(svc.get("profiles") or ()),
                 image_volumes=image_volumes,
+                ports=tuple(_port(p, f"{where}.ports") for p in svc.get("ports") or ()),
             )
         return cls(root, services)
 
@@ -387,6 +389,16 @@ def _volume(v: Any, where: str) -> tuple[str, str]:
     if len(parts) < 2:
         raise TopologyError(f"{where}: {v!r} has no container path; write SOURCE:TARGET")
     return parts[0], parts[1]
+
+
+def _port(p: Any, where: str) -> int:
+    """The container port of a `ports` entry ("50051:50051", "127.0.0.1:80:8080", {target: 80})."""
+    if isinstance(p, dict):
+        return int(p["target"])
+    text = str(p).split("/")[0].rsplit(":", 1)[-1]
+    if not text.isdigit():
+        raise TopologyError(f"{where}: {p!r} has no container port; write HOST:CONTAINER")
+    return int(text)
 
 
 def _secret(
