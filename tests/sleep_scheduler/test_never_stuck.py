@@ -13,6 +13,7 @@ import random
 import numpy as np
 import scipy.sparse as sp
 
+from mcp_services.gen.tori.sleep.v1 import sleep_pb2
 from mcp_services.sleep_scheduler.domain import (
     ConceptActivation,
     ConceptGraph,
@@ -26,6 +27,7 @@ from mcp_services.sleep_scheduler.domain.planted import planted_sparse
 from mcp_services.sleep_scheduler.domain.prototypes import phi_overlap
 from mcp_services.sleep_scheduler.domain.quality import RECALL_OVERLAP
 from mcp_services.sleep_scheduler.domain.wake_sleep import swap_noise
+from tests.sleep_scheduler.conftest import Pair, PairFactory
 
 CONCEPTS = 300
 
@@ -142,3 +144,60 @@ class TestFading:
         again = cycle(first, activations(PLANTED.episodes))
         assert len(again.prototypes) == 20
         assert all(w >= 5.0 for w in again.prototype_weights)
+
+
+def service_recall(pair: Pair, patterns: sp.csr_matrix) -> float:
+    """Recall of the planted patterns through the Complete RPC (cues with 10% swapped)."""
+    cues = swap_noise(patterns, 0.1, np.arange(CONCEPTS, dtype=np.int64), np.random.default_rng(1))
+    hits = 0
+    for r in range(patterns.shape[0]):
+        ids = [f"concept:{j}" for j in cues.indices[cues.indptr[r] : cues.indptr[r + 1]]]
+        resp = pair.sched.stub.Complete(
+            sleep_pb2.CompleteRequest(concept_ids=ids, strengths=[1.0] * len(ids))
+        )
+        got = sp.csr_matrix(
+            (
+                np.ones(len(resp.concept_ids)),
+                [int(c.split(":")[1]) for c in resp.concept_ids if c.startswith("concept:")],
+                [0, len(resp.concept_ids)],
+            ),
+            shape=(1, CONCEPTS),
+        )
+        hits += int(phi_overlap(got, patterns[r], CONCEPTS)[0] >= RECALL_OVERLAP)
+    return hits / patterns.shape[0]
+
+
+def consolidate_now(pair: Pair) -> sleep_pb2.ConsolidationJob:
+    job: sleep_pb2.ConsolidationJob = pair.sched.stub.StartConsolidation(
+        sleep_pb2.StartConsolidationRequest(wait=True, trigger="test"), timeout=120
+    )
+    assert job.state == sleep_pb2.JOB_STATE_SUCCEEDED, job.error
+    return job
+
+
+def loop_states(count: int, seed: int) -> sp.csr_matrix:
+    """put-get-loop episodes as states over 500 concepts (their active concepts only)."""
+    eps = loop_episodes(count, seed)
+    rows = [sorted(int(c.split(":")[1]) for c in e.active_ids()) for e in eps]
+    rows = [r or [0] for r in rows]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    idx = np.concatenate([np.asarray(r) for r in rows])
+    return sp.csr_matrix((np.ones(len(idx)), idx, indptr), shape=(count, 500))
+
+
+class TestNeverStuckThroughTheService:
+    def test_a_put_get_loop_night_then_structure_through_vault_and_scheduler(
+        self, start_pair: PairFactory
+    ) -> None:
+        """Vault -> StartConsolidation over put-get-loop episodes, then over the planted
+        assemblies: edges form, energy_delta < 0, Complete recalls >= 0.95 of them."""
+        pair = start_pair()
+        pair.put_states(loop_states(50, seed=7))
+        first = consolidate_now(pair)
+        assert first.prototypes == 0 and any(n.startswith("no_structure") for n in first.notes)
+        pair.put_states(PLANTED.episodes)
+        second = consolidate_now(pair)
+        stats = pair.sched.stub.GetGraphStats(sleep_pb2.GetGraphStatsRequest())
+        assert stats.header.edge_count > 0 and second.energy_delta < 0
+        assert second.prototypes == 20
+        assert service_recall(pair, PLANTED.patterns) >= 0.95
