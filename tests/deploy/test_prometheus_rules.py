@@ -1,5 +1,6 @@
 """prometheus/: the scrape config and rules pass promtool, and the alert unit tests prove each
-tuning alert fires on the condition of the tuning table and stays quiet otherwise."""
+tuning alert fires on the condition of the tuning table and stays quiet otherwise, including on an
+idle fleet and after consolidation cycles that had nothing to learn."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mcp_services.sparse_pruner.domain import GUARD_SIGMAS
 from tests.deploy.promql import BUILTIN, exported_names, series_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +29,16 @@ TUNING = {
     "PsiDriftHigh": "KCL_RANK",
     "KclModesGrowing": "KCL_L1_STRENGTH",
     "PrunerQualityDrop": "PRUNE_TAU",
+}
+QUIET = ("quiet/idle_fleet_test.yml", "quiet/nothing_to_learn_test.yml")
+# The tuning alerts as they were before issue 15, and the quiet test each one fails: a scheduler
+# that ran no cycle exports sleep_energy_drop 0; cycles with nothing to learn anneal rehearsals,
+# flip energy_delta by a hair, and are followed by pruning runs whose drop is within the noise.
+PRE_ISSUE = {
+    "SleepEnergyDropLow": ("sleep_energy_drop < 0.05", QUIET[0]),
+    "SleepSettleLoopsHigh": ("sleep_settle_loops > 50", QUIET[1]),
+    "SleepEnergyDeltaOscillating": ("changes(sgn(energy_delta)[2h:]) >= 3", QUIET[1]),
+    "PrunerQualityDrop": ("pruner_quality_before - pruner_quality_after > 0.05", QUIET[1]),
 }
 
 
@@ -65,7 +77,7 @@ class TestPromtool:
         """promtool runs prometheus/tests/*/*_test.yml: every alert fires on its condition, with the
         labels and the summary (naming the knob) it promises, and stays quiet otherwise."""
         tests = sorted(str(p) for p in (PROM / "tests").glob("*/*_test.yml"))
-        assert len(tests) == len(TUNING) + 1
+        assert len(tests) == len(TUNING) + 1 + len(QUIET)
         proc = promtool("test", "rules", *tests)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert proc.stdout.count("SUCCESS") == len(tests)
@@ -88,6 +100,64 @@ class TestPromtool:
             assert proc.returncode != 0, f"{alert} as {broken!r} still passes the tests"
             out = proc.stdout + proc.stderr
             assert f"alertname: {alert}" in out and expect in out, out
+
+
+def with_alert_expr(alert: str, expr: str, work: Path) -> Path:
+    """A copy of prometheus/ under ``work`` in which ``alert`` reads ``expr``."""
+    shutil.copytree(PROM, work)
+    data = rules("alerts.yml")
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == alert:
+                rule["expr"] = expr
+    (work / "rules" / "alerts.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return work
+
+
+class TestQuietFleet:
+    """No tuning alert fires on an idle fleet or after cycles with nothing to learn."""
+
+    def test_the_quiet_tests_check_every_tuning_alert_over_two_hours(self) -> None:
+        """Each quiet test expects no alert from every tuning alert at 30, 60, 90 and 120
+        minutes (so none fires at any point, and none after its 'for' has run out)."""
+        for name in QUIET:
+            data = yaml.safe_load((PROM / "tests" / name).read_text())
+            checked: dict[str, set[str]] = {}
+            for test in data["tests"]:
+                for case in test["alert_rule_test"]:
+                    assert case["exp_alerts"] == [], (name, case)
+                    checked.setdefault(case["alertname"], set()).add(case["eval_time"])
+            assert set(checked) == set(TUNING), name
+            for alert, times in checked.items():
+                assert times >= {"30m", "60m", "90m", "120m"}, (name, alert)
+
+    @pytest.mark.parametrize("alert", sorted(PRE_ISSUE))
+    def test_the_pre_issue_rule_fails_its_quiet_test(self, alert: str, tmp_path: Path) -> None:
+        """The alert as it read before issue 15 fires on the idle fleet or after cycles with
+        nothing to learn: the quiet tests catch exactly the false alarms the issue reported."""
+        expr, test = PRE_ISSUE[alert]
+        work = with_alert_expr(alert, expr, tmp_path / "prom")
+        proc = promtool("test", "rules", f"tests/{test}", cwd=work)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, f"{alert} as {expr!r} passes {test}"
+        assert f"alertname: {alert}" in out and "got:[" in out, out
+
+    @pytest.mark.parametrize("alert", sorted(TUNING))
+    def test_an_alert_that_always_fires_fails_both_quiet_tests(
+        self, alert: str, tmp_path: Path
+    ) -> None:
+        """Made to fire unconditionally, each tuning alert fails both quiet tests (they check
+        it, not just the rules that happened to be quiet)."""
+        work = with_alert_expr(alert, "vector(1)", tmp_path / "prom")
+        for test in QUIET:
+            proc = promtool("test", "rules", f"tests/{test}", cwd=work)
+            assert proc.returncode != 0, f"{alert} always firing passes {test}"
+
+    def test_the_quality_alert_uses_the_guards_noise_floor(self) -> None:
+        """PrunerQualityDrop ignores a drop within GUARD_SIGMAS standard errors, as the guard
+        does (the factor in the rule is the guard's constant)."""
+        (rule,) = [r for r in all_rules() if r.get("alert") == "PrunerQualityDrop"]
+        assert f"clamp_min({GUARD_SIGMAS:g} * pruner_quality_stderr, 0.05)" in rule["expr"]
 
 
 class TestRuleContent:
