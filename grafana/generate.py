@@ -6,7 +6,9 @@
 A dashboard is a list of rows of panels; a panel is a title, a unit and PromQL queries. Every
 query must return data against a running fleet under load (tests/deploy/test_observability.py
 runs them against a real Prometheus), so rates use $__rate_interval and error panels read the
-recorded series that are 0, not absent, when nothing fails.
+recorded series that are 0, not absent, when nothing fails. A panel that shows what a tuning alert
+reads draws a threshold line at the alert's level (tests/deploy/test_grafana.py reads the levels
+from prometheus/rules/alerts.yml).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Panel:
     kind: str = "timeseries"  # or "stat"
     description: str = ""
     width: int = 8
+    thresholds: tuple[float, ...] = ()  # lines at alert levels
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,20 @@ def fleet() -> Dashboard:
                     Panel("Energy delta (last cycle)", q("energy_delta", "energy_delta")),
                     Panel("Graph edges", q("edge_count", "edges")),
                     Panel(
+                        "Prototypes stored",
+                        q("sleep_prototypes", "prototypes"),
+                        kind="stat",
+                        description="Memories the consolidated graph holds (latest version).",
+                    ),
+                    Panel(
+                        "Recall stability (last cycle)",
+                        q("sleep_stability", "stability"),
+                        "percentunit",
+                        kind="stat",
+                        description="Label-free recall of held-out episodes after the last "
+                        "consolidation cycle.",
+                    ),
+                    Panel(
                         "Edges pruned per hour",
                         q("sum(increase(pruned_edges_total[1h]))", "pruned"),
                     ),
@@ -242,6 +259,45 @@ def scheduler() -> Dashboard:
                     Panel(
                         "Energy delta sign changes (2 h)",
                         q("tori:energy_delta:sign_changes_2h", "sign changes"),
+                        description="Across cycles that learned something. 3 or more for 5 min: "
+                        "halve SLEEP_ETA.",
+                        thresholds=(3,),
+                    ),
+                ),
+            ),
+            (
+                "Graph",
+                (
+                    Panel(
+                        "Edges (latest version)",
+                        q("sleep_graph_edges", "edges"),
+                        description="Edges of the newest graph version, consolidated or pruned.",
+                    ),
+                    Panel(
+                        "Prototypes stored",
+                        q("sleep_prototypes", "prototypes"),
+                        description="Memories the newest version holds: assemblies of concepts "
+                        "that occurred together, merged from episodes.",
+                    ),
+                    Panel(
+                        "Recall stability",
+                        q("sleep_stability", "held-out recall"),
+                        "percentunit",
+                        description="Label-free recall of held-out episodes after the last cycle.",
+                    ),
+                    Panel("Graph version", q("sleep_graph_version", "version"), kind="stat"),
+                    Panel(
+                        "Unconsolidated episodes in the vault",
+                        q("sleep_vault_unconsolidated", "unconsolidated"),
+                        description="At the last pressure check; at sleep_scheduler."
+                        "pressure_threshold (SLEEP_PRESSURE_THRESHOLD) a cycle starts by itself.",
+                    ),
+                    Panel(
+                        "Last cycle had something to learn",
+                        q("sleep_cycle_learned", "learned"),
+                        kind="stat",
+                        description="1: new structure the graph did not recall yet. 0: no "
+                        "structure, or already stored; the tuning alerts ignore such a cycle.",
                     ),
                 ),
             ),
@@ -252,12 +308,16 @@ def scheduler() -> Dashboard:
                         "Relative energy drop",
                         q("sleep_energy_drop", "drop"),
                         "percentunit",
-                        description="Below 5% for 30 min: raise SLEEP_T0.",
+                        description="Below 5% for 30 min, in cycles that learned something: "
+                        "raise SLEEP_T0.",
+                        thresholds=(0.05,),
                     ),
                     Panel(
                         "Settle loops",
                         q("sleep_settle_loops", "loops"),
-                        description="Above 50 for 15 min: lower SLEEP_T0.",
+                        description="Above 50 for 15 min, in cycles that learned something: "
+                        "lower SLEEP_T0.",
+                        thresholds=(50,),
                     ),
                     Panel(
                         "T0 and eta in force",
@@ -301,15 +361,27 @@ def pruner() -> Dashboard:
                         ),
                         "percentunit",
                         description="Above 5%/week for 1 h: raise PRUNE_TAU x1.5.",
+                        thresholds=(0.05,),
                     ),
                     Panel(
-                        "Recall before / after the last run",
+                        "Recall before / after the last commit",
                         (
                             Q("pruner_quality_before", "before"),
                             Q("pruner_quality_after", "after"),
                         ),
                         "percentunit",
-                        description="A drop above 5% alerts: lower PRUNE_TAU or roll back.",
+                        description="On the guard's cues, fixed by the stored prototypes.",
+                    ),
+                    Panel(
+                        "Recall drop of the last commit and its alert level",
+                        (
+                            Q("tori:pruner_quality:drop", "drop"),
+                            Q("clamp_min(2 * pruner_quality_stderr, 0.05)", "alert level"),
+                        ),
+                        "percentunit",
+                        description="Alert when the drop exceeds 5% and 2 standard errors of "
+                        "the guard's measure (a smaller drop is the noise of its cues).",
+                        thresholds=(0.05,),
                     ),
                     Panel(
                         "tau in force / proposed",
@@ -348,6 +420,12 @@ def learner() -> Dashboard:
                 (
                     Panel("Modes kept", q("kcl_modes_total", "modes")),
                     Panel(
+                        "Modes gained in 6 h",
+                        q("delta(kcl_modes_total[6h])", "gained"),
+                        description="10 or more for 30 min: raise KCL_L1_STRENGTH.",
+                        thresholds=(10,),
+                    ),
+                    Panel(
                         "Coupling updates per hour",
                         q("sum(increase(coupling_updates_total[1h]))", "updates"),
                     ),
@@ -365,6 +443,7 @@ def learner() -> Dashboard:
                         ),
                         "rad",
                         description="Above 0.2 rad for 10 min: raise KCL_RANK to 75.",
+                        thresholds=(0.2,),
                     ),
                     Panel(
                         "Rank in force / recommended",
@@ -487,6 +566,14 @@ def render(d: Dashboard) -> dict[str, Any]:
             }
             if p.kind == "stat":
                 panel["options"] = {"reduceOptions": {"calcs": ["lastNotNull"]}}
+            if p.thresholds:
+                defaults = panel["fieldConfig"]["defaults"]
+                defaults["thresholds"] = {
+                    "mode": "absolute",
+                    "steps": [{"color": "green", "value": None}]
+                    + [{"color": "red", "value": v} for v in p.thresholds],
+                }
+                defaults["custom"] = {"thresholdsStyle": {"mode": "dashed"}}
             panels.append(panel)
             next_id += 1
             x += p.width

@@ -1,9 +1,11 @@
 """grafana/: provisioning that matches the compose deployment, and dashboards that show the
-guide's key metrics, the tuning signals, gRPC traffic and the canary split."""
+guide's key metrics, the consolidated graph, the tuning signals (with lines at the alert levels),
+gRPC traffic and the canary split."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +22,39 @@ KEY_METRICS = ("vault_episode_count", "vault_size_mb", "consol_ops_total", "ener
 SERVICE_DASHBOARDS = {
     "tori-episodic-vault": ("episodic-vault", ("vault_episode_count", "vault_size_mb")),
     "tori-sleep-scheduler": ("sleep-scheduler", ("consol_ops_total", "energy_delta",
-                             "sleep_energy_drop", "sleep_settle_loops", "sleep_t0", "sleep_eta")),
+                             "sleep_energy_drop", "sleep_settle_loops", "sleep_t0", "sleep_eta",
+                             "sleep_graph_edges", "sleep_prototypes", "sleep_stability",
+                             "sleep_graph_version", "sleep_vault_unconsolidated",
+                             "sleep_cycle_learned")),
     "tori-sparse-pruner": ("sparse-pruner", ("pruned_edges_total", "edge_count",
-                           "pruner_graph_growth_weekly", "pruner_quality_after", "pruner_tau")),
+                           "pruner_graph_growth_weekly", "pruner_quality_after", "pruner_tau",
+                           "pruner_quality_stderr")),
     "tori-koopman-learner": ("koopman-learner", ("kcl_modes_total", "coupling_updates_total",
                              "kcl_psi_drift", "kcl_rank", "kcl_prediction_error")),
 }  # fmt: skip
+
+
+# Tuning alert -> (dashboard, the query of the panel that shows what it reads). The panel draws
+# a threshold line at the level the alert's expression compares against.
+ALERT_PANELS = {
+    "SleepEnergyDropLow": ("tori-sleep-scheduler", "sleep_energy_drop"),
+    "SleepSettleLoopsHigh": ("tori-sleep-scheduler", "sleep_settle_loops"),
+    "SleepEnergyDeltaOscillating": ("tori-sleep-scheduler", "tori:energy_delta:sign_changes_2h"),
+    "GraphGrowthHigh": ("tori-sparse-pruner", "pruner_graph_growth_weekly"),
+    "PsiDriftHigh": ("tori-koopman-learner", "kcl_psi_drift"),
+    "KclModesGrowing": ("tori-koopman-learner", "delta(kcl_modes_total[6h])"),
+    "PrunerQualityDrop": ("tori-sparse-pruner", "tori:pruner_quality:drop"),
+}
+
+
+def alert_level(alert: str) -> float:
+    """The constant an alert's expression compares against (the last number after <, > or >=,
+    or the floor of a clamp_min)."""
+    data = yaml.safe_load((ROOT / "prometheus" / "rules" / "alerts.yml").read_text())
+    (expr,) = [r["expr"] for g in data["groups"] for r in g["rules"] if r.get("alert") == alert]
+    found = re.findall(r"(?:[<>]=?|clamp_min\(.*,)\s*([0-9.]+)\)?", expr)
+    assert found, (alert, expr)
+    return float(found[-1])
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
@@ -131,3 +160,35 @@ class TestDashboards:
             for expr in exprs(d):
                 unknown = series_names(expr) - known
                 assert not unknown, (d["uid"], expr, unknown)
+
+    def test_the_graph_panels_show_the_consolidated_graph(self) -> None:
+        """The scheduler's dashboard has a Graph row with edges, prototypes, stability, version
+        and the vault's unconsolidated backlog; the overview shows prototypes and stability."""
+        d = dashboards()["tori-sleep-scheduler"]
+        rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
+        assert "Graph" in rows
+        graph = " ".join(exprs(d))
+        for name in ("sleep_graph_edges", "sleep_prototypes", "sleep_stability",
+                     "sleep_graph_version", "sleep_vault_unconsolidated"):  # fmt: skip
+            assert name in graph, name
+        fleet = " ".join(exprs(dashboards()["tori-fleet"]))
+        assert "sleep_prototypes" in fleet and "sleep_stability" in fleet
+
+    def test_tuning_panels_draw_a_line_at_the_alert_level(self) -> None:
+        """For each tuning alert, the panel showing what it reads has a threshold line (dashed)
+        at the level in the alert's own expression, so the panel and the alert agree."""
+        ds = dashboards()
+        for alert, (uid, query) in ALERT_PANELS.items():
+            (panel,) = [p for p in panels(ds[uid]) if any(t["expr"] == query for t in p["targets"])]
+            defaults = panel["fieldConfig"]["defaults"]
+            steps = [s["value"] for s in defaults["thresholds"]["steps"] if s["value"] is not None]
+            assert alert_level(alert) in steps, (alert, panel["title"], steps)
+            assert defaults["custom"]["thresholdsStyle"]["mode"] in ("line", "dashed"), alert
+
+    def test_the_level_reader_reads_each_kind_of_alert(self) -> None:
+        """The check above reads the right number: 0.05 from a '<', 3 from a '>=' of a changes(),
+        0.05 from the clamp_min floor of the quality alert."""
+        assert alert_level("SleepEnergyDropLow") == 0.05
+        assert alert_level("SleepEnergyDeltaOscillating") == 3
+        assert alert_level("PrunerQualityDrop") == 0.05
+        assert alert_level("KclModesGrowing") == 10

@@ -222,6 +222,18 @@ class TestObservability:
                  if not observed.query(expr)]  # fmt: skip
         assert not empty, "panels without data:\n" + "\n".join(map(str, empty))
 
+    def test_the_graph_panels_show_what_consolidation_made(self, observed: Prometheus) -> None:
+        """The load's consolidations committed a graph version, and the graph panels read the
+        scheduler's own series: one each for edges, prototypes, stability, version, backlog and
+        whether the last cycle had something to learn (0 or 1)."""
+        for name in ("sleep_graph_edges", "sleep_prototypes", "sleep_stability",
+                     "sleep_graph_version", "sleep_vault_unconsolidated",
+                     "sleep_cycle_learned"):  # fmt: skip
+            result = observed.query(name)
+            assert [r["metric"]["job"] for r in result] == ["sleep-scheduler"], (name, result)
+        assert float(observed.query("sleep_graph_version")[0]["value"][1]) >= 1
+        assert observed.query("sleep_cycle_learned")[0]["value"][1] in ("0", "1")
+
     def test_both_canary_routes_carry_traffic(self, observed: Prometheus) -> None:
         """With CANARY_PERCENT=50 and several tenants, the split panel shows both routes."""
         routes = {
