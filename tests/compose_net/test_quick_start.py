@@ -183,6 +183,23 @@ class TestQuickStart:
         for hz in OSC_HZ:
             assert any(abs(f - hz) < 0.02 for f in found), (hz, found)
 
+    def test_plain_trigger_once_consolidates_everything_left(self, fleet: Fleet) -> None:
+        """The guide's exact `trigger --once` (no selection) exec'd in the scheduler's namespace
+        consolidates every episode still unconsolidated (put-get-loop's and the traces)."""
+        key = f"--key={fleet.service_key}"
+        vault = GRPC["episodic-vault"]
+        left = int(probe(fleet, "grpc", *vault, key)["response"].get("unconsolidated_count", 0))
+        assert left >= 50
+        trigger = fleet.net.exec(
+            "sleep-scheduler", ["python", "-m", "mcp_services.sleep_scheduler.trigger", "--once"],
+            timeout=300,
+        )  # fmt: skip
+        assert trigger.returncode == 0, trigger.stdout + trigger.stderr
+        job = json.loads(trigger.stdout)
+        assert job["state"] == "JOB_STATE_SUCCEEDED" and job["episodes_processed"] == left, job
+        after = probe(fleet, "grpc", *vault, key)["response"]
+        assert int(after.get("unconsolidated_count", 0)) == 0, after
+
     @pytest.mark.parametrize("service", SERVICES)
     def test_health_check_script_and_compose_healthcheck_pass(
         self, fleet: Fleet, service: str
