@@ -66,6 +66,8 @@ def reap_stale_namespaces() -> list[str]:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
             shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
             gone.append(name)
+    with contextlib.suppress(OSError):
+        ETC_NETNS.rmdir()  # only when empty
     return gone
 
 
