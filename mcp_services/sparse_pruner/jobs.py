@@ -160,8 +160,8 @@ def summary(plan: PruningPlan) -> str:
     return (
         f"{plan.edges_before} -> {plan.edges_after} edges "
         f"({100.0 * plan.pruned_fraction:.1f}% pruned), recall "
-        f"{plan.quality_before.recall:.3f} -> {plan.quality_after.recall:.3f}, "
-        f"tau {operator_tau(plan.tau_used):.3g}"
+        f"{plan.quality_before.recall:.3f} -> {plan.quality_after.recall:.3f} "
+        f"(+- {plan.quality_stderr:.3f}), tau {operator_tau(plan.tau_used):.3g}"
     )
 
 
