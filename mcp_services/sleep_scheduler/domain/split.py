@@ -37,6 +37,12 @@ DEFAULT_MIN_WEIGHT = 3.0
 """Episode weight a split-off half needs: three sightings establish a class."""
 
 SEPARATION = 0.5
+"""Share of a member's spread by which two class means must differ (beyond noise)."""
+
+MIN_GAP = 1.5
+"""Least (squared) distance of two class means beyond noise: more than one concept. A class is
+not one concept away from another: a group of episodes that all lost the same member to noise
+(exact-count swap noise makes such groups) differs from its class in one concept only."""
 _ITERATIONS = 12
 _LOOK_AHEAD = 2
 """Levels bisected below a split that looks like one class before believing it."""
@@ -71,7 +77,7 @@ def distinct(
     if not known:
         return gap > 0.0
     pooled = sum(s * m for s, m in known) / sum(m for _, m in known)
-    return gap - pooled * (1.0 / na + 1.0 / nb) > SEPARATION * pooled
+    return gap - pooled * (1.0 / na + 1.0 / nb) > max(SEPARATION * pooled, MIN_GAP)
 
 
 def _n_eff(w: NDArray[np.float64]) -> float:
@@ -243,7 +249,7 @@ def merge_alike(
             ka + kb > 0, (ka * spread[a] + kb * spread[b]) / np.maximum(ka + kb, 1e-300), 0.0
         )
         noise = pooled * (1.0 / n_eff[a] + 1.0 / n_eff[b])
-        alike = gap - noise <= SEPARATION * pooled
+        alike = gap - noise <= np.maximum(SEPARATION * pooled, MIN_GAP)
         if not alike.any():
             return out
         a, b, g = a[alike], b[alike], gap[alike]
