@@ -43,8 +43,9 @@ ROUNDS = 8
 DROP = 0.15  # chance that a concept of the scene is left out of an episode
 # A concept is left out of at most this many copies of its scene, so every scene stays one
 # memory. Left out independently, a concept now and then misses half the copies by chance, and
-# consolidation then keeps the variants of the scene apart as separate prototypes (the scheduler's
-# merge on 200 seeds of this routine: 164 formed more than 8 prototypes; with this cap, 2).
+# consolidation may then keep two variants of the scene apart as two prototypes, between which a
+# two-concept cue is a tie that completion does not break (the scheduler's merge on 200 seeds of
+# this routine: 16 formed more than 8 prototypes; with this cap, none).
 MAX_LEFT_OUT = 1
 STRAY = 0.25  # chance that a concept of another scene intrudes
 MIN_CONCEPTS = 3  # an episode keeps at least this many of its scene's concepts
