@@ -2,7 +2,7 @@
 
 One fleet (docker-compose.yml as the engine would run it, see harness.py) serves the module; the
 quick-start steps run in order on it, as an operator would type them: `docker compose run
-vault-cli put-get-loop 50`, a few episodes, `docker compose exec sleep-scheduler python -m
+vault-cli put-get-loop 50`, a few `vault-cli put`, `docker compose exec sleep-scheduler python -m
 mcp_services.sleep_scheduler.trigger --once`, the same for `prune --once`, memory.recall and the
 learner's modes through the MCP gateway, then the health checks and a caller without the key.
 """
@@ -33,9 +33,10 @@ SERVICES = (*GRPC, "mcp-gateway")
 GATEWAY_URL = "http://mcp-gateway:8765/mcp"
 # Three assemblies of eight concepts, each seen four times with one member missing (a different
 # one each time): what consolidation turns into attractors and pruning has edges of. Measured in
-# process with the scheduler's and pruner's own code: recall 1.0, both prunes (the one a
-# consolidation triggers, then prune --once) commit; random 15% drops or an unrelated concept per
-# episode leave weaker graphs the quality guard refuses to prune for some seeds.
+# process with the scheduler's and pruner's own code, beside put-get-loop's 50 random episodes
+# (10 loop seeds): 84 edges, and both prunes (the one a consolidation triggers, then prune
+# --once) commit. Random 15% drops or an unrelated concept per episode leave weaker graphs that
+# the quality guard refuses to prune for some seeds.
 ASSEMBLIES = {a: [f"concept:{a}:{i}" for i in range(8)] for a in ("fruit", "tool", "bird")}
 COPIES = 4
 TAG = "quick-start"
@@ -127,25 +128,25 @@ class TestQuickStart:
 
     def test_trigger_in_the_scheduler_consolidates_over_the_vaults_name(self, fleet: Fleet) -> None:
         """Episodes put with `vault-cli put`, then `trigger --once` exec'd in the scheduler's
-        namespace: the scheduler reads them from episodic-vault (nowhere else holds them) and
-        commits a graph with edges."""
+        namespace: the scheduler reads every learnable episode from episodic-vault (nowhere else
+        holds them), commits a graph with edges and leaves unconsolidated only episodes with
+        nothing active (a put-get-loop episode whose strengths are all <= 0.5)."""
         for copy in range(COPIES):
             for assembly, members in enumerate(ASSEMBLIES.values()):
                 concepts = episode_concepts(copy, assembly, members)
                 put = fleet.net.run("vault-cli", ["put", "--concepts", concepts, "--tags", TAG])
                 assert put.returncode == 0, put.stdout + put.stderr
-        # --tag: this cycle consolidates the assemblies only. With put-get-loop's 50 random
-        # episodes in the same cycle the label-free stop keeps an edgeless graph (see the report).
+        learnable = {e["id"] for e in unconsolidated(fleet) if has_active_concept(e)}
+        assert len(learnable) >= 40 + COPIES * len(ASSEMBLIES), len(learnable)
         trigger = fleet.net.exec(
-            "sleep-scheduler",
-            ["python", "-m", "mcp_services.sleep_scheduler.trigger", "--once", "--tag", TAG],
+            "sleep-scheduler", ["python", "-m", "mcp_services.sleep_scheduler.trigger", "--once"],
             timeout=300,
-        )
+        )  # fmt: skip
         assert trigger.returncode == 0, trigger.stdout + trigger.stderr
         job = json.loads(trigger.stdout)
         assert job["state"] == "JOB_STATE_SUCCEEDED", job
-        assert job["episodes_processed"] == COPIES * len(ASSEMBLIES), job
-        assert int(job["graph_version"]) >= 1, job
+        assert job["episodes_processed"] == len(learnable) and int(job["graph_version"]) >= 1, job
+        assert not any(has_active_concept(e) for e in unconsolidated(fleet))
         stats = probe(fleet, "grpc", *GRPC["sleep-scheduler"], f"--key={fleet.service_key}")
         assert int(stats["response"]["header"].get("edge_count", 0)) > 0, stats
         TestQuickStart.consolidated_version = int(job["graph_version"])
@@ -202,22 +203,6 @@ class TestQuickStart:
         assert status.get("modelReady") and status["modeCount"] > 0, status
         for hz in OSC_HZ:
             assert any(abs(f - hz) < 0.02 for f in found), (hz, found)
-
-    def test_plain_trigger_once_consolidates_everything_left(self, fleet: Fleet) -> None:
-        """The guide's exact `trigger --once` (no selection) exec'd in the scheduler's namespace
-        consolidates every episode left that has an active concept (put-get-loop's, the traces);
-        only episodes with nothing active (every strength <= 0.5) stay unconsolidated."""
-        learnable = {e["id"] for e in unconsolidated(fleet) if has_active_concept(e)}
-        assert len(learnable) >= 40, learnable  # most of put-get-loop's 50, and the 6 traces
-        trigger = fleet.net.exec(
-            "sleep-scheduler", ["python", "-m", "mcp_services.sleep_scheduler.trigger", "--once"],
-            timeout=300,
-        )  # fmt: skip
-        assert trigger.returncode == 0, trigger.stdout + trigger.stderr
-        job = json.loads(trigger.stdout)
-        assert job["state"] == "JOB_STATE_SUCCEEDED", job
-        assert job["episodes_processed"] == len(learnable), job
-        assert not any(has_active_concept(e) for e in unconsolidated(fleet))
 
     @pytest.mark.parametrize("service", SERVICES)
     def test_health_check_script_and_compose_healthcheck_pass(
