@@ -65,22 +65,27 @@ define need_docker
 	@docker info >/dev/null 2>&1 || { echo "make $@: no Docker engine answers here (docker info failed); start one, or run the same fleet as processes: make up / make status / make down" >&2; exit 2; }
 endef
 
-init-directories: ## Create var/ (data, logs, graphs) and secrets/ with empty key files (mode 0600)
+# secrets/ is 0700 (only its owner on this host may enter it) and its files 0644: compose mounts
+# each file into the containers as it is, where the services run as the image's user (uid 10001,
+# not the host user who owns the file), so a 0600 file would be unreadable there.
+init-directories: ## Create var/ (data, logs, graphs) and secrets/ (0700) with empty key files
 	@mkdir -p var/data var/log var/graphs var/loadgen secrets
+	@chmod 700 secrets
 	@for f in secrets/api_keys secrets/gateway_api_keys; do \
-	  test -e $$f || { (umask 077; : > $$f); echo "created $$f (empty: add keys with make secrets-up)"; }; \
+	  test -e $$f || { : > $$f; echo "created $$f (empty: add keys with make secrets-up)"; }; \
 	done
+	@chmod 644 secrets/api_keys secrets/gateway_api_keys
 	@echo "directories ready: var/ secrets/"
 
-secrets-up: init-directories ## Put a fresh API key in each empty secret file under secrets/ (0600)
+secrets-up: init-directories ## Put a fresh API key in each empty secret file under secrets/
 	@for pair in api_keys: gateway_api_keys:default; do \
 	  f=secrets/$${pair%%:*}; tenant=$${pair#*:}; \
 	  if ! grep -qvE '^[[:space:]]*(#|$$)' $$f; then \
 	    key=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))'); \
-	    (umask 077; echo "$$key$${tenant:+ $$tenant}" > $$f); echo "wrote a new key to $$f"; \
+	    echo "$$key$${tenant:+ $$tenant}" > $$f; echo "wrote a new key to $$f"; \
 	  else echo "$$f already holds a key"; fi; \
 	done
-	@chmod 600 secrets/api_keys secrets/gateway_api_keys
+	@chmod 700 secrets && chmod 644 secrets/api_keys secrets/gateway_api_keys
 	@echo "docker-compose.yml mounts secrets/ at /run/secrets; clients send the key as TORI_API_KEY"
 
 containers-dev: ## Build the one image of every Python service (IMAGE=tori-memory:dev)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-import secrets
+import shutil
+import subprocess
+import sys
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +28,18 @@ class Fleet:
 
 
 def write_secrets(directory: Path) -> tuple[str, str]:
-    """Fresh keys in the two secret files, as `make secrets-up` writes them (mode 0600)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    service_key, gateway_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    for name, line in (("api_keys", service_key), ("gateway_api_keys", f"{gateway_key} default")):
-        path = directory / name
-        path.write_text(line + "\n")
-        path.chmod(0o600)
+    """Fresh keys in the two secret files, written by `make secrets-up` itself (run in a scratch
+    project directory, so its modes are the ones a deployment gets)."""
+    project = directory.parent / "make-secrets"
+    project.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["make", "-s", "-f", str(ROOT / "Makefile"), "-C", str(project), "secrets-up",
+         f"PYTHON={sys.executable}"],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    shutil.copytree(project / "secrets", directory, dirs_exist_ok=True)
+    service_key = (directory / "api_keys").read_text().split()[0]
+    gateway_key = (directory / "gateway_api_keys").read_text().split()[0]
     return service_key, gateway_key
 
 

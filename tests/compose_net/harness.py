@@ -7,8 +7,9 @@ directories of the test: /app/config is the repository's config/ (the image's `C
 each named volume a directory under the test's tmp dir. `python` is this venv's python and the
 console scripts (vault-cli, tori-loadgen) are the venv's, first on the image's PATH.
 
-The containers run as root, not as the image's USER (tori, uid 10001), so a secret file a
-non-root user could not read (`make secrets-up` writes them 0600) goes unnoticed here.
+The containers run as root, not as the image's USER (tori, uid 10001): the repository and its
+venv need not be readable by another uid on a test machine. What that user must read, the
+secrets, is checked as that uid (test_quick_start.py).
 """
 
 from __future__ import annotations

@@ -294,3 +294,18 @@ class TestHarness:
         write = fleet.net.exec("episodic-vault", ["sh", "-c", "echo x >> /run/secrets/api_keys"])
         assert write.returncode != 0 and "Read-only" in write.stderr, write.stderr
         assert not Path("/run/secrets/api_keys").exists()
+
+    def test_the_image_user_can_read_the_secrets_make_secrets_up_writes(self, fleet: Fleet) -> None:
+        """The services run as the image's USER (tori, uid 10001), not as the host user who owns
+        secrets/: every secret file `make secrets-up` wrote must be readable by that uid where
+        compose mounts it (a 0600 file was not), while secrets/ itself stays closed on the host."""
+        dockerfile = (ROOT / "Dockerfile").read_text()
+        uid = re.search(r"^ARG UID=(\d+)$", dockerfile, re.M)
+        assert uid is not None and re.search(r"^USER tori$", dockerfile, re.M)
+        as_image_user = ["setpriv", f"--reuid={uid[1]}", f"--regid={uid[1]}", "--clear-groups"]
+        for service, names in (("episodic-vault", ["api_keys"]),
+                               ("mcp-gateway", ["api_keys", "gateway_api_keys"])):  # fmt: skip
+            for name in names:
+                got = fleet.net.exec(service, [*as_image_user, "cat", f"/run/secrets/{name}"])
+                assert got.returncode == 0, (service, name, got.stderr)
+                assert got.stdout.split()[0] in (fleet.service_key, fleet.gateway_key)
