@@ -21,6 +21,8 @@ WORKDIR /app
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY config ./config
+# The operator's health check (scripts/health-check.sh <service>), for `docker compose exec`.
+COPY scripts/health-check.sh ./scripts/health-check.sh
 ENV TORI_CONFIG_DIR=/app/config \
     TORI_ENV=container \
     TORI_VAR_DIR=/data \
