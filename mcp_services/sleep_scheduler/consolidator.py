@@ -176,6 +176,13 @@ class Totals:
     deltas: deque[float] = field(default_factory=lambda: deque(maxlen=8))
 
 
+def _inactive_note(n: int) -> str:
+    return (
+        f"{n} selected episodes had no active concept (no strength above 0.5): nothing to "
+        "learn from them; marked consolidated so they no longer count as backlog"
+    )
+
+
 class Consolidator:
     """Runs consolidation jobs; see module doc."""
 
@@ -289,6 +296,13 @@ class Consolidator:
             job.episodes = len(batch.ids)
             job.progress = 0.05
             if not batch.ids:
+                latest = self.store.latest_version()
+                if batch.inactive and latest:
+                    # Nothing to learn, but marked (with the graph they were read against): else
+                    # they count as backlog for ever and keep the pressure trigger firing at
+                    # empty cycles. Before the first graph there is no version to mark them with.
+                    await self._mark(job, batch, latest)
+                    job.notes = [_inactive_note(len(batch.inactive))]
                 job.phase, job.progress, job.state = "done", 1.0, JobState.SUCCEEDED
                 outcome = "empty"
                 log.info("consolidation_empty", job_id=job.job_id, trigger=job.trigger)
@@ -297,7 +311,7 @@ class Consolidator:
             job.phase = "marking"
             job.progress = 0.95
             await self._mark(job, batch, stored.meta.version)
-            self._finish(job, out, stored)
+            self._finish(job, out, stored, batch)
             outcome = "succeeded"
         except _Cancelled as exc:
             job.state, job.error, outcome = JobState.CANCELLED, str(exc), "cancelled"
@@ -380,7 +394,7 @@ class Consolidator:
         delay = 0.2
         for attempt in range(1, MARK_ATTEMPTS + 1):
             try:
-                await self.vault.mark(batch.ids, version)
+                await self.vault.mark(batch.ids + batch.inactive, version)
                 return
             except VaultUnavailable as exc:
                 if attempt == MARK_ATTEMPTS:
@@ -392,7 +406,7 @@ class Consolidator:
                 await asyncio.sleep(delay)
                 delay *= 2
 
-    def _finish(self, job: Job, out: CycleOutput, stored: StoredGraph) -> None:
+    def _finish(self, job: Job, out: CycleOutput, stored: StoredGraph, batch: EpisodeBatch) -> None:
         s = out.stats
         job.graph_version = stored.meta.version
         job.prototypes = s.prototypes
@@ -403,6 +417,8 @@ class Consolidator:
         job.stability_before = s.stability_before.recall
         job.stability_after = s.stability_after.recall
         job.notes = list(s.notes)
+        if batch.inactive:
+            job.notes.append(_inactive_note(len(batch.inactive)))
         job.prototypes_faded = s.prototypes_faded
         job.episodes_unassigned = s.episodes_unassigned
         job.progress = 1.0

@@ -58,6 +58,9 @@ class EpisodeBatch:
     """The episodes of one cycle: ids and their activations, in vault order."""
 
     ids: list[str] = field(default_factory=list)
+    # Selected episodes with no active concept (every strength <= 0.5): nothing to learn from,
+    # but read by the cycle, so they are marked with the rest and stop counting as backlog.
+    inactive: list[str] = field(default_factory=list)
     activations: list[ConceptActivation] = field(default_factory=list)
     last_seq: int = 0
 
@@ -117,6 +120,8 @@ class VaultClient:
                     continue
                 act = activation_of_episode(ep)
                 if not act.active_ids():
+                    if len(out.inactive) < selection.max_episodes:
+                        out.inactive.append(ep.id)
                     continue
                 out.ids.append(ep.id)
                 out.activations.append(act)

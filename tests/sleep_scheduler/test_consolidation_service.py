@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED, decode_event
+from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
 from mcp_services.sleep_scheduler.codec import stored_of_chunks
@@ -98,6 +99,36 @@ class TestCycle:
         job = start(pair)
         assert job.state == SUCCEEDED and job.episodes_processed == 0 and job.graph_version == 0
         assert read_latest(pair).meta.version == 0
+
+    def test_episodes_with_nothing_active_stop_counting_as_backlog(
+        self, start_pair: PairFactory
+    ) -> None:
+        """Episodes whose every strength is <= 0.5 give nothing to learn; a cycle marks them
+        (with a note) instead of leaving them unconsolidated for ever, whether other episodes
+        were learnt in the same cycle or none (then against the latest graph)."""
+        pair = start_pair()
+        weak = [
+            episodic_pb2.PutEpisodeRequest(
+                episode=episodic_pb2.Episode(
+                    source=episodic_pb2.Source(type="test"),
+                    activation=episodic_pb2.ConceptActivation(
+                        concept_ids=[f"concept:{i}", f"concept:{i + 1}"], strengths=[0.3, 0.5]
+                    ),
+                )
+            )
+            for i in range(6)
+        ]
+        pair.put_states(planted_sparse(300, 10, seed=1).episodes)
+        assert pair.vault.PutEpisodes(iter(weak)).created == 6
+        job = start(pair)
+        assert job.state == SUCCEEDED and job.graph_version >= 1
+        assert any("6 selected episodes had no active concept" in n for n in job.notes)
+        assert pair.unconsolidated() == 0
+        assert pair.vault.PutEpisodes(iter(weak[:2])).created == 2
+        alone = start(pair)
+        assert alone.state == SUCCEEDED and alone.graph_version == 0  # nothing new committed
+        assert any("2 selected episodes had no active concept" in n for n in alone.notes)
+        assert pair.unconsolidated() == 0
 
     def test_selection_filters_by_tag_energy_and_count(self, start_pair: PairFactory) -> None:
         """Only episodes with the tag and enough energy are taken, at most max_episodes."""
