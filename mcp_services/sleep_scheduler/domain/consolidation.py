@@ -3,8 +3,11 @@
 A cycle (DESIGN section 3):
 
 1. **Merge**: the episodes' binary states (plus any rehearsed prototypes of earlier cycles, voting
-   with their weights) are clustered and majority-voted into prototypes
-   (:mod:`.prototypes`).
+   with their weights) are clustered, correlated-but-distinct classes split apart
+   (:mod:`.split`), and majority-voted into prototypes (:mod:`.prototypes`); a prototype needs
+   three confirming episodes, so episodes without structure form none. Rehearsed prototypes no
+   new episode joined fade, and drop out below that support (:mod:`.fading`); the cycle's
+   ``notes`` say so, and say ``no_structure`` when no episode formed or joined a prototype.
 2. **Wake / sleep epochs**: each epoch replays every prototype with ``replay_noise`` of its
    members swapped; the wake statistics are the clamped prototypes, the sleep statistics the
    concepts' responses at the epoch's temperature (:mod:`.wake_sleep`). The temperature is
@@ -152,6 +155,9 @@ class CycleStats:
     graph's energy units; ``energy_delta = energy_after - energy_before`` (negative = deeper).
     ``energy_drop`` is ``-energy_delta / |energy_before|`` (1.0 from an empty graph that got
     deeper, 0.0 if nothing changed). Scores are :attr:`RecallReport.score` of the stability measure.
+    ``learned`` is False when the cycle had nothing to learn (no new episode formed or joined a
+    prototype, or the graph already recalled them): the tuning rules then advise nothing.
+    ``notes`` are ``"<cause>: <explanation>"`` lines (:func:`.fading.cycle_notes`).
     """
 
     episodes_processed: int

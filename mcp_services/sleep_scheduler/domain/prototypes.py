@@ -12,8 +12,11 @@ copies of a 3%-active assembly with 10% of its members swapped have phi ~ 0.8 wh
 assemblies are near 0 (a raw overlap or cosine would put dense unrelated patterns at 0.5).
 
 Clustering: a leader pass (an episode joins the most similar existing cluster with phi >=
-threshold, else it founds one), then refinement passes that reassign every episode to the most
-similar majority-vote prototype. A prototype is the weighted majority vote of its members (a
+threshold, else it founds one); then correlated classes the leader pass lumped together are
+split apart and clusters that are one class are merged (:mod:`.split`); then refinement passes
+reassign every episode to the most similar majority-vote prototype; last, clusters that fewer
+than ``min_support`` episodes confirm form no prototype (their episodes join the nearest one
+within the threshold, or none). A prototype is the weighted majority vote of its members (a
 concept is active when more than half the members' weight has it active): five copies at 10%
 noise leave about 1% of the concepts wrong. Similarities are computed from sparse overlap counts
 only (pairs sharing no active concept have phi <= 0 and never merge), so the cost grows with the
