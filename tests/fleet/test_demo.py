@@ -55,10 +55,11 @@ def parse(out: str) -> Shown:
 
 
 def make_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    # -o: take the installed venv as up to date (the suite runs from it; never reinstall here).
+    # The venv running the suite is the fleet's; -o: take it as installed (never reinstall here).
+    venv = sys.prefix
     return subprocess.run(
-        ["make", "--no-print-directory", "-o", ".venv/.installed-stamp", "demo",
-         f"PY={sys.executable}"],
+        ["make", "--no-print-directory", "-o", f"{venv}/.installed-stamp", "demo",
+         f"VENV={venv}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
@@ -88,6 +89,7 @@ def assert_shows_the_memory(out: str) -> None:
 
 
 class TestDemo:
+    @pytest.mark.timeout(900)  # a fleet start and two demos on a loaded two-core machine
     def test_make_demo_starts_a_fleet_shows_the_memory_and_runs_again(
         self, private: dict[str, str]
     ) -> None:
