@@ -82,6 +82,25 @@ class TestPruningAConsolidatedGraph:
         assert before - after <= 0.05
 
 
+def mean_field(graph: ConceptGraph, xi: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(graph.weights @ xi.T).T + graph.biases)))
+
+
+class TestScaleIsKept:
+    def test_repeated_prunes_keep_the_field_and_energy_scale(self, alpha_01: Consolidated) -> None:
+        """Three prunes in a row (as automatic and operator prunes follow each other) keep the
+        graph's mean |field| on its prototypes, so energies stay comparable across versions;
+        before, the refit grew the weights about 3x per commit without bound."""
+        c = alpha_01
+        graph, scale = c.graph, mean_field(c.graph, c.prototypes)
+        for _ in range(3):
+            plan = plan_pruning(graph, c.prototypes, PruneSettings(tau=0.0005))
+            assert plan.accepted, plan.reason
+            graph = plan.graph
+            assert mean_field(graph, c.prototypes) == pytest.approx(scale, rel=1e-9)
+            assert assess_quality(graph, c.truth).recall >= 0.95
+
+
 class TestGuardOnAConsolidatedGraph:
     """A setting that would break the bar is backed off or refused, never committed."""
 

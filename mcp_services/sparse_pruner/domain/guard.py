@@ -207,7 +207,8 @@ def plan_pruning(
         # zero start could leave them at exactly zero (dropped) when the loss is already flat.
         start = np.where(solution.weights != 0.0, solution.weights, old_w)
         new_w, refit_kkt = _refit(problem, keep, start, cfg, lmax)
-        candidate = graph_from_edges(graph.n_concepts, edge_i, edge_j, new_w, graph.biases)
+        c = _field_scale(graph, edge_i, edge_j, new_w, xi)
+        candidate = graph_from_edges(graph.n_concepts, edge_i, edge_j, c * new_w, c * graph.biases)
         after = measure_quality(candidate, xi, cfg)
         # A solve that ran out of sweeps is still a certified point (its gap is recorded in the
         # attempt); recall, not the gap, decides whether the graph it proposes may be committed.
@@ -368,6 +369,23 @@ def _choose_survivors(
         closest = dropped[np.argsort(-np.abs(grad[dropped]), kind="stable")[:excess]]
         keep[closest] = True
     return keep
+
+
+def _field_scale(
+    graph: ConceptGraph, edge_i: IndexArray, edge_j: IndexArray, new_w: FloatArray, xi: FloatArray
+) -> float:
+    """``c > 0`` that gives the refit graph the input graph's mean ``|h|`` on the prototypes.
+
+    The margin the refit asks of noisy cues is the input graph's mean clean field, so the refit
+    comes out with larger weights (about 3x on consolidated graphs), and each later run would
+    compound it: energies grew without bound across prunes and energy-based tuning read noise.
+    Scaling ``W`` and ``b`` together by ``c`` changes no sign of any field, so recall, fixed
+    points and the dynamics are exactly those of the refit graph; only the energy scale is kept.
+    """
+    old = np.mean(np.abs(np.asarray(graph.weights @ xi.T).T + graph.biases))
+    refit = graph_from_edges(graph.n_concepts, edge_i, edge_j, new_w, graph.biases)
+    new = np.mean(np.abs(np.asarray(refit.weights @ xi.T).T + graph.biases))
+    return float(old / new) if old > 0.0 and new > 0.0 else 1.0
 
 
 def _refit(
