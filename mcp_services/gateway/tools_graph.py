@@ -177,6 +177,18 @@ def sleep_job_json(job: spb.ConsolidationJob) -> dict[str, Any]:
         "graphVersion": job.graph_version,
         "durationS": job.duration_s,
         "tuning": list(job.tuning),
+        # Why a cycle learnt what it did, or nothing ("no_structure: ...", "faded: ...", an
+        # empty selection), and the tuning rules that fired: the caller sees the reason, not a
+        # bare energyDelta of 0.
+        "notes": list(job.notes)
+        or (
+            ["nothing new: no unconsolidated episode matched the selection"]
+            if job.state == spb.JOB_STATE_SUCCEEDED and not job.episodes_processed
+            else []
+        ),
+        "advice": list(job.advice),
+        "prototypesFaded": job.prototypes_faded,
+        "episodesUnassigned": job.episodes_unassigned,
         "error": job.error,
     }
 

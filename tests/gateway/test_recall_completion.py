@@ -100,6 +100,8 @@ class TestRecallCompletion:
                 seen["recall"] = r.structured_content
                 r = await client.call_tool("memory.stats", {})
                 seen["stats"] = r.structured_content
+                r = await client.call_tool("memory.sleep", {"once": True})
+                seen["again"] = r.structured_content
             return seen
 
         seen = asyncio.run(go())
@@ -115,6 +117,11 @@ class TestRecallCompletion:
         assert set(cue()) <= effective
         assert [f"scene:{SCENE}" in h["episode"]["tags"] for h in recall["hits"]] == [True] * 5
         assert seen["stats"]["graph"]["edges"] > 0, seen["stats"]
+        # A second sleep with nothing new says so instead of a bare energyDelta of 0.
+        again = seen["again"]["job"]
+        assert again["state"] == "SUCCEEDED" and again["episodesProcessed"] == 0, again
+        assert again["notes"] and "nothing new" in again["notes"][0], again
+        assert again["advice"] == [], again
 
     def test_the_cue_as_given_when_asked_or_when_no_scheduler_answers(self, stack: Stack) -> None:
         """With only a vault (its scheduler's address answers nothing), recall ranks by the cue
