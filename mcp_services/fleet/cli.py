@@ -145,7 +145,7 @@ def up(settings: Settings, var_dir: Path) -> int:
             code = proc.poll()
             why = f"exited with code {code}" if code is not None else "did not report SERVING"
             return abort(f"{svc.name} {why}; last lines of {rec.log_file}:\n{tail(rec.log_file)}")
-        print(f"{svc.name:<16} grpc {target:<22} metrics {metrics}")
+        print(f"{svc.name:<16} {svc.kind:<4} {target:<22} metrics {metrics}")
     print(f"fleet up: {len(records)} processes, logs in {state.log_dir}")
     return 0
 
