@@ -38,6 +38,7 @@ from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED, EventBus, new
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.sleep_scheduler.cycle import CycleOutput, run_cycle
 from mcp_services.sleep_scheduler.domain import ConsolidationConfig, CycleStats
+from mcp_services.sleep_scheduler.domain.fading import DEFAULT_FADE
 from mcp_services.sleep_scheduler.domain.tuning import advise
 from mcp_services.sleep_scheduler.graph_store import GraphStore, StoredGraph, VersionConflict
 from mcp_services.sleep_scheduler.lease import Lease, LeaseUnavailable
@@ -89,6 +90,7 @@ class Knobs:
     anneal_decay: float
     max_epochs: int
     max_episodes: int
+    fade: float = DEFAULT_FADE
 
     @classmethod
     def of(cls, cfg: SleepSchedulerConfig) -> Knobs:
@@ -102,6 +104,8 @@ class Knobs:
             cfg.anneal_decay,
             cfg.max_epochs,
             cfg.max_episodes,
+            # Not in the config schema yet (sleep_scheduler.fade): the code default until it is.
+            float(getattr(cfg, "fade", DEFAULT_FADE)),
         )
 
     def cycle_config(self, seed: int) -> ConsolidationConfig:
@@ -112,6 +116,7 @@ class Knobs:
             temperature_decay=self.temperature_decay,
             anneal_decay=self.anneal_decay,
             max_epochs=self.max_epochs,
+            fade=self.fade,
             seed=seed,
         )
 
