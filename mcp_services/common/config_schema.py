@@ -334,6 +334,9 @@ class SleepSchedulerConfig(_Strict):
     max_epochs: Annotated[int, Field(ge=1)] = 400
     # Episodes one cycle takes at most (oldest first).
     max_episodes: Annotated[int, Field(ge=1)] = 100_000
+    # Weight factor per cycle of a rehearsed prototype no new episode joined (1: never fades);
+    # below the support a prototype needs it is dropped (sleep_scheduler/domain/fading.py).
+    fade: Annotated[float, Field(ge=0, le=1)] = 0.9
     # The cross-replica consolidation lease in Redis expires this long after its holder stops
     # renewing it (renewed every third of it).
     lease_ttl_s: Annotated[float, Field(ge=1)] = 30.0

@@ -104,8 +104,7 @@ class Knobs:
             cfg.anneal_decay,
             cfg.max_epochs,
             cfg.max_episodes,
-            # Not in the config schema yet (sleep_scheduler.fade): the code default until it is.
-            float(getattr(cfg, "fade", DEFAULT_FADE)),
+            cfg.fade,
         )
 
     def cycle_config(self, seed: int) -> ConsolidationConfig:

@@ -45,6 +45,7 @@ LIVE_KNOBS = (
     "anneal_decay",
     "max_epochs",
     "max_episodes",
+    "fade",
 )
 
 

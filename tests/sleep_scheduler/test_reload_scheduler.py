@@ -32,6 +32,7 @@ LIVE_STEPS: list[dict[str, object]] = [
     {"anneal_decay": 0.75},
     {"max_epochs": 123},
     {"max_episodes": 456},
+    {"fade": 0.5},
     {"keep_versions": 4},
     {"pressure_poll_s": 7.5},
     {"schedule_every_s": 0.2},
