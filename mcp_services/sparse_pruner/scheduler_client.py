@@ -44,9 +44,10 @@ class SchedulerUnavailable(SchedulerError):
     """The scheduler did not answer; retry later."""
 
 
-def _translate(exc: grpc.aio.AioRpcError, what: str) -> SchedulerError:
+def _translate(exc: grpc.aio.AioRpcError, what: str, target: str) -> SchedulerError:
+    # Plain words, not RPC names: the message reaches MCP callers through a failed job.
     code = exc.code()
-    msg = f"SleepScheduler {what}: {code.name}: {exc.details()}"
+    msg = f"the sleep-scheduler at {target} failed {what}: {code.name}: {exc.details()}"
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return VersionConflict(msg)
     if code == grpc.StatusCode.NOT_FOUND:
@@ -108,9 +109,14 @@ class SchedulerClient:
                     protos.append(np.sort(np.asarray(p.active, dtype=np.int64)))
                     support.append(int(p.support))
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, f"ReadGraph(version={version})") from None
+            raise _translate(
+                exc, f"reading graph version {version or 'latest'}", self.target
+            ) from None
         if header is None:
-            raise SchedulerError("SleepScheduler ReadGraph sent no header: the scheduler is broken")
+            raise SchedulerError(
+                f"the sleep-scheduler at {self.target} sent a graph without its header: "
+                "it is broken; check its log"
+            )
         return snapshot_from_edges(
             int(header.version),
             tuple(ids),
@@ -152,7 +158,9 @@ class SchedulerClient:
         try:
             response = await self._stub.CommitGraph(_chunks(graph, header), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, f"CommitGraph(base_version={base_version})") from None
+            raise _translate(
+                exc, f"committing a graph on version {base_version}", self.target
+            ) from None
         out: sleep_pb2.GraphHeader = response.header
         return out
 
@@ -163,7 +171,7 @@ class SchedulerClient:
                 sleep_pb2.ListGraphVersionsRequest(), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, "ListGraphVersions") from None
+            raise _translate(exc, "listing the graph versions", self.target) from None
         return [v.header for v in response.versions]
 
 

@@ -296,10 +296,12 @@ class TestJobs:
 
 
 def test_scheduler_down_fails_the_job(start_fleet: FleetFactory) -> None:
-    """With the scheduler gone a job fails with a message naming it; the pruner keeps serving."""
+    """With the scheduler gone a job fails with a message naming it and its address in plain
+    words (no RPC name: the message reaches MCP callers); the pruner keeps serving."""
     fleet = start_fleet(sparse_pruner={"scheduler_timeout_s": 2.0})
     fleet.scheduler.stop()
     job = fleet.stub.TriggerPruning(pruner_pb2.TriggerPruningRequest())
     assert job.state == pruner_pb2.JOB_STATE_FAILED
-    assert "SleepScheduler" in job.message
+    assert job.message.startswith("the sleep-scheduler at 127.0.0.1:"), job.message
+    assert not any(rpc in job.message for rpc in ("ReadGraph", "ListGraphVersions", "Commit"))
     assert fleet.stub.GetPruningStats(pruner_pb2.GetPruningStatsRequest()).runs_failed == 1
