@@ -7,9 +7,10 @@ name. Every channel it makes:
   (compose service names in the container configuration), else its listen ``host:port`` with a
   wildcard host (``0.0.0.0``, ``::``, empty) read as loopback — the one place that rule lives;
 - sends the caller's **service key** on every call (``authorization: Bearer <key>``) unless the
-  call sets its own: an explicit key (``--api-key``, ``TORI_API_KEY``), else the first key of the
-  fleet's key list (``auth.api_keys`` / ``auth.api_keys_file``, the file every service of a compose
-  deployment mounts at /run/secrets/api_keys), else none (auth off);
+  call sets its own: an explicit key (``--api-key``, ``TORI_API_KEY``), else the first admin key
+  of the fleet's key list (``auth.api_keys`` / ``auth.api_keys_file``, the file every service of a
+  compose deployment mounts at /run/secrets/api_keys; the first key when none is admin), else the
+  one the local fleet made (:func:`fleet_keys_file`), else none (auth off);
 - gives unary calls that set no deadline a **default deadline** (``default_timeout_s``); streams
   keep the deadline their caller gives, since a catch-up Scan may rightly run for minutes;
 - **retries only idempotent calls** (reads, dry runs, marking consolidated) on UNAVAILABLE, up to
@@ -26,12 +27,14 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import grpc
 
-from mcp_services.common.auth import load_api_keys
-from mcp_services.common.config_schema import Endpoint, Settings
+from mcp_services.common.auth import load_service_keys, own_key
+from mcp_services.common.config import resolve_path
+from mcp_services.common.config_schema import AuthConfig, Endpoint, Settings
 
 # Config key -> compose service name; either spelling names a service here.
 SERVICES: dict[str, str] = {
@@ -102,15 +105,29 @@ def metrics_address(settings: Settings, name: str) -> str:
     return f"{reachable_host(ep.metrics_host)}:{ep.metrics_port}"
 
 
+def fleet_keys_file(settings: Settings) -> Path:
+    """The service key file the local fleet creates (0600) when no key is configured."""
+    return resolve_path(settings.paths.var_dir) / "secrets" / "api_keys"
+
+
 def caller_key(settings: Settings, explicit: str | None = None) -> str | None:
-    """The key a caller sends: ``explicit``, else TORI_API_KEY, else the fleet's first key."""
+    """The key a caller sends: ``explicit``, else TORI_API_KEY, else the fleet's own key.
+
+    The fleet's own key is the first admin key of the configured keys, else of the file the
+    local fleet made under its var dir, so a CLI next to `make up` needs no key typed.
+
+    Raises:
+        AuthConfigError: a key file cannot be read or holds a malformed line.
+    """
     if explicit:
         return explicit
     env = os.environ.get("TORI_API_KEY", "").strip()
     if env:
         return env
-    keys = load_api_keys(settings.auth)
-    return keys[0] if keys else None
+    keys = load_service_keys(settings.auth)
+    if not keys and fleet_keys_file(settings).is_file():
+        keys = load_service_keys(AuthConfig(api_keys_file=str(fleet_keys_file(settings))))
+    return own_key(keys)
 
 
 def _has_key(metadata: Iterable[tuple[str, Any]] | None) -> bool:

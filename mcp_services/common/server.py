@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
 import sys
 import threading
@@ -31,7 +32,7 @@ from prometheus_client import CollectorRegistry, Info, disable_created_metrics, 
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 from mcp_services.common import metric_names as names
-from mcp_services.common.auth import ApiKeyInterceptor, AuthConfigError, load_api_keys
+from mcp_services.common.auth import ApiKeyInterceptor, AuthConfigError, load_service_keys
 from mcp_services.common.config import ConfigError, config_files, load_config
 from mcp_services.common.config_schema import Endpoint, GrpcConfig, Settings
 from mcp_services.common.decode_guard import DecodeGuardInterceptor
@@ -75,6 +76,17 @@ ServiceFactory = Callable[[Context], Service]
 
 class StartupError(Exception):
     """The service could not start; the message says why and what to do (e.g. a port is taken)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable only from this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a wildcard, an interface's name or address: beyond loopback
 
 
 def server_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
@@ -163,9 +175,16 @@ async def serve(
             MetricsInterceptor(GrpcServerMetrics(registry))
         ]
         try:
-            keys = load_api_keys(settings.auth)
+            keys = load_service_keys(settings.auth)
         except AuthConfigError as exc:
             raise StartupError(str(exc)) from exc
+        if not keys and not is_loopback(ep.host):
+            raise StartupError(
+                f"{name}: services.{endpoint_key}.host is {ep.host!r}, beyond loopback, and no "
+                "service key is configured, so anyone who reaches it could call every RPC; set "
+                "TORI_API_KEYS_FILE to a key file (`make secrets-up` writes one) or listen on "
+                "127.0.0.1"
+            )
         if keys:
             interceptors.append(ApiKeyInterceptor(keys))
         # Innermost: corrupt request bytes become INVALID_ARGUMENT, counted and after auth.

@@ -4,10 +4,11 @@
     python -m mcp_services.fleet status   # pid, health and endpoints; exit 3 if any is not SERVING
     python -m mcp_services.fleet down     # stop exactly what `up` started
 
-`up` starts services in dependency order and waits for each to report SERVING over gRPC health
-before starting the next; if one fails it prints the end of its log, stops what it had started,
-and exits 1. Ports, data and logs come from the configuration (config/, environment), so a second
-fleet with other ports and TORI_VAR_DIR runs beside the first.
+`up` starts every service with auth on: the configured service keys, else a key file it makes
+under the var dir (fleet/keys.py). It starts services in dependency order and waits for each to
+report SERVING over gRPC health before starting the next; if one fails it prints the end of its
+log, stops what it had started, and exits 1. Ports, data and logs come from the configuration
+(config/, environment), so a second fleet with other ports and TORI_VAR_DIR runs beside the first.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mcp_services.common.auth import AuthConfigError
 from mcp_services.common.clients import endpoint_address, reachable_host
 from mcp_services.common.config import ConfigError, load_config, resolve_path
 from mcp_services.common.config_schema import Endpoint, Settings
 from mcp_services.common.health import check, wait_serving
+from mcp_services.fleet.keys import ensure_fleet_keys
 from mcp_services.fleet.processes import (
     FleetState,
     ProcessRecord,
@@ -132,6 +135,14 @@ def up(settings: Settings, var_dir: Path) -> int:
             return abort(f"private Redis on port {port} did not start:\n{tail(rec.log_file)}")
         print(f"redis            {redis_url} (private, data in {var_dir / 'redis'})")
         env["REDIS_URL"] = redis_url
+
+    try:
+        key_file, keys_from = ensure_fleet_keys(settings)
+    except AuthConfigError as exc:
+        return abort(str(exc))
+    if key_file is not None:
+        env["TORI_API_KEYS_FILE"] = str(key_file)
+    print(f"service auth     on, keys from {keys_from}")
 
     for svc in SERVICES:
         target, metrics = endpoint_of(settings, svc)
