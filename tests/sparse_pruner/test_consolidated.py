@@ -187,6 +187,18 @@ class TestAFewEdgesOffASmallGraph:
         ] == kept_w.tolist()
         assert plan.quality_after.recall >= plan.quality_before.recall
 
+    def test_nothing_to_remove_and_a_losing_refit_keeps_the_input(
+        self, demo: tuple[ConceptGraph, np.ndarray]
+    ) -> None:
+        """No edge may go (retention_target 1) and the refit of seed 1 loses recall: the run is
+        not refused for it (a back-off could not remove less); it keeps the input graph as is."""
+        graph, xi = demo
+        plan = plan_pruning(graph, xi, PruneSettings(seed=1, retention_target=1.0))
+        assert plan.accepted, plan.reason
+        assert plan.graph is graph
+        assert plan.edges_after == plan.edges_before
+        assert plan.quality_after.recall == plan.quality_before.recall
+
 
 @dataclass
 class Chain:

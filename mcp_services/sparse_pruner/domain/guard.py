@@ -215,12 +215,17 @@ def plan_pruning(
         # A solve that ran out of sweeps is still a certified point (its gap is recorded in the
         # attempt); recall, not the gap, decides whether the graph it proposes may be committed.
         verdict = judge(before, after, cfg.max_quality_drop)
-        if not np.all(keep):
-            # The refit optimises margins on noisy copies, not recall, and on a small, already
-            # sparse graph it can lose recall that removing the same edges alone keeps (measured
-            # on a graph of the demo: refit 0.625 -> 0.53, the bare removal 0.625 -> 0.645). The
-            # bare removal is committed instead when the guard passes it and it recalls more (or
-            # the refit fails the guard); otherwise the refit stands.
+        # The refit optimises margins on noisy copies, not recall, and on a small, already sparse
+        # graph it can lose recall that removing the same edges alone keeps (measured on a graph
+        # of the demo: refit 0.625 -> 0.53, the bare removal 0.625 -> 0.645). The bare removal
+        # (survivors at their old weights; the input graph itself when L1 removed nothing) is
+        # taken instead when the guard passes it and it recalls more, or the refit fails.
+        if verdict.passed and after.recall >= before.recall:
+            pass  # the refit kept the input's recall: it stands, one measurement saved
+        elif np.all(keep):
+            bare_verdict = judge(before, before, cfg.max_quality_drop)
+            candidate, after, verdict, new_w, refit_kkt = graph, before, bare_verdict, old_w, 0.0
+        else:
             bare_w = np.where(keep, old_w, 0.0)
             bare = graph_from_edges(graph.n_concepts, edge_i, edge_j, bare_w, graph.biases)
             bare_after = measure_quality(bare, xi, cfg)
