@@ -18,6 +18,7 @@ import grpc
 
 from mcp_services.common.clients import dial_address
 from mcp_services.common.config_schema import Settings
+from mcp_services.common.namespaces import DEFAULT, current_namespace
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 
 OFF = "off"
@@ -86,6 +87,15 @@ class CueCompleter:
                 CompletionStatus.DISABLED,
                 given,
                 "completion is off (vault.recall.scheduler_address: off)",
+            )
+        if current_namespace() != DEFAULT:
+            # The scheduler keeps one graph, learnt from the default namespace: completing another
+            # namespace's cue through it would mix namespaces.
+            return Completed(
+                CompletionStatus.DISABLED,
+                given,
+                "completion runs through the default namespace's graph only; this namespace's "
+                "recall ranks by the cue as given",
             )
         self.warm()
         assert self._stub is not None

@@ -13,7 +13,7 @@ from mcp_services.common.grpc_metrics import LATENCY_BUCKETS
 from mcp_services.episodic_vault.model import PutOutcome, PutStatus, Tier
 
 if TYPE_CHECKING:
-    from mcp_services.episodic_vault.store import TieredStore
+    from mcp_services.episodic_vault.namespaces import ScopedStore
 
 BYTES_PER_MB = 1 << 20
 
@@ -111,8 +111,8 @@ class VaultMetrics:
     def observe_op(self, op: str, seconds: float) -> None:
         self.op_seconds.labels(op, self._backend).observe(seconds)
 
-    def watch_store(self, store: TieredStore) -> None:
-        """Tier and index gauges read the store at scrape time."""
+    def watch_store(self, store: ScopedStore) -> None:
+        """Tier and index gauges read the stores (every namespace's) at scrape time."""
 
         def tier_count(t: Tier) -> Callable[[], float]:
             return lambda: float(store.tier_totals()[t][0])
@@ -129,11 +129,10 @@ class VaultMetrics:
             self.tier_bytes.labels(name).set_function(tier_bytes(tier))
             if tier is not Tier.STM:
                 self.pruned.labels(name).set_function(pruned(tier))
-        index = store.index
-        if index is not None:
+        if store.index is not None:
 
             def size(key: str) -> Callable[[], float]:
-                return lambda: float(index.sizes()[key])
+                return lambda: float(store.index_sizes().get(key, 0))
 
             for state in ("indexed", "pending", "tombstones"):
                 self.index_vectors.labels(state).set_function(size(state))

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import structlog
 
 from mcp_services.common.clients import ClientFactory
+from mcp_services.common.namespaces import DEFAULT, ContextExecutor, add_scoped_servicer
 from mcp_services.common.server import Context, StartupError, run
-from mcp_services.episodic_vault.backends import open_backend
 from mcp_services.episodic_vault.completion import CueCompleter, completion_address
 from mcp_services.episodic_vault.metrics import VaultMetrics
+from mcp_services.episodic_vault.namespaces import (
+    NamespaceStores,
+    ScopedStore,
+    TooManyNamespaces,
+    open_store,
+    stored_namespaces,
+)
 from mcp_services.episodic_vault.servicer import EpisodicVaultServicer
-from mcp_services.episodic_vault.store import TieredStore, index_dir, store_identity
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 
 SERVICE_NAME = episodic_pb2.DESCRIPTOR.services_by_name["EpisodicVault"].full_name
@@ -31,8 +36,11 @@ class VaultService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._cfg = ctx.settings.vault
-        self._executor = ThreadPoolExecutor(self._cfg.io_threads, thread_name_prefix="vault-io")
-        self._backend: TieredStore | None = None
+        # Storage calls run on these threads in the calling namespace's context.
+        self._executor = ContextExecutor(self._cfg.io_threads, thread_name_prefix="vault-io")
+        var_dir = ctx.settings.paths.var_dir
+        self._stores = NamespaceStores(self._cfg, lambda cfg: open_store(cfg, var_dir))
+        self._backend: ScopedStore | None = None
         self._metrics = VaultMetrics(ctx.registry, self._cfg.backend)
         clients = ClientFactory.of(ctx.settings)
         self._completer = CueCompleter(
@@ -44,33 +52,46 @@ class VaultService:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            backend = await loop.run_in_executor(self._executor, open_backend, self._cfg)
-        except Exception as exc:  # any failure to open storage stops start-up, with its reason
-            raise StartupError(
-                f"episodic-vault: cannot open the {self._cfg.backend} backend: {exc}"
-            ) from exc
-        store = TieredStore(
-            self._cfg,
-            backend,
-            index_dir(self._cfg, self._ctx.settings.paths.var_dir),
-            store_identity(self._cfg),
-        )
-        try:
-            await loop.run_in_executor(self._executor, store.open)
-        except Exception as exc:  # the catalog and index are built from the backend at start
-            await loop.run_in_executor(self._executor, backend.close)
-            raise StartupError(f"episodic-vault: cannot build the vault's indexes: {exc}") from exc
+        for namespace in (DEFAULT, *stored_namespaces(self._cfg)):
+            try:
+                await loop.run_in_executor(self._executor, self._stores.open, namespace)
+            except Exception as exc:  # any failure to open storage stops start-up, with its reason
+                await loop.run_in_executor(self._executor, self._stores.close)
+                where = "" if namespace == DEFAULT else f" of namespace {namespace!r}"
+                raise StartupError(
+                    f"episodic-vault: cannot open the {self._cfg.backend} backend{where} or "
+                    f"build its indexes: {exc}"
+                ) from exc
+        store = ScopedStore(self._stores, self._cfg.backend)
         self._backend = store
         self._metrics.watch_store(store)
         totals = await loop.run_in_executor(self._executor, store.totals)
         self._metrics.set_totals(totals)
-        log.info("vault_opened", backend=self._backend.name, episodes=totals[0], bytes=totals[1])
+        log.info("vault_opened", backend=store.name, episodes=totals[0], bytes=totals[1])
         self._completer.warm()
+
+    async def _open_namespace(self, context: grpc.aio.ServicerContext, namespace: str) -> None:
+        """Open the namespace's store before its first call runs (off the event loop)."""
+        if self._stores.get(namespace) is not None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._stores.open, namespace
+            )
+        except TooManyNamespaces as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except Exception as exc:  # the namespace's storage cannot be opened now
+            log.exception("vault_namespace_open_failed", namespace=namespace)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the {self._cfg.backend} store of namespace {namespace!r} cannot be opened "
+                f"({type(exc).__name__}); retry later",
+            )
 
     def register(self, server: grpc.aio.Server) -> None:
         assert self._backend is not None, "start() first"
-        episodic_pb2_grpc.add_EpisodicVaultServicer_to_server(
+        add_scoped_servicer(
+            episodic_pb2_grpc.add_EpisodicVaultServicer_to_server,
             EpisodicVaultServicer(
                 self._cfg,
                 self._backend,
@@ -80,12 +101,13 @@ class VaultService:
                 self._completer,
             ),
             server,
+            self._open_namespace,
         )
 
     async def stop(self) -> None:
         await self._completer.close()
         if self._backend is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._backend.close)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._stores.close)
             self._backend = None
         self._executor.shutdown(wait=True)
 

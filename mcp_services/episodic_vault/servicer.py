@@ -44,7 +44,8 @@ from mcp_services.episodic_vault.model import (
     PutStatus,
     Tier,
 )
-from mcp_services.episodic_vault.store import SearchDisabled, TieredStore
+from mcp_services.episodic_vault.namespaces import ScopedStore
+from mcp_services.episodic_vault.store import SearchDisabled
 from mcp_services.episodic_vault.validation import InvalidEpisode, check_id, validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.events.v1 import events_pb2
@@ -144,7 +145,7 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
     def __init__(
         self,
         cfg: VaultConfig,
-        backend: TieredStore,
+        backend: ScopedStore,  # the calling namespace's store, call by call
         executor: ThreadPoolExecutor,
         bus: EventBus,
         metrics: VaultMetrics,

@@ -1,0 +1,158 @@
+"""Namespaces (tenants): which one a call is for, and the rules a name follows.
+
+A call to a service names its namespace in the gRPC metadata ``x-tori-namespace`` (like Grafana
+Mimir's X-Scope-OrgID); a call without it is for ``default``, so a deployment with one namespace
+behaves as one without namespaces. The gateway sets it from the caller's key (a key's TENANT is its
+namespace), never from tool arguments.
+
+A service that keeps data per namespace registers its servicer with :func:`add_scoped_servicer`:
+every call is then checked (a bad name is INVALID_ARGUMENT naming the header and the form; a caller
+whose service key is bound to other namespaces gets PERMISSION_DENIED naming the namespace) and runs
+with :func:`current_namespace` set, also inside the worker threads of a :class:`ContextExecutor`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+
+from mcp_services.common.handlers import wrap_handler
+
+HEADER = "x-tori-namespace"
+DEFAULT = "default"
+# The gateway's tenant names (gateway/keys.py uses this pattern for TENANT).
+NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+FORM = "1-64 characters from A-Z a-z 0-9 . _ : -, starting with a letter or digit"
+
+_CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar("tori_namespace", default=DEFAULT)
+T = TypeVar("T")
+
+
+class InvalidNamespace(ValueError):
+    """A namespace name that does not follow NAMESPACE_RE; the message names the header."""
+
+
+def check_namespace(name: str, where: str = HEADER) -> str:
+    """``name`` when it is a valid namespace, else InvalidNamespace naming ``where``."""
+    if not NAMESPACE_RE.fullmatch(name):
+        raise InvalidNamespace(f"{where}: {name[:70]!r} is not a namespace; give {FORM}")
+    return name
+
+
+def namespace_of(metadata: Iterable[tuple[str, Any]] | None) -> str:
+    """The namespace a call's metadata names (``default`` when it names none)."""
+    for key, value in metadata or ():
+        if key == HEADER:
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            return check_namespace(text)
+    return DEFAULT
+
+
+def namespace_metadata(namespace: str) -> tuple[tuple[str, str], ...]:
+    """The metadata that sends a call for ``namespace``."""
+    return ((HEADER, check_namespace(namespace, "namespace")),)
+
+
+def current_namespace() -> str:
+    """The namespace of the call being served (``default`` outside one)."""
+    return _CURRENT.get()
+
+
+def key_namespaces() -> frozenset[str] | None:
+    """The namespaces the calling service key may use, or None when the key is not bound (or auth
+    is off). Read from common/auth.py's current_principal when that exists."""
+    from mcp_services.common import auth
+
+    principal_of = getattr(auth, "current_principal", None)
+    if principal_of is None:
+        return None
+    principal = principal_of()
+    allowed = getattr(principal, "namespaces", None) if principal is not None else None
+    return None if allowed is None else frozenset(allowed)
+
+
+class ContextExecutor(ThreadPoolExecutor):
+    """A thread pool whose tasks run in the submitter's contextvars context, so storage code on a
+    worker thread sees the namespace of the call that submitted it."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        ctx = contextvars.copy_context()
+        return super().submit(ctx.run, fn, *args, **kwargs)
+
+
+# Prepares a namespace before the call runs (e.g. opens its store); may abort the call.
+Prepare = Callable[[grpc.aio.ServicerContext, str], Awaitable[None]]
+
+
+def _scoped(prepare: Prepare | None) -> Callable[..., Awaitable[Any]]:
+    async def around(context: grpc.aio.ServicerContext, run: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            namespace = namespace_of(context.invocation_metadata())
+        except InvalidNamespace as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("context.abort returned") from None
+        allowed = key_namespaces()
+        if allowed is not None and namespace not in allowed and "*" not in allowed:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"namespace {namespace!r} is not one this service key may use; send "
+                f"{HEADER} with one of its namespaces, or ask the operator to bind the key to it",
+            )
+        if prepare is not None:
+            await prepare(context, namespace)
+        token = _CURRENT.set(namespace)
+        try:
+            return await run()
+        finally:
+            _CURRENT.reset(token)
+
+    return around
+
+
+class _Capture:
+    """Stands in for the server while a generated add_*_to_server registers its handlers."""
+
+    def __init__(self) -> None:
+        self.registered: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers arrive by add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.registered[service] = handlers
+
+
+def add_scoped_servicer(
+    add_to_server: Callable[[Any, Any], None],
+    servicer: Any,
+    server: grpc.aio.Server,
+    prepare: Prepare | None = None,
+) -> None:
+    """Register ``servicer`` (with its generated ``add_*_to_server``) so that every call is
+    checked for its namespace and runs with current_namespace() set."""
+    capture = _Capture()
+    add_to_server(servicer, capture)
+    around = _scoped(prepare)
+    for service, handlers in capture.registered.items():
+        wrapped = {name: wrap_handler(h, around) for name, h in handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        server.add_registered_method_handlers(service, wrapped)
+
+
+async def default_only(context: grpc.aio.ServicerContext, namespace: str) -> None:
+    """Prepare for a service whose data (graph, prunings, dynamics) is learnt from the default
+    namespace only: a call for another namespace is refused, so it can neither read nor change
+    what other tenants' episodes taught."""
+    if namespace != DEFAULT:
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"namespace {namespace!r} has no graph, consolidation, pruning or dynamics of its own "
+            f"yet (this service keeps the {DEFAULT!r} namespace's only); nothing was done",
+        )
