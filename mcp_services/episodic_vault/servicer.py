@@ -23,11 +23,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mcp_services.common.config_schema import VaultConfig, VaultLimits
 from mcp_services.common.event_bus import EPISODE_STORED, EventBus, new_header
+from mcp_services.common.stream_limits import StreamLimits, StreamRefused
 from mcp_services.episodic_vault.backends import (
     BackendUnavailable,
     CapacityExceeded,
     IdConflict,
 )
+from mcp_services.episodic_vault.backends.disk_full import DiskFull
+from mcp_services.episodic_vault.batch_stream import receive_batch
 from mcp_services.episodic_vault.codec import (
     episode_to_proto,
     ms_from_timestamp,
@@ -45,6 +48,8 @@ from mcp_services.episodic_vault.model import (
     Tier,
 )
 from mcp_services.episodic_vault.namespaces import ScopedStore
+from mcp_services.episodic_vault.spool import CHUNK as SPOOL_CHUNK
+from mcp_services.episodic_vault.spool import EpisodeSpool, spool_directory
 from mcp_services.episodic_vault.store import SearchDisabled
 from mcp_services.episodic_vault.validation import InvalidEpisode, check_id, validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
@@ -157,6 +162,10 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
         self._executor = executor
         self._bus = bus
         self._metrics = metrics
+        self._streams = StreamLimits(
+            cfg.limits.max_concurrent_streams, cfg.limits.max_stream_bytes, "vault.limits"
+        )
+        self._spool_dir = spool_directory(cfg)
 
     async def _storage(
         self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any
@@ -197,6 +206,29 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
                 self._announce(ep, outcome)
         return outcomes
 
+    async def _put_spooled(
+        self, context: grpc.aio.ServicerContext, spool: EpisodeSpool
+    ) -> list[PutOutcome]:
+        start = time.perf_counter()
+        outcomes, totals = await self._storage(
+            context, self._put_spooled_and_count, spool, _now_ms()
+        )
+        self._metrics.observe_put("batch", time.perf_counter() - start, outcomes, totals)
+        loop = asyncio.get_running_loop()
+        for begin in range(0, len(spool), SPOOL_CHUNK):
+            chunk = await loop.run_in_executor(
+                self._executor, spool.__getitem__, slice(begin, begin + SPOOL_CHUNK)
+            )
+            for ep, outcome in zip(chunk, outcomes[begin : begin + SPOOL_CHUNK], strict=True):
+                if outcome.status is PutStatus.CREATED:
+                    self._announce(ep, outcome)
+        return outcomes
+
+    def _put_spooled_and_count(
+        self, spool: EpisodeSpool, stored_ms: int
+    ) -> tuple[list[PutOutcome], tuple[int, int]]:
+        return self._backend.put_spooled(spool, stored_ms), self._backend.totals()
+
     def _announce(self, ep: Episode, outcome: PutOutcome) -> None:
         concepts = len(ep.activation.concept_ids) + sum(
             len(f.activation.concept_ids) for f in ep.trace
@@ -236,25 +268,19 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
         request_iterator: AsyncIterator[episodic_pb2.PutEpisodeRequest],
         context: grpc.aio.ServicerContext,
     ) -> episodic_pb2.PutEpisodesResponse:
-        limit = self._cfg.limits.max_batch
-        episodes: list[Episode] = []
-        now = _now_ms()
-        i = 0
+        # Bounded (batch_stream.py): a slot among max_concurrent_streams, max_stream_bytes, and
+        # the batch spooled to disk until the client half-closes; then one atomic write.
         try:
-            async for request in request_iterator:
-                if i >= limit:
-                    raise InvalidEpisode(
-                        "episodes",
-                        f"more than {limit} in one batch (vault.limits.max_batch); "
-                        "split the stream",
+            with self._streams.open() as budget, EpisodeSpool(self._spool_dir) as spool:
+                try:
+                    await receive_batch(
+                        request_iterator, self._cfg, _now_ms(), budget, spool, self._executor
                     )
-                if not request.HasField("episode"):
-                    raise InvalidEpisode(f"episodes[{i}]", "is missing; set the episode")
-                episodes.append(validate_episode(request.episode, self._cfg, now, f"episodes[{i}]"))
-                i += 1
-        except InvalidEpisode as exc:
-            await self._invalid(context, exc)
-        outcomes = await self._put(context, episodes, "batch") if episodes else []
+                except InvalidEpisode as exc:
+                    await self._invalid(context, exc)
+                outcomes = await self._put_spooled(context, spool) if len(spool) else []
+        except (StreamRefused, DiskFull) as exc:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         created = sum(o.status is PutStatus.CREATED for o in outcomes)
         return episodic_pb2.PutEpisodesResponse(
             results=[outcome_to_proto(o) for o in outcomes],

@@ -26,6 +26,7 @@ import structlog
 from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import VaultConfig
 from mcp_services.episodic_vault.backends import VaultBackend
+from mcp_services.episodic_vault.backends.disk_full import is_disk_full, space_note
 from mcp_services.episodic_vault.backends.postgres_backend import redacted as pg_redacted
 from mcp_services.episodic_vault.backends.redis_backend import _redacted as redis_redacted
 from mcp_services.episodic_vault.catalog import Catalog
@@ -41,8 +42,10 @@ from mcp_services.episodic_vault.model import (
     TierCount,
     VaultStats,
 )
+from mcp_services.episodic_vault.spool import EpisodeSpool
 from mcp_services.episodic_vault.stm import ShortTermTier
 from mcp_services.episodic_vault.vector_index import F32, VectorIndex, content_key, normalised
+from mcp_services.episodic_vault.write_gate import WriteGate, data_directory
 
 log = structlog.get_logger(__name__)
 
@@ -125,11 +128,16 @@ class TieredStore:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.pruned: dict[Tier, int] = {Tier.MTM: 0, Tier.LTM: 0}
+        # Read-only when the disk is full at start (write_gate.py); None: nothing local.
+        where = data_directory(cfg, index_path)
+        self.write_gate = WriteGate(where) if where is not None else None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> dict[str, object]:
         """Build the catalog from the backend and load or rebuild the vector index; what it did."""
         started = time.perf_counter()
+        if self.write_gate is not None:
+            self.write_gate.check_at_start()
         held = self.index.load() if self.index is not None else {}
         valid: dict[int, int] = {}
         added = 0
@@ -156,11 +164,13 @@ class TieredStore:
                 break
             after = batch[-1].seq
         report: dict[str, object] = {"episodes": self._catalog.live}
+        if self.write_gate is not None and self.write_gate.read_only:
+            report["read_only"] = self.write_gate.reason
         if self.index is not None:
             dropped = self.index.keep_only(valid)
             compacted = self.index.compact_if_sparse()
             self.index.flush()
-            self.index.save()
+            self._save_index("open")
             report |= {
                 "index_loaded": self.index.loaded_from_disk,
                 "index_rebuild_reason": self.index.rebuild_reason,
@@ -189,7 +199,7 @@ class TieredStore:
                 # bounded index because they are compacted away here.
                 self.index.compact_if_sparse()
                 if time.monotonic() - last_save >= self._cfg.index.save_interval_s:
-                    self.index.save()
+                    self._save_index("interval")
                     last_save = time.monotonic()
             except Exception:  # keep indexing; the failure is logged and staged vectors stay
                 log.exception("vault_index_flush_failed")
@@ -208,8 +218,25 @@ class TieredStore:
             t.join()
         if self.index is not None:
             self.index.flush()
-            self.index.save()
+            self._save_index("close")
         self.backend.close()
+
+    def _save_index(self, when: str) -> None:
+        """Persist the index; a failure (a full disk) is a warning: the index is rebuilt from
+        the backend at the next start, so nothing is lost but start-up time."""
+        assert self.index is not None
+        try:
+            self.index.save()
+        except (OSError, RuntimeError) as exc:  # faiss reports write errors as RuntimeError
+            log.warning(
+                "vault_index_save_failed",
+                when=when,
+                path=str(self.index.path),
+                disk_full=is_disk_full(exc),
+                free=space_note(self.index.path) if self.index.path else "",
+                error=str(exc),
+                consequence="the index is rebuilt from the stored episodes at the next start",
+            )
 
     # -- helpers -----------------------------------------------------------------------------
     def _forget(self, episode_ids: Sequence[str]) -> None:
@@ -238,36 +265,59 @@ class TieredStore:
             self._on_change(self)
 
     # -- the backend contract ----------------------------------------------------------------
+    def _ensure_writable(self, what: str) -> None:
+        if self.write_gate is not None:
+            self.write_gate.ensure_writable(what)
+
     def put_many(self, episodes: Sequence[Episode], stored_ms: int) -> list[PutOutcome]:
+        self._ensure_writable("the put")
         with self._write:
             outcomes = self.backend.put_many(episodes, stored_ms)
-            # One copy per new episode, as stored: in STM when there is one (the catalog counts
-            # its durable tier as MTM and notes that it is hot).
-            tier = Tier.STM if self._stm.capacity > 0 else None
-            fresh: dict[str, Episode] = {}
-            for ep, out in zip(episodes, outcomes, strict=True):
-                if out.status is PutStatus.CREATED and ep.id not in fresh:
-                    fresh[ep.id] = dataclasses.replace(
-                        ep,
-                        seq=out.seq,
-                        stored_ms=stored_ms,
-                        size_bytes=out.size_bytes,
-                        tier=tier or ep.tier,
-                    )
-            vectors = self._vectors(list(fresh.values()))
-            with self._cat_lock:
-                for ep in fresh.values():
-                    self._catalog.add(ep, has_vector=ep.seq in vectors)
-            for ep in fresh.values():
-                for gone in self._stm.put(ep):
-                    self._left_stm(gone)
-            if vectors and self.index is not None:
-                self.index.stage_many(
-                    np.fromiter(vectors, np.int64, len(vectors)),
-                    np.fromiter((k for k, _ in vectors.values()), np.int64, len(vectors)),
-                    np.stack([v for _, v in vectors.values()]),
-                )
+            self._admit(episodes, outcomes, stored_ms)
         return outcomes
+
+    def put_spooled(self, spool: EpisodeSpool, stored_ms: int) -> list[PutOutcome]:
+        """put_many for a streamed batch held on disk: one backend call (atomic as put_many is)
+        reading the spool as it goes, then the in-process tiers fed a chunk at a time, so memory
+        holds a chunk, not the batch (SQLite and memory read it once; Redis and PostgreSQL build
+        their one request from all of it)."""
+        self._ensure_writable("the put")
+        with self._write:
+            outcomes = self.backend.put_many(spool, stored_ms)
+            for start, chunk in spool.chunks():
+                self._admit(chunk, outcomes[start : start + len(chunk)], stored_ms)
+        return outcomes
+
+    def _admit(
+        self, episodes: Sequence[Episode], outcomes: Sequence[PutOutcome], stored_ms: int
+    ) -> None:
+        """Enter the stored episodes in the catalog, STM and the index (caller holds _write)."""
+        # One copy per new episode, as stored: in STM when there is one (the catalog counts
+        # its durable tier as MTM and notes that it is hot).
+        tier = Tier.STM if self._stm.capacity > 0 else None
+        fresh: dict[str, Episode] = {}
+        for ep, out in zip(episodes, outcomes, strict=True):
+            if out.status is PutStatus.CREATED and ep.id not in fresh:
+                fresh[ep.id] = dataclasses.replace(
+                    ep,
+                    seq=out.seq,
+                    stored_ms=stored_ms,
+                    size_bytes=out.size_bytes,
+                    tier=tier or ep.tier,
+                )
+        vectors = self._vectors(list(fresh.values()))
+        with self._cat_lock:
+            for ep in fresh.values():
+                self._catalog.add(ep, has_vector=ep.seq in vectors)
+        for ep in fresh.values():
+            for gone in self._stm.put(ep):
+                self._left_stm(gone)
+        if vectors and self.index is not None:
+            self.index.stage_many(
+                np.fromiter(vectors, np.int64, len(vectors)),
+                np.fromiter((k for k, _ in vectors.values()), np.int64, len(vectors)),
+                np.stack([v for _, v in vectors.values()]),
+            )
 
     def _vectors(self, eps: Sequence[Episode]) -> dict[int, tuple[int, F32]]:
         """seq -> (content key, unit vector) of the episodes with a searchable embedding."""
@@ -318,6 +368,7 @@ class TieredStore:
         return deleted
 
     def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
+        self._ensure_writable("MarkConsolidated")
         with self._write:
             out = self.backend.mark_consolidated(episode_ids, graph_version)
             with self._cat_lock:

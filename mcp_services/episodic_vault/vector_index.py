@@ -73,11 +73,15 @@ def _fsync(path: Path) -> None:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written file only takes space
+        raise
 
 
 class VectorIndex:
@@ -183,16 +187,26 @@ class VectorIndex:
                 return False
             # Straight to the file: serialising to bytes first held two more copies of the
             # index in memory (~180 MB each at 100k vectors of 384 dimensions).
-            faiss.write_index(self._index, str(tmp))
+            try:
+                faiss.write_index(self._index, str(tmp))
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a half-written file only takes space
+                raise
             n = self._n
             labels_bytes = np.stack([self._label_seq[:n], self._label_key[:n]], axis=1).tobytes()
             self._dirty = False
-        _fsync(tmp)
-        index_sha = _sha256_file(tmp)
-        os.replace(tmp, self.path / "index.faiss")
-        _write_atomic(self.path / "labels.npy", labels_bytes)
-        manifest = self._manifest(index_sha, _sha256(labels_bytes))
-        _write_atomic(self.path / "manifest.json", json.dumps(manifest, indent=1).encode())
+        try:
+            _fsync(tmp)
+            index_sha = _sha256_file(tmp)
+            os.replace(tmp, self.path / "index.faiss")
+            _write_atomic(self.path / "labels.npy", labels_bytes)
+            manifest = self._manifest(index_sha, _sha256(labels_bytes))
+            _write_atomic(self.path / "manifest.json", json.dumps(manifest, indent=1).encode())
+        except BaseException:
+            # Not saved: try again next time (a mismatched manifest makes load() rebuild).
+            tmp.unlink(missing_ok=True)
+            self._dirty = True
+            raise
         return True
 
     def compact_if_sparse(self, max_dead_fraction: float = 1 / 3) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 from mcp_services.common.config_schema import SqliteConfig
 from mcp_services.episodic_vault.backends.base import IdConflict, SchemaTooNew
+from mcp_services.episodic_vault.backends.disk_full import DiskFull, is_disk_full
 from mcp_services.episodic_vault.codec import decode_body, encode_body
 from mcp_services.episodic_vault.model import (
     Episode,
@@ -153,15 +154,23 @@ class SqliteBackend:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; a full disk (SQLITE_FULL) raises DiskFull, nothing written."""
         with self._write_lock:
             conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite may have rolled back already (it does on SQLITE_FULL).
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                if is_disk_full(exc):
+                    raise DiskFull(self.path, "writing the SQLite database") from exc
                 raise
-            conn.execute("COMMIT")
 
     def put_many(self, episodes: Sequence[Episode], stored_ms: int) -> list[PutOutcome]:
         outcomes: list[PutOutcome] = []
