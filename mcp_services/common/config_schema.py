@@ -496,6 +496,13 @@ class GatewayConfig(_Strict):
     retry_backoff_s: Annotated[float, Field(ge=0)] = 0.05
     # Episodes one memory.put call may carry in `episodes`.
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    # HTTP: a request's head (request line and headers) must arrive within header_timeout_s of
+    # the connection opening or the previous response; an idle keep-alive connection closes
+    # after keep_alive_timeout_s; past max_connections open connections (or requests in
+    # flight) a request gets 503 (0: no cap).
+    header_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    keep_alive_timeout_s: Annotated[int, Field(ge=1, le=600)] = 5
+    max_connections: Annotated[int, Field(ge=0)] = 1000
 
     @field_validator("api_keys", mode="before")
     @classmethod

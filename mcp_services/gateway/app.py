@@ -25,6 +25,7 @@ from mcp_services.common.config import ConfigError, load_config
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.logging import configure_logging
 from mcp_services.gateway.core import CALLER_SCOPE_KEY, Gateway, GatewayMCP
+from mcp_services.gateway.http_guard import with_head_timeout
 from mcp_services.gateway.keys import ANONYMOUS
 from mcp_services.gateway.live import LiveConfig
 from mcp_services.gateway.metrics import GatewayMetrics
@@ -187,7 +188,18 @@ async def serve_http(
         g.path,
     )
     config = uvicorn.Config(
-        app, host=g.host, port=g.port, log_level="warning", lifespan="on", access_log=False
+        app,
+        host=g.host,
+        port=g.port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        # Slow or idle clients cannot hold connections (http_guard.py): a request head must
+        # arrive within header_timeout_s, an idle keep-alive connection closes after
+        # keep_alive_timeout_s, and beyond max_connections new requests get 503.
+        http=with_head_timeout(g.header_timeout_s),
+        timeout_keep_alive=g.keep_alive_timeout_s,
+        limit_concurrency=g.max_connections or None,
     )
     userver = uvicorn.Server(config)
     # uvicorn handles SIGTERM/SIGINT in the main thread: serve() returns, and `finally` cleans up.
