@@ -60,6 +60,7 @@ from mcp_services.sleep_scheduler.server import SleepSchedulerService
 RESULTS = Path(__file__).resolve().parent / "results"
 CLASSES = 10
 CUES_PER_CLASS = 20
+CUE_NOISE = 0.1
 PICK_PER_CLASS = 5
 PUT_BATCH = 2000
 
@@ -143,12 +144,14 @@ class Fleet:
 
 def run_config(name: str, data: PlantedClasses, seed: int) -> dict[str, Any]:
     n = data.prototypes.shape[1]
-    cues = peers.prototype_cues(data, CUES_PER_CLASS, 0.1, seed)
+    cues = peers.prototype_cues(data, CUES_PER_CLASS, CUE_NOISE, seed)
     pick_rows = np.concatenate(
         [np.flatnonzero(cues.labels == c)[:PICK_PER_CLASS] for c in range(data.classes)]
     )
     pick = peers.Cues(cues.states[pick_rows], cues.labels[pick_rows])
     row: dict[str, Any] = {"config": name, "n": n, "episodes": int(data.samples.shape[0])}
+    # The ceiling of cue accuracy on this cue set (the Bayes classifier with the true prototypes).
+    row["cue_accuracy_bayes"] = round(peers.bayes_cue_accuracy(data, cues, CUE_NOISE), 4)
     with tempfile.TemporaryDirectory() as tmp:
         fleet = Fleet(Path(tmp))
         try:

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.cluster.vq import kmeans2
+from scipy.special import gammaln
 
 from mcp_services.sleep_scheduler.domain import ConceptGraph, ConceptIndex
 from mcp_services.sleep_scheduler.domain.anneal import AnnealSchedule, settle
@@ -64,6 +65,35 @@ def prototype_cues(data: PlantedClasses, per_class: int, noise: float, seed: int
     n = data.prototypes.shape[1]
     states = swap_noise(data.prototypes[labels], noise, np.arange(n, dtype=np.int64), rng)
     return Cues(sp.csr_matrix(states), labels)
+
+
+def bayes_cue_accuracy(data: PlantedClasses, cues: Cues, noise: float) -> float:
+    """The best class accuracy any method can reach on the prototype cues: the Bayes classifier
+    with the true prototypes and the cues' exact noise model (:func:`prototype_cues`: exactly
+    ``round(noise k)`` of a class's ``k`` members swapped for outside concepts, uniformly).
+
+    A cue is consistent with class c when it has ``k_c`` members of which ``k_c - s_c`` are c's;
+    its likelihood is then ``1 / (C(k_c, s_c) C(N - k_c, s_c))`` (uniform prior over classes).
+    Ties count as a fair draw. No completion can beat this on average; when it is below a bar,
+    the bar cannot be met on that cue set.
+    """
+    protos = sp.csr_matrix(data.prototypes)
+    n = protos.shape[1]
+    k = np.diff(protos.indptr).astype(np.int64)
+    s = np.minimum(np.rint(noise * k).astype(np.int64), k)
+    shared = np.asarray((sp.csr_matrix(cues.states) @ protos.T).todense())
+    size = np.diff(sp.csr_matrix(cues.states).indptr)
+    log_like = -(gammaln(k + 1) - gammaln(s + 1) - gammaln(k - s + 1))
+    log_like -= gammaln(n - k + 1) - gammaln(s + 1) - gammaln(n - k - s + 1)
+    total = 0.0
+    for r in range(shared.shape[0]):
+        ok = (size[r] == k) & (shared[r] == k - s)
+        if not ok.any():
+            continue
+        ll = np.where(ok, log_like, -np.inf)
+        best = np.flatnonzero(ll >= ll.max() - 1e-12)
+        total += float(cues.labels[r] in best) / len(best)
+    return total / shared.shape[0]
 
 
 def measure(complete: Completer, data: PlantedClasses, cues: Cues) -> dict[str, float]:
