@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from mcp_services.common.clients import ClientFactory
+from mcp_services.common.config import load_config
 from mcp_services.common.health import check
 from mcp_services.fleet.processes import FleetState
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
@@ -62,7 +64,8 @@ def make_env(tmp_path: Path, name: str) -> dict[str, str]:
 
 
 def vault_stub(env: dict[str, str]) -> tuple[grpc.Channel, episodic_pb2_grpc.EpisodicVaultStub]:
-    channel = grpc.insecure_channel(f"127.0.0.1:{env['VAULT_GRPC_PORT']}")
+    """A client of the fleet's vault sending the fleet's own key, as every CLI does."""
+    channel = ClientFactory.of(load_config(environ=env)).channel("episodic-vault")
     return channel, episodic_pb2_grpc.EpisodicVaultStub(channel)
 
 
@@ -205,6 +208,29 @@ class TestFleet:
         assert processes_of(other["TORI_VAR_DIR"]) == []
         assert fleet("status", running).returncode == 0
 
+    def test_auth_is_on_with_a_private_key_file(self, running: dict[str, str]) -> None:
+        """The fleet made a 0600 admin key file under its var dir; a call without a key is
+        UNAUTHENTICATED on every service, and the CLIs' key (the file's) is accepted."""
+        key_file = Path(running["TORI_VAR_DIR"]) / "secrets" / "api_keys"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert key_file.parent.stat().st_mode & 0o777 == 0o700
+        assert key_file.read_text().splitlines()[-1].endswith(" admin")
+        for name, (grpc_var, _) in PORTS.items():
+            with grpc.insecure_channel(f"127.0.0.1:{running[grpc_var]}") as ch:
+                # GetConfig on the others, GetStats on the vault: any RPC but health needs a key.
+                service, method = {
+                    "episodic-vault": ("tori.episodic.v1.EpisodicVault", "GetStats"),
+                    "sleep-scheduler": ("tori.sleep.v1.SleepScheduler", "GetConfig"),
+                    "sparse-pruner": ("tori.pruner.v1.SparsePruner", "GetConfig"),
+                    "koopman-learner": ("tori.koopman.v1.KoopmanLearner", "GetConfig"),
+                }[name]
+                with pytest.raises(grpc.RpcError) as err:
+                    ch.unary_unary(f"/{service}/{method}")(b"", timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+        channel, stub = vault_stub(running)
+        assert stub.GetStats(pb.GetStatsRequest()).episode_count == 0
+        channel.close()
+
     def test_up_twice_is_refused_while_running(self, running: dict[str, str]) -> None:
         """A second `up` on a running fleet says so and starts nothing."""
         again = fleet("up", running)
@@ -212,6 +238,18 @@ class TestFleet:
 
 
 class TestFleetFailures:
+    def test_configured_keys_without_an_admin_key_are_refused(self, tmp_path: Path) -> None:
+        """A configured key file with no admin key stops up before any service starts, saying
+        why (the services call each other with an admin key), never showing the key."""
+        keys = tmp_path / "keys"
+        keys.write_text("only-a-reader-key read\n")
+        env = make_env(tmp_path, "fleet-d")
+        env["TORI_API_KEYS_FILE"] = str(keys)
+        up = fleet("up", env)
+        assert up.returncode == 1
+        assert "no admin key" in up.stderr and "only-a-reader-key" not in up.stderr
+        assert processes_of(env["TORI_VAR_DIR"]) == []
+
     def test_taken_port_fails_up_naming_the_port_and_leaves_nothing(self, tmp_path: Path) -> None:
         """When a service's port is taken, up exits 1 with the port in the message and stops
         what it had started."""
