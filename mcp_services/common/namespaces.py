@@ -9,24 +9,25 @@ A service that keeps data per namespace registers its servicer with :func:`add_s
 every call is then checked (a bad name is INVALID_ARGUMENT naming the header and the form; a caller
 whose service key is bound to other namespaces gets PERMISSION_DENIED naming the namespace) and runs
 with :func:`current_namespace` set, also inside the worker threads of a :class:`ContextExecutor`.
+The name pattern is auth.NAMESPACE_RE, the gateway's TENANT form; a key's namespaces come from
+auth.current_principal().
 """
 
 from __future__ import annotations
 
 import contextvars
-import re
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
 
+from mcp_services.common.auth import NAMESPACE_RE as NAMESPACE_RE
+from mcp_services.common.auth import current_principal
 from mcp_services.common.handlers import wrap_handler
 
 HEADER = "x-tori-namespace"
 DEFAULT = "default"
-# The gateway's tenant names (gateway/keys.py uses this pattern for TENANT).
-NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 FORM = "1-64 characters from A-Z a-z 0-9 . _ : -, starting with a letter or digit"
 
 _CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar("tori_namespace", default=DEFAULT)
@@ -63,19 +64,6 @@ def current_namespace() -> str:
     return _CURRENT.get()
 
 
-def key_namespaces() -> frozenset[str] | None:
-    """The namespaces the calling service key may use, or None when the key is not bound (or auth
-    is off). Read from common/auth.py's current_principal when that exists."""
-    from mcp_services.common import auth
-
-    principal_of = getattr(auth, "current_principal", None)
-    if principal_of is None:
-        return None
-    principal = principal_of()
-    allowed = getattr(principal, "namespaces", None) if principal is not None else None
-    return None if allowed is None else frozenset(allowed)
-
-
 class ContextExecutor(ThreadPoolExecutor):
     """A thread pool whose tasks run in the submitter's contextvars context, so storage code on a
     worker thread sees the namespace of the call that submitted it."""
@@ -96,8 +84,7 @@ def _scoped(prepare: Prepare | None) -> Callable[..., Awaitable[Any]]:
         except InvalidNamespace as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError("context.abort returned") from None
-        allowed = key_namespaces()
-        if allowed is not None and namespace not in allowed and "*" not in allowed:
+        if not current_principal().may_use(namespace):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"namespace {namespace!r} is not one this service key may use; send "

@@ -21,6 +21,7 @@ import grpc
 
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config_schema import GatewayConfig
+from mcp_services.common.namespaces import DEFAULT, namespace_metadata
 from mcp_services.gateway import metrics as m
 from mcp_services.gateway.routing import Route, Targets
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2_grpc
@@ -166,8 +167,11 @@ class ServiceClients:
         targets: Targets,
         cfg: GatewayConfig,
         stream: Sequence[Any] | None = None,
+        namespace: str = DEFAULT,
     ) -> Any:
-        """Call spec.method with `request` (or, for client streaming, the messages `stream`)."""
+        """Call spec.method with `request` (or, for client streaming, the messages `stream`)
+        for `namespace` (sent as the x-tori-namespace metadata)."""
+        metadata = namespace_metadata(namespace)
         target = targets.of(spec.service)
         stub = _STUBS[spec.service](self._channel(target))
         fn = getattr(stub, spec.method)
@@ -182,7 +186,7 @@ class ServiceClients:
                 remaining = deadline - time.monotonic()
                 try:
                     arg = iter(stream) if stream is not None else request
-                    result = await fn(arg, timeout=max(remaining, 0.001))
+                    result = await fn(arg, timeout=max(remaining, 0.001), metadata=metadata)
                 except grpc.aio.AioRpcError as exc:
                     self._metrics.backend_calls.labels(*labels, exc.code().name).inc()
                     backoff = cfg.retry_backoff_s * 2 ** (attempt - 1)

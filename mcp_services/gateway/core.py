@@ -89,6 +89,8 @@ class Gateway:
                 route=state.route,
                 targets=state.snap.targets[state.route],
                 cfg=state.snap.cfg,
+                # From the caller's key, never from the tool's arguments.
+                namespace=state.caller.namespace,
                 stream=stream,
             )
         except ServiceError as exc:

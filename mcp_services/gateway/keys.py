@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcp_services.common.config_schema import GatewayConfig
+from mcp_services.common.namespaces import DEFAULT, NAMESPACE_RE
 
 # What `generate-secret-key` makes (secrets.token_urlsafe) and what a person can paste safely.
 KEY_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
-TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+# A tenant is a namespace (common/namespaces.py): one pattern for both.
+TENANT_RE = NAMESPACE_RE
 MIN_KEY_LEN = 16
 
 
@@ -39,6 +41,12 @@ class Caller:
     @property
     def identity(self) -> str:
         return f"tenant:{self.tenant}" if self.tenant else f"key:{self.key_digest}"
+
+    @property
+    def namespace(self) -> str:
+        """The namespace every service call of this caller is for: the key's tenant, else the
+        default one (keys without a tenant, and the anonymous caller when keys are off)."""
+        return self.tenant if self.tenant and self.key_digest else DEFAULT
 
 
 ANONYMOUS = Caller(key_digest="", tenant="anonymous")

@@ -27,6 +27,7 @@ from mcp_services.common.event_bus import (
     KCL_MODES_UPDATED,
     new_header,
 )
+from mcp_services.common.namespaces import add_scoped_servicer, default_only
 from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
@@ -135,7 +136,12 @@ class KoopmanLearnerService(Backend):
             self._follower.start()
 
     def register(self, server: grpc.aio.Server) -> None:
-        koopman_pb2_grpc.add_KoopmanLearnerServicer_to_server(KoopmanLearnerServicer(self), server)
+        add_scoped_servicer(
+            koopman_pb2_grpc.add_KoopmanLearnerServicer_to_server,
+            KoopmanLearnerServicer(self),
+            server,
+            default_only,
+        )
 
     async def stop(self) -> None:
         if self._follower is not None:

@@ -19,6 +19,7 @@ import structlog
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import Settings
+from mcp_services.common.namespaces import add_scoped_servicer, default_only
 from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
@@ -162,11 +163,13 @@ class SleepSchedulerService:
         )
 
     def register(self, server: grpc.aio.Server) -> None:
-        sleep_pb2_grpc.add_SleepSchedulerServicer_to_server(
+        add_scoped_servicer(
+            sleep_pb2_grpc.add_SleepSchedulerServicer_to_server,
             SleepSchedulerServicer(
                 GraphRpcs(self._store, self._io), JobRpcs(self.consolidator, self._scheduler)
             ),
             server,
+            default_only,
         )
 
     async def start(self) -> None:

@@ -19,6 +19,7 @@ from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED
+from mcp_services.common.namespaces import add_scoped_servicer, default_only
 from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, run
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
@@ -62,8 +63,11 @@ class SparsePrunerService:
         self.trigger = ConsolidationTrigger(self.engine)
 
     def register(self, server: grpc.aio.Server) -> None:
-        pruner_pb2_grpc.add_SparsePrunerServicer_to_server(
-            SparsePrunerServicer(self.engine, self.schedule), server
+        add_scoped_servicer(
+            pruner_pb2_grpc.add_SparsePrunerServicer_to_server,
+            SparsePrunerServicer(self.engine, self.schedule),
+            server,
+            default_only,
         )
 
     async def start(self) -> None:

@@ -197,3 +197,25 @@ class TestStorage:
         put = v.stub.PutEpisode(pb.PutEpisodeRequest(episode=episode(0, "bob")), metadata=BOB)
         assert put.result.status == pb.PUT_STATUS_CREATED
         assert v.count() == 3
+
+
+class TestKeysBoundToNamespaces:
+    def test_a_key_may_use_only_its_namespaces(self, start_vault: VaultFactory) -> None:
+        """A service key bound to alice is refused (PERMISSION_DENIED naming the namespace, not
+        the key) for bob and for the default namespace, and works in alice."""
+        alice_key = "alice-service-key-0123456789abcdef"
+        v = start_vault(
+            vault={"backend": "memory", "embedding_dim": 8},
+            auth={"api_keys": [f"{alice_key} write alice"]},
+        )
+        auth = (("authorization", f"Bearer {alice_key}"),)
+        put = pb.PutEpisodeRequest(episode=episode(1, "alice"))
+        assert v.stub.PutEpisode(put, metadata=auth + ALICE).result.status == (
+            pb.PUT_STATUS_CREATED
+        )
+        for other, namespace in ((BOB, "bob"), ((), "default")):
+            with pytest.raises(grpc.RpcError) as err:
+                v.stub.GetStats(pb.GetStatsRequest(), metadata=auth + other)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            details = err.value.details() or ""
+            assert repr(namespace) in details and alice_key not in details

@@ -51,9 +51,11 @@ class RunningVault:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def count(self) -> int:
+    def count(self, namespace: str = "default") -> int:
+        """Episodes in `namespace` (a gateway key's tenant; keys without one use the default)."""
         stub = episodic_pb2_grpc.EpisodicVaultStub(self.channel)
-        return int(stub.GetStats(vpb.GetStatsRequest(), timeout=5).episode_count)
+        md = (("x-tori-namespace", namespace),)
+        return int(stub.GetStats(vpb.GetStatsRequest(), metadata=md, timeout=5).episode_count)
 
 
 @dataclass
@@ -101,7 +103,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "VAULT_GRPC_PORT": str(s.vault.port),
         "GATEWAY_PORT": str(http_port),
         "GATEWAY_METRICS_PORT": str(metrics_port),
-        "GATEWAY_API_KEYS": f"{KEY_A} acme,{KEY_B} acme,{KEY_OTHER_TENANT}",
+        # KEY_A and KEY_B use the default namespace; a tenant is a namespace of its own.
+        "GATEWAY_API_KEYS": f"{KEY_A},{KEY_B},{KEY_OTHER_TENANT} acme",
     }
     try:
         yield s

@@ -47,7 +47,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[dict[str, str], GatewayThread]]:
     env = service_environ(tmp_path / "var") | {
         "GATEWAY_PORT": str(http),
         "GATEWAY_METRICS_PORT": str(metrics),
-        "GATEWAY_API_KEYS": f"{KEY_A} acme",
+        "GATEWAY_API_KEYS": KEY_A,
     }
     settings = load_config(
         environ=env, overrides={"vault": {"backend": "sqlite", "embedding_dim": 8}}

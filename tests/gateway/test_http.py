@@ -158,7 +158,7 @@ class TestAuth:
         # The good key still works, and its call is the only thing stored.
         r = call(gw.url, good, "memory.put", {"concepts": ["concept:x"]})
         assert not r.is_error, text(r)
-        assert stack.vault.count() == 1
+        assert stack.vault.count("acme") == 1
 
     def test_a_new_key_works_and_a_revoked_one_stops_without_restart(
         self, stack: Stack, tmp_path: Path
