@@ -318,6 +318,9 @@ class VaultConfig(_Strict):
     ttl_keep_ref_count: Annotated[int, Field(ge=1)] = 3
     # Threads running storage calls off the event loop.
     io_threads: Annotated[int, Field(ge=1, le=64)] = 4
+    # Disk space the vault holds back (a file beside its SQLite file or snapshot) and gives up when
+    # the disk is full, so DeleteEpisode and PurgeTTL can still run there (0: none).
+    disk_reserve_bytes: Annotated[int, Field(ge=0)] = 4 << 20
     tiers: TiersConfig = TiersConfig()
     index: VaultIndexConfig = VaultIndexConfig()
     recall: RecallConfig = RecallConfig()

@@ -15,7 +15,8 @@ import dataclasses
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import structlog
 from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import VaultConfig
 from mcp_services.episodic_vault.backends import VaultBackend
-from mcp_services.episodic_vault.backends.disk_full import is_disk_full, space_note
+from mcp_services.episodic_vault.backends.disk_full import DiskFull, is_disk_full, space_note
 from mcp_services.episodic_vault.backends.postgres_backend import redacted as pg_redacted
 from mcp_services.episodic_vault.backends.redis_backend import _redacted as redis_redacted
 from mcp_services.episodic_vault.catalog import Catalog
@@ -45,7 +46,7 @@ from mcp_services.episodic_vault.model import (
 from mcp_services.episodic_vault.spool import EpisodeSpool
 from mcp_services.episodic_vault.stm import ShortTermTier
 from mcp_services.episodic_vault.vector_index import F32, VectorIndex, content_key, normalised
-from mcp_services.episodic_vault.write_gate import WriteGate, data_directory
+from mcp_services.episodic_vault.write_gate import write_gate
 
 log = structlog.get_logger(__name__)
 
@@ -129,8 +130,7 @@ class TieredStore:
         self._threads: list[threading.Thread] = []
         self.pruned: dict[Tier, int] = {Tier.MTM: 0, Tier.LTM: 0}
         # Read-only when the disk is full at start (write_gate.py); None: nothing local.
-        where = data_directory(cfg, index_path)
-        self.write_gate = WriteGate(where) if where is not None else None
+        self.write_gate = write_gate(cfg, index_path)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> dict[str, object]:
@@ -265,13 +265,26 @@ class TieredStore:
             self._on_change(self)
 
     # -- the backend contract ----------------------------------------------------------------
-    def _ensure_writable(self, what: str) -> None:
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Around a write: refused while read-only; a full disk makes the store read-only."""
+        gate = self.write_gate
+        if gate is not None:
+            gate.ensure_writable(what)
+        try:
+            yield
+        except DiskFull as exc:
+            if gate is not None:
+                gate.disk_full(exc)
+            raise
+
+    def _freeing(self) -> None:
+        """Before a delete or purge: a read-only store gives up its disk reserve for it."""
         if self.write_gate is not None:
-            self.write_gate.ensure_writable(what)
+            self.write_gate.make_room()
 
     def put_many(self, episodes: Sequence[Episode], stored_ms: int) -> list[PutOutcome]:
-        self._ensure_writable("the put")
-        with self._write:
+        with self._writing("the put"), self._write:
             outcomes = self.backend.put_many(episodes, stored_ms)
             self._admit(episodes, outcomes, stored_ms)
         return outcomes
@@ -281,8 +294,7 @@ class TieredStore:
         reading the spool as it goes, then the in-process tiers fed a chunk at a time, so memory
         holds a chunk, not the batch (SQLite and memory read it once; Redis and PostgreSQL build
         their one request from all of it)."""
-        self._ensure_writable("the put")
-        with self._write:
+        with self._writing("the put"), self._write:
             outcomes = self.backend.put_many(spool, stored_ms)
             for start, chunk in spool.chunks():
                 self._admit(chunk, outcomes[start : start + len(chunk)], stored_ms)
@@ -362,14 +374,14 @@ class TieredStore:
         return self._hot(self.backend.scan(after_seq, limit, only_unconsolidated))
 
     def delete(self, episode_id: str) -> bool:
+        self._freeing()
         with self._write:
             deleted = self.backend.delete(episode_id)
             self._forget([episode_id])
         return deleted
 
     def mark_consolidated(self, episode_ids: Sequence[str], graph_version: int) -> MarkOutcome:
-        self._ensure_writable("MarkConsolidated")
-        with self._write:
+        with self._writing("MarkConsolidated"), self._write:
             out = self.backend.mark_consolidated(episode_ids, graph_version)
             with self._cat_lock:
                 rows = self._catalog.mark_consolidated(episode_ids)
@@ -381,6 +393,8 @@ class TieredStore:
         return out
 
     def purge_expired(self, stored_before_ms: int, keep_ref_count: int, dry_run: bool) -> int:
+        if not dry_run:
+            self._freeing()
         with self._write:
             n = self.backend.purge_expired(stored_before_ms, keep_ref_count, dry_run)
             if not dry_run:

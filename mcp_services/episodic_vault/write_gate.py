@@ -1,9 +1,12 @@
-"""The vault's read-only mode on a full disk.
+"""The vault's read-only mode on a full disk, and the reserve that lets it still delete.
 
-A vault that starts on a full disk opens read-only instead of refusing to start, so what is stored
-can still be read, deleted and purged to make room. Every write attempt while read-only re-checks
-the disk (a probe file written and fsynced), so writes resume in the running process once there
-is space again.
+A vault that finds its disk full (a probe write fails at start, or a write fails with DiskFull)
+turns read-only instead of failing: reads go on, and DeleteEpisode and PurgeTTL go on too, so room
+can be made. A SQLite delete appends to the WAL, which needs space on a disk that has none, so the
+vault keeps a reserve: a file of vault.disk_reserve_bytes in its data directory, made while there
+is space and given up by the first delete or purge while read-only. Every write attempt while
+read-only probes the disk again (a file written and fsynced) and writes resume in the running
+process once the probe and a new reserve fit.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ log = structlog.get_logger(__name__)
 
 # What a probe writes: a disk with room for it has room for a small put.
 PROBE_BYTES = 64 * 1024
+RESERVE_NAME = ".vault-disk-reserve"
 
 
-def data_directory(cfg: VaultConfig, index_path: Path | None) -> Path | None:
-    """The local directory the vault writes: the SQLite file's or snapshot's, else the index's
-    (Redis and PostgreSQL keep their data on their servers). None: nothing local to write."""
+def write_gate(cfg: VaultConfig, index_path: Path | None) -> WriteGate | None:
+    """The gate over the local directory the store writes: the SQLite file's or the snapshot's
+    (with a reserve), else the index's (no reserve: Redis and PostgreSQL keep their data on
+    their servers). None when nothing is written locally."""
     if cfg.backend == "sqlite":
-        return resolve_path(cfg.sqlite.path).parent
+        return WriteGate(resolve_path(cfg.sqlite.path).parent, cfg.disk_reserve_bytes)
     if cfg.backend == "memory" and cfg.memory.snapshot_file:
-        return resolve_path(cfg.memory.snapshot_file).parent
-    return index_path.parent if index_path is not None else None
+        return WriteGate(resolve_path(cfg.memory.snapshot_file).parent, cfg.disk_reserve_bytes)
+    return WriteGate(index_path.parent, 0) if index_path is not None else None
 
 
 def probe_write(directory: Path) -> OSError | None:
@@ -54,12 +59,30 @@ def probe_write(directory: Path) -> OSError | None:
     return None
 
 
-class WriteGate:
-    """Whether the vault may write. Read-only after a failed probe at start; each write attempt
-    while read-only probes again (at most one probe at a time) and reopens writes on success."""
+def _make_reserve(path: Path, size: int) -> OSError | None:
+    """Make `path` a file of `size` bytes of allocated disk (kept when it is already)."""
+    try:
+        if path.exists() and path.stat().st_size >= size:
+            return None
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        return exc
+    return None
 
-    def __init__(self, directory: Path) -> None:
+
+class WriteGate:
+    """Whether the store may write, and its disk reserve. Thread-safe."""
+
+    def __init__(self, directory: Path, reserve_bytes: int) -> None:
         self.directory = directory
+        self.reserve_bytes = reserve_bytes
+        self.reserve = directory / RESERVE_NAME
         self.reason = ""
         self._lock = threading.Lock()
 
@@ -67,30 +90,60 @@ class WriteGate:
     def read_only(self) -> bool:
         return bool(self.reason)
 
-    def check_at_start(self) -> None:
+    def _room(self) -> OSError | None:
+        """None when a probe and the reserve fit; else the error."""
         exc = probe_write(self.directory)
-        if exc is not None:
-            self.reason = f"cannot write to {self.directory} ({exc.strerror})"
+        if exc is None and self.reserve_bytes:
+            exc = _make_reserve(self.reserve, self.reserve_bytes)
+        return exc
+
+    def _go_read_only(self, reason: str) -> None:
+        if not self.reason:
             log.warning(
                 "vault_read_only",
-                reason=self.reason,
+                reason=reason,
                 free=space_note(self.directory),
                 allowed="reads, DeleteEpisode, PurgeTTL",
+                writes="refused with RESOURCE_EXHAUSTED until a write attempt finds space",
             )
+        self.reason = reason
+
+    def check_at_start(self) -> None:
+        with self._lock:
+            exc = self._room()
+            if exc is not None:
+                self._go_read_only(f"cannot write to {self.directory} ({exc.strerror})")
+
+    def disk_full(self, exc: DiskFull) -> None:
+        """A write failed for lack of space: refuse writes until there is some."""
+        with self._lock:
+            self._go_read_only(f"a write failed: no space left on the device of {exc.path}")
+
+    def make_room(self) -> None:
+        """Before a delete or purge: while read-only, give up the reserve so it has space."""
+        with self._lock:
+            if self.reason and self.reserve.exists():
+                self.reserve.unlink(missing_ok=True)
+                log.warning(
+                    "vault_disk_reserve_released",
+                    path=str(self.reserve),
+                    bytes=self.reserve_bytes,
+                    free=space_note(self.directory),
+                )
 
     def ensure_writable(self, what: str) -> None:
-        """Raises DiskFull (RESOURCE_EXHAUSTED) while the disk still refuses a probe write."""
+        """Raises DiskFull (RESOURCE_EXHAUSTED) while read-only and the disk still has no room
+        for a probe and the reserve."""
         if not self.reason:
             return
         with self._lock:
             if not self.reason:
                 return
-            exc = probe_write(self.directory)
-            if exc is not None:
+            if self._room() is not None:
                 raise DiskFull(
                     self.directory,
-                    f"{what}: the vault is read-only since it started ({self.reason}); reads, "
-                    "DeleteEpisode and PurgeTTL work, and writes resume once a write succeeds;",
+                    f"{what}: the vault is read-only ({self.reason}); reads, DeleteEpisode and "
+                    "PurgeTTL work, and writes resume once a write attempt finds space;",
                 )
             log.warning("vault_writable_again", directory=str(self.directory))
             self.reason = ""
