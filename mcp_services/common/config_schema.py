@@ -354,6 +354,10 @@ class SleepSchedulerConfig(_Strict):
     # A recurring consolidation: a 5-field cron expression (UTC) or an interval (0: none).
     schedule_cron: str = ""
     schedule_every_s: Annotated[float, Field(ge=0)] = 0.0
+    # CommitGraph streams (the pruner's commits): a graph is held in memory until its stream
+    # ends, so bytes per stream and streams open at once are capped (RESOURCE_EXHAUSTED beyond).
+    max_stream_bytes: Annotated[int, Field(ge=1024)] = 1 << 30
+    max_concurrent_streams: Annotated[int, Field(ge=1, le=1024)] = 4
 
     @model_validator(mode="after")
     def _temperatures(self) -> SleepSchedulerConfig:

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import structlog
 
+from mcp_services.common.stream_limits import StreamLimits, StreamRefused
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
 from mcp_services.sleep_scheduler.codec import (
     BadRequest,
@@ -50,9 +51,14 @@ async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: s
 class GraphRpcs:
     """ReadGraph, CommitGraph, ListGraphVersions, GetGraphStats and Complete over a store."""
 
-    def __init__(self, store: GraphStore, executor: Executor) -> None:
+    def __init__(
+        self, store: GraphStore, executor: Executor, streams: StreamLimits | None = None
+    ) -> None:
         self.store = store
         self._executor = executor
+        # CommitGraph's stream bounds (sleep_scheduler.max_concurrent_streams/max_stream_bytes):
+        # a draft is held in memory until the stream ends, so each one and their number are capped.
+        self._streams = streams or StreamLimits(4, 1 << 30, "sleep_scheduler")
 
     async def call(
         self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: object
@@ -102,10 +108,14 @@ class GraphRpcs:
     ) -> sleep_pb2.CommitGraphResponse:
         draft = GraphDraft()
         try:
-            async for chunk in request_iterator:
-                draft.add(chunk)
+            with self._streams.open() as budget:
+                async for chunk in request_iterator:
+                    budget.charge(chunk.ByteSize())
+                    draft.add(chunk)
         except BadRequest as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StreamRefused as exc:
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         if draft.header is None:
             await abort(
                 context,

@@ -22,6 +22,7 @@ from mcp_services.common.config_schema import Settings
 from mcp_services.common.namespaces import add_scoped_servicer, default_only
 from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, StartupError, run
+from mcp_services.common.stream_limits import StreamLimits
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.sleep_scheduler.consolidator import Consolidator, Knobs
 from mcp_services.sleep_scheduler.graph_servicer import GraphRpcs
@@ -166,7 +167,16 @@ class SleepSchedulerService:
         add_scoped_servicer(
             sleep_pb2_grpc.add_SleepSchedulerServicer_to_server,
             SleepSchedulerServicer(
-                GraphRpcs(self._store, self._io), JobRpcs(self.consolidator, self._scheduler)
+                GraphRpcs(
+                    self._store,
+                    self._io,
+                    StreamLimits(
+                        self._cfg.max_concurrent_streams,
+                        self._cfg.max_stream_bytes,
+                        "sleep_scheduler",
+                    ),
+                ),
+                JobRpcs(self.consolidator, self._scheduler),
             ),
             server,
             default_only,
