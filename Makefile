@@ -68,23 +68,26 @@ endef
 # secrets/ is 0700 (only its owner on this host may enter it) and its files 0644: compose mounts
 # each file into the containers as it is, where the services run as the image's user (uid 10001,
 # not the host user who owns the file), so a 0600 file would be unreadable there.
-init-directories: ## Create var/ (data, logs, graphs) and secrets/ (0700) with empty key files
+# secrets/api_keys gets a fresh admin service key when it holds none: the services listen beyond
+# loopback in containers and refuse to start without a key (README, Security).
+NEW_KEY = $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))'
+init-directories: ## Create var/ (data, logs, graphs) and secrets/ (0700); an admin service key in secrets/api_keys
 	@mkdir -p var/data var/log var/graphs var/loadgen secrets
 	@chmod 700 secrets
 	@for f in secrets/api_keys secrets/gateway_api_keys; do \
-	  test -e $$f || { : > $$f; echo "created $$f (empty: add keys with make secrets-up)"; }; \
+	  test -e $$f || { : > $$f; echo "created $$f"; }; \
 	done
+	@if ! grep -qvE '^[[:space:]]*(#|$$)' secrets/api_keys; then \
+	  echo "$$($(NEW_KEY)) admin" > secrets/api_keys; echo "wrote a new admin service key to secrets/api_keys"; \
+	fi
 	@chmod 644 secrets/api_keys secrets/gateway_api_keys
 	@echo "directories ready: var/ secrets/"
 
-secrets-up: init-directories ## Put a fresh API key in each empty secret file under secrets/
-	@for pair in api_keys: gateway_api_keys:default; do \
-	  f=secrets/$${pair%%:*}; tenant=$${pair#*:}; \
-	  if ! grep -qvE '^[[:space:]]*(#|$$)' $$f; then \
-	    key=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))'); \
-	    echo "$$key$${tenant:+ $$tenant}" > $$f; echo "wrote a new key to $$f"; \
-	  else echo "$$f already holds a key"; fi; \
-	done
+secrets-up: init-directories ## Also put a fresh gateway key in secrets/gateway_api_keys when it holds none
+	@f=secrets/gateway_api_keys; \
+	if ! grep -qvE '^[[:space:]]*(#|$$)' $$f; then \
+	  echo "$$($(NEW_KEY)) default" > $$f; echo "wrote a new key to $$f"; \
+	else echo "$$f already holds a key"; fi
 	@chmod 700 secrets && chmod 644 secrets/api_keys secrets/gateway_api_keys
 	@echo "docker-compose.yml mounts secrets/ at /run/secrets; clients send the key as TORI_API_KEY"
 

@@ -23,6 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from mcp_services.common.config_schema import Settings
+from mcp_services.common.secrets_mask import mask_secret
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config"
@@ -123,7 +124,7 @@ def format_validation_error(exc: ValidationError, sources: str) -> str:
             lines.append(f"{key}: unknown key; remove it or check its spelling ({sources})")
             continue
         given = err.get("input")
-        shown = f" (got {given!r})" if not isinstance(given, dict | list) else ""
+        shown = f" (got {mask_secret(key, given)!r})" if not isinstance(given, dict | list) else ""
         lines.append(f"{key}: {err['msg']}{shown}; fix it in {sources} or the variable it reads")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 

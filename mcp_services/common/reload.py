@@ -26,7 +26,7 @@ configuration is then one of:
 
 A reload changes only the keys that changed in the files, so a value set meanwhile by UpdateConfig
 or auto-tune stays until its own key is edited. A key's values are masked in every log line when
-they may carry a secret (:func:`mask_secret`). Environment variables are read as they were when
+they may carry a secret (common/secrets_mask.py). Environment variables are read as they were when
 the process started (a process cannot see its parent's later environment), so a knob set by a
 variable changes only by editing the files.
 """
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -49,6 +48,7 @@ from prometheus_client import CollectorRegistry, Counter
 from mcp_services.common import metric_names as names
 from mcp_services.common.config import ConfigError, validate_tree
 from mcp_services.common.config_schema import Settings
+from mcp_services.common.secrets_mask import mask_error, mask_secret
 
 log = structlog.get_logger(__name__)
 
@@ -100,47 +100,6 @@ class Reloadable(Protocol):
         event loop; the values must be in force when it returns.
         """
         ...
-
-
-# ---- secrets -------------------------------------------------------------------------------
-
-MASK = "***"
-# Keys whose whole value is secret (the last dotted part): passwords and API keys.
-_SECRET_LEAVES = frozenset({"password", "api_keys", "stdio_api_key"})
-# A password inside a URL (scheme://user:PASSWORD@host) or a libpq key=value string.
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
-_KV_PASSWORD = re.compile(r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&;,]+)""", re.IGNORECASE)
-
-
-def mask_text(text: str) -> str:
-    """``text`` with every URL password and ``password=...`` value replaced by ``***``."""
-    return _KV_PASSWORD.sub(rf"\1{MASK}", _URL_PASSWORD.sub(rf"\1{MASK}@", text))
-
-
-def mask_secret(key: str, value: object) -> object:
-    """``value`` fit for a log line: secret keys masked whole, passwords cut out of strings.
-
-    ``vault.redis.password`` or ``auth.api_keys`` shows as ``***`` (empty stays empty, so a log
-    still says whether one is set); ``vault.postgres.dsn`` keeps its host and drops its password.
-    """
-    if key.rsplit(".", 1)[-1] in _SECRET_LEAVES:
-        return MASK if value else value
-    if isinstance(value, str):
-        return mask_text(value)
-    if isinstance(value, list | tuple):
-        return [mask_secret(key, v) for v in value]
-    return value
-
-
-def _mask_error(text: str) -> str:
-    """A validation error with passwords cut out and a secret key's offending value dropped."""
-    lines = []
-    for line in mask_text(text).splitlines():
-        key = line.strip().split(":", 1)[0]
-        if key.rsplit(".", 1)[-1] in _SECRET_LEAVES:
-            line = re.sub(r" \(got .*\)", "", line)
-        lines.append(line)
-    return "\n".join(lines)
 
 
 # ---- diffing -------------------------------------------------------------------------------
@@ -297,7 +256,7 @@ class ConfigReloader:
         log.error(
             "config_reload_refused",
             reason=reason,
-            error=_mask_error(error),
+            error=mask_error(error),
             action="the running configuration is unchanged; fix the file and save again",
         )
         return []

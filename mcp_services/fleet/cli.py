@@ -26,6 +26,7 @@ from mcp_services.common.clients import endpoint_address, reachable_host
 from mcp_services.common.config import ConfigError, load_config, resolve_path
 from mcp_services.common.config_schema import Endpoint, Settings
 from mcp_services.common.health import check, wait_serving
+from mcp_services.common.secrets_mask import mask_text
 from mcp_services.fleet.keys import ensure_fleet_keys
 from mcp_services.fleet.processes import (
     FleetState,
@@ -112,10 +113,10 @@ def up(settings: Settings, var_dir: Path) -> int:
         reason = ping(redis_url, settings.redis.connect_timeout_s)
         if reason is not None:
             return _fail(
-                f"redis.url {redis_url} does not answer ({reason}); start that Redis, or unset "
-                "REDIS_URL and the fleet starts a private one"
+                f"redis.url {mask_text(redis_url)} does not answer ({reason}); start that Redis, "
+                "or unset REDIS_URL and the fleet starts a private one"
             )
-        print(f"redis            {redis_url} (configured)")
+        print(f"redis            {mask_text(redis_url)} (configured)")
     else:
         port = settings.fleet.redis_port
         redis_url = f"redis://127.0.0.1:{port}/0"

@@ -13,6 +13,7 @@ from typing import Any
 
 from mcp_services.common.config import ConfigError, load_config
 from mcp_services.common.config_schema import VaultConfig
+from mcp_services.common.secrets_mask import mask_text
 
 KINDS = ("sqlite", "memory", "redis", "postgres")
 
@@ -54,12 +55,8 @@ def describe(cfg: VaultConfig) -> str:
     if cfg.backend == "sqlite":
         return f"sqlite {cfg.sqlite.path}"
     if cfg.backend == "postgres":
-        dsn = cfg.postgres.dsn
-        if "@" in dsn and "://" in dsn:  # drop user:password@
-            scheme, _, rest = dsn.partition("://")
-            dsn = f"{scheme}://{rest.split('@', 1)[1]}"
+        dsn = mask_text(cfg.postgres.dsn)
         return f"postgres {dsn} schema {cfg.postgres.schema_name}"
     if cfg.backend == "redis":
-        url = cfg.redis.url.split("@", 1)[-1]
-        return f"redis {url} prefix {cfg.redis.key_prefix}"
+        return f"redis {mask_text(cfg.redis.url)} prefix {cfg.redis.key_prefix}"
     return f"memory snapshot={cfg.memory.snapshot_file or '-'}"

@@ -24,6 +24,7 @@ import redis
 
 from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import VaultConfig
+from mcp_services.common.secrets_mask import mask_secret
 from mcp_services.episodic_vault.backends import (
     BackendError,
     SchemaTooNew,
@@ -143,18 +144,7 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def _masked(settings: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in settings.items():
-        if "password" in key and value:
-            out[key] = "***"
-        elif isinstance(value, str) and "://" in value and "@" in value:
-            scheme, _, rest = value.partition("://")
-            creds, _, host = rest.rpartition("@")
-            user = creds.split(":", 1)[0]
-            out[key] = f"{scheme}://{user}:***@{host}" if ":" in creds else value
-        else:
-            out[key] = value
-    return out
+    return {key: mask_secret(key, value) for key, value in settings.items()}
 
 
 def diagnose(spec: str | None, rounds: int) -> dict[str, Any]:

@@ -24,12 +24,11 @@ from mcp_services.common.reload import (
     Change,
     ConfigReloader,
     diff_settings,
-    mask_secret,
-    mask_text,
     section_changes,
     sections_of,
     with_keys,
 )
+from mcp_services.common.secrets_mask import mask_secret, mask_text
 from mcp_services.common.server import Context
 from tests.common.reloading import Reloading, served, wait_for, write_atomically
 from tests.conftest import service_environ

@@ -37,6 +37,7 @@ import redis
 from redis import exceptions as rex
 
 from mcp_services.common.config_schema import VaultRedisConfig
+from mcp_services.common.secrets_mask import mask_text
 from mcp_services.episodic_vault.backends.base import (
     BackendUnavailable,
     CapacityExceeded,
@@ -246,12 +247,8 @@ def _errors(url: str) -> Iterator[None]:
 
 
 def _redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+    """The URL without its password, for messages and logs (common/secrets_mask.py)."""
+    return mask_text(url)
 
 
 class RedisBackend:
