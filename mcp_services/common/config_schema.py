@@ -251,6 +251,8 @@ class StmTierConfig(_Strict):
 
     # Episodes held; 0 turns the tier off.
     capacity: Annotated[int, Field(ge=0, le=10_000_000)] = 10_000
+    # Encoded bytes held at most (least recently used leave first); 0: no byte cap.
+    max_bytes: Annotated[int, Field(ge=0)] = 256 << 20
     # An episode leaves STM (for MTM) this long after it was written.
     ttl_s: PositiveFloat = 3600.0
 

@@ -25,9 +25,9 @@ from mcp_services.common.config_schema import VaultConfig
 from mcp_services.episodic_vault.backends.disk_full import DiskFull, is_disk_full
 from mcp_services.episodic_vault.model import Episode
 
-# Episodes per chunk when the spool is read back (a few MB with typical payloads; at most
+# Episodes per chunk when the spool is read back (well under a MB with typical payloads; at most
 # CHUNK x (1 MiB payload + metadata) with the largest).
-CHUNK = 64
+CHUNK = 16
 _LEN = struct.Struct("<Q")
 
 

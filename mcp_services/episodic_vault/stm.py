@@ -1,8 +1,9 @@
 """STM: the bounded hot tier, in process, in front of the durable backend.
 
 Write-through: an episode enters STM only after the backend acknowledged it, so evicting one (by
-capacity, least recently used first, or by TTL since it was written) loses nothing; it is then
-served from MTM. Reads of a hot episode skip the backend.
+capacity in episodes or in bytes, least recently used first, or by TTL since it was written) loses
+nothing; it is then served from MTM. Reads of a hot episode skip the backend. The byte cap keeps
+the tier's memory bounded whatever the payloads: 10 000 episodes of 1 MB would be 10 GB.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from mcp_services.episodic_vault.model import Episode, Tier
 
 
 class ShortTermTier:
-    def __init__(self, capacity: int, ttl_s: float) -> None:
+    def __init__(self, capacity: int, ttl_s: float, max_bytes: int = 0) -> None:
         self.capacity = capacity
         self.ttl_s = ttl_s
+        self.max_bytes = max_bytes  # 0: no byte cap
         self._lock = threading.Lock()
         # id -> (episode as stored, monotonic deadline); order is least recently used first.
         self._items: OrderedDict[str, tuple[Episode, float]] = OrderedDict()
@@ -36,7 +38,9 @@ class ShortTermTier:
             self._items[ep.id] = (hot, time.monotonic() + self.ttl_s)
             self._bytes += ep.size_bytes
             evicted = []
-            while len(self._items) > self.capacity:
+            while len(self._items) > self.capacity or (
+                self.max_bytes and self._bytes > self.max_bytes and self._items
+            ):
                 victim, (vep, _) = self._items.popitem(last=False)
                 self._bytes -= vep.size_bytes
                 evicted.append(victim)

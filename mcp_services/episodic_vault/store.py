@@ -120,7 +120,9 @@ class TieredStore:
         self._write = threading.Lock()
         self._cat_lock = threading.Lock()
         self._catalog = Catalog()
-        self._stm = ShortTermTier(cfg.tiers.stm.capacity, cfg.tiers.stm.ttl_s)
+        self._stm = ShortTermTier(
+            cfg.tiers.stm.capacity, cfg.tiers.stm.ttl_s, cfg.tiers.stm.max_bytes
+        )
         self._dim = cfg.embedding_dim
         self.index: VectorIndex | None = None
         if cfg.index.enabled and cfg.embedding_dim > 0:

@@ -92,6 +92,19 @@ class TestShortTermTier:
         assert s.get("ep-00000") is not None and s.get("ep-00000").tier is Tier.MTM  # type: ignore[union-attr]
         assert s.tier_totals()[Tier.STM][0] == 3
 
+    def test_byte_cap_evicts_least_recently_used_to_mtm_losing_nothing(
+        self, open_store: StoreFactory
+    ) -> None:
+        """Beyond stm.max_bytes the oldest episodes leave STM (large payloads cannot fill
+        memory) and still read back from MTM."""
+        big = [dataclasses.replace(ep(i), payload=bytes([i]) * 10_000) for i in range(6)]
+        s = open_store(cfg(tiers={"stm": {"max_bytes": 25_000}}))
+        s.put_many(big, 1)
+        held, held_bytes = s.tier_totals()[Tier.STM]
+        assert held == 2 and held_bytes <= 25_000
+        assert [e.tier for e in s.scan(0, 10, False)] == [Tier.MTM] * 4 + [Tier.STM] * 2
+        assert all(s.get(e.id).payload == e.payload for e in big)  # type: ignore[union-attr]
+
     def test_ttl_moves_episodes_out_of_stm(self, open_store: StoreFactory) -> None:
         """After stm.ttl_s an episode leaves STM (for MTM) at the next expiry pass."""
         s = open_store(cfg(tiers={"stm": {"ttl_s": 0.001}}))
