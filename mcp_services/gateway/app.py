@@ -21,6 +21,8 @@ import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_services.common.auth import AuthConfigError
+from mcp_services.common.clients import caller_key
 from mcp_services.common.config import ConfigError, load_config
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.logging import configure_logging
@@ -134,6 +136,19 @@ def build(settings: Settings, registry: CollectorRegistry) -> tuple[Gateway, Gat
         live = LiveConfig(settings, metrics)
     except ConfigError as exc:
         raise StartupError(str(exc)) from exc
+    try:
+        service_key = caller_key(settings)
+    except AuthConfigError as exc:
+        raise StartupError(str(exc)) from exc
+    if live.current.cfg.auth_required and service_key is None:
+        # The gateway locks its door while the services behind it may stand open.
+        log.error(
+            "services_without_keys",
+            problem="gateway.auth_required is true but no service key is configured "
+            "(auth.api_keys / TORI_API_KEYS_FILE): the services accept every call without a key",
+            fix="give the services and the gateway TORI_API_KEYS_FILE (`make secrets-up` writes "
+            "secrets/api_keys; `make up` makes one under its var dir)",
+        )
     gw = Gateway(settings, live, metrics)
     server = GatewayMCP(
         gw,
