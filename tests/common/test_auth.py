@@ -33,6 +33,7 @@ from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.koopman_learner.server import KoopmanLearnerService
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
 from mcp_services.sparse_pruner.server import SparsePrunerService
+from tests.common.reloading import served, wait_for, write_atomically
 from tests.conftest import SettingsFactory, service_environ
 from tests.episodic_vault.conftest import good_episode
 
@@ -386,3 +387,37 @@ class TestStartRefusal:
         assert proc.returncode == 2, proc.stderr
         assert "services.episodic_vault.host is '0.0.0.0'" in proc.stderr
         assert "TORI_API_KEYS_FILE" in proc.stderr
+
+
+class TestRotation:
+    def test_a_service_takes_a_new_key_file_only_at_restart(self, tmp_path: Path) -> None:
+        """Rewriting the key file changes nothing in a running service, even across a config
+        reload; after a restart the new key is accepted and the old one refused."""
+        keys = tmp_path / "api_keys"
+        keys.write_text("old-key-0123456789 admin\n")
+        req = sleep_pb2.GetConfigRequest()
+
+        def code(port: int, key: str) -> grpc.StatusCode:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                try:
+                    sleep_pb2_grpc.SleepSchedulerStub(ch).GetConfig(req, metadata=md(key))
+                except grpc.RpcError as exc:
+                    return exc.code()
+            return grpc.StatusCode.OK
+
+        env = {"TORI_API_KEYS_FILE": str(keys)}
+        with served(
+            tmp_path, "sleep", "sleep_scheduler", SleepSchedulerService, environ=env
+        ) as svc:
+            port = svc.server.running.grpc_port
+            assert code(port, "old-key-0123456789") == grpc.StatusCode.OK
+            write_atomically(keys, "new-key-0123456789 admin\n")
+            svc.edit("sleep_scheduler", {"t0": 2.5})
+            assert wait_for(lambda: svc.reloads("applied") >= 1)
+            assert code(port, "old-key-0123456789") == grpc.StatusCode.OK
+            assert code(port, "new-key-0123456789") == grpc.StatusCode.UNAUTHENTICATED
+            settings = svc.reloader.settings
+        with ServerThread("sleep", "sleep_scheduler", SleepSchedulerService, settings) as srv:
+            port = srv.running.grpc_port
+            assert code(port, "new-key-0123456789") == grpc.StatusCode.OK
+            assert code(port, "old-key-0123456789") == grpc.StatusCode.UNAUTHENTICATED
