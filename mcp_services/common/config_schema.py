@@ -56,6 +56,10 @@ class GrpcConfig(_Strict):
     keepalive_timeout_ms: Annotated[int, Field(ge=100)] = 10_000
     # SIGTERM: stop accepting, let in-flight calls finish for up to this long, then cancel them.
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 10.0
+    # HTTP/2 BDP probing lets each incoming stream's flow-control window grow with the measured
+    # bandwidth-delay product: faster over long links, but what a server buffers per stream is
+    # then unbounded by us. Off: a fixed read-ahead per stream (see common/server.py).
+    http2_bdp_probe: bool = False
     max_concurrent_rpcs: Annotated[int, Field(ge=0)] = 0
 
 
@@ -430,6 +434,15 @@ class KoopmanLearnerConfig(_Strict):
     max_batch_snapshots: Annotated[int, Field(ge=2)] = 100_000
     # Re-estimate the oscillator couplings after every refit (UpdateOscillatorCouplings always).
     auto_couplings: bool = True
+    # Weigh refits by forgetting_factor as the online updates are (off: every pair in the
+    # window weighs alike; online updates always discount).
+    weight_refits: bool = False
+    # A mode keeping less than this share of its amplitude on average over the window is not
+    # significant and left out of the mode summaries by default (koopman_learner/domain/modes.py).
+    min_persistence: Annotated[float, Field(ge=0, le=1)] = 0.2
+    # Largest delay embedding of a named stream, and how many named streams may exist.
+    max_delays: Annotated[int, Field(ge=1, le=1024)] = 200
+    max_streams: Annotated[int, Field(ge=0)] = 64
     # Modes, couplings, window and cursor; empty: <paths.var_dir>/data/koopman.
     data_dir: str = ""
 

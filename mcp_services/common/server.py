@@ -99,6 +99,10 @@ def server_options(cfg: GrpcConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", cfg.keepalive_timeout_ms),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Off unless configured: with BDP probing the HTTP/2 window of a stream grows with the
+        # measured bandwidth-delay product, and on a loaded host four never-closed 1 MB-message
+        # streams made the vault buffer ~500 MB (tests/episodic_vault/test_stream_bounds.py).
+        ("grpc.http2.bdp_probe", int(cfg.http2_bdp_probe)),
     ]
     if cfg.max_connection_age_ms:
         options += [

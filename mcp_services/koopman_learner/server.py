@@ -38,6 +38,7 @@ from mcp_services.koopman_learner.follower import VaultFollower
 from mcp_services.koopman_learner.learner import CouplingsOutcome, Knobs, Learner, UpdateResult
 from mcp_services.koopman_learner.metrics import KclMetrics
 from mcp_services.koopman_learner.servicer import Backend, KoopmanLearnerServicer
+from mcp_services.koopman_learner.streams import StreamSet, StreamSpec
 
 SERVICE_NAME = koopman_pb2.DESCRIPTOR.services_by_name["KoopmanLearner"].full_name
 # Config key -> learner knob (learner.Knobs) that a reload sets; the next update uses it.
@@ -52,6 +53,10 @@ LIVE_KNOBS = {
     "refit_interval": "refit_interval",
     "max_concepts": "max_concepts",
     "auto_couplings": "auto_couplings",
+    "weight_refits": "weight_refits",
+    "min_persistence": "min_persistence",
+    "max_delays": "max_delays",
+    "max_streams": "max_streams",
 }
 SOURCE = "koopman-learner"
 T = TypeVar("T")
@@ -72,6 +77,10 @@ def knobs_from_config(cfg: KoopmanLearnerConfig) -> Knobs:
         refit_interval=cfg.refit_interval,
         max_concepts=cfg.max_concepts,
         auto_couplings=cfg.auto_couplings,
+        weight_refits=cfg.weight_refits,
+        min_persistence=cfg.min_persistence,
+        max_delays=cfg.max_delays,
+        max_streams=cfg.max_streams,
     )
 
 
@@ -94,9 +103,11 @@ class KoopmanLearnerService(Backend):
         cfg = ctx.settings.koopman_learner
         self._cfg = cfg
         self.learner = Learner(knobs_from_config(cfg), stream_max_gap_s=cfg.stream_max_gap_s)
+        self.streams = StreamSet(self.learner)
         self.max_batch_snapshots = cfg.max_batch_snapshots
         self.following_vault = cfg.follow_vault
-        self._path = data_dir(ctx.settings) / state_store.FILE_NAME
+        self._dir = data_dir(ctx.settings)
+        self._path = self._dir / state_store.FILE_NAME
         # One worker: updates are serialised, and numerics never run on the event loop.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kcl-numerics")
         self._metrics = KclMetrics(ctx.registry)
@@ -108,6 +119,7 @@ class KoopmanLearnerService(Backend):
     async def start(self) -> None:
         try:
             restored = await self.run(lambda: state_store.load(self._path, self.learner))
+            await self.run(self._load_streams)
         except state_store.StateError as exc:
             raise StartupError(f"koopman-learner: {exc}") from exc
         view = self.learner.view
@@ -134,6 +146,13 @@ class KoopmanLearnerService(Backend):
                 on_lag=self._metrics.vault_lag.set,
             )
             self._follower.start()
+
+    def _load_streams(self) -> None:
+        for path in state_store.stream_files(self._dir):
+            spec = StreamSpec.from_json(state_store.read_stream(path))
+            learner = self.streams.new_learner(spec)
+            state_store.load(path, learner)
+            self.streams.restore(spec, learner)
 
     def register(self, server: grpc.aio.Server) -> None:
         add_scoped_servicer(
@@ -185,7 +204,7 @@ class KoopmanLearnerService(Backend):
         await self.run(lambda: self._apply_knobs(knobs))
 
     def _apply_knobs(self, knobs: Knobs) -> None:
-        self.learner.set_knobs(knobs)
+        self.streams.set_knobs(knobs)
         self._metrics.set_knobs(knobs, self.learner.view.rank_in_force)
         log.info("kcl_knobs_changed", **vars(knobs))
 
@@ -201,7 +220,13 @@ class KoopmanLearnerService(Backend):
 
         await self.run(advance)
 
-    async def after_update(self, result: UpdateResult) -> None:
+    async def after_update(self, result: UpdateResult, stream: str = "") -> None:
+        if stream:
+            # A named stream keeps its own file; metrics and events describe the default one.
+            named = self.streams.named[stream]
+            path = state_store.stream_path(self._dir, stream)
+            await self.run(lambda: state_store.save(path, named.learner, named.spec.to_json()))
+            return
         await self.run(lambda: state_store.save(self._path, self.learner))
         view = self.learner.view
         self._metrics.observe_update(result)
@@ -239,6 +264,10 @@ class KoopmanLearnerService(Backend):
                 oscillator_count=len(estimate.concept_ids),
             ),
         )
+
+    async def after_stream_reset(self, stream: str) -> None:
+        path = state_store.stream_path(self._dir, stream)
+        await self.run(lambda: path.unlink(missing_ok=True))
 
     async def after_reset(self) -> None:
         await self.run(lambda: state_store.save(self._path, self.learner))
