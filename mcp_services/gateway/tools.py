@@ -51,11 +51,13 @@ and newest; and, when those services answer, the concept graph (version, concept
 the Koopman learner's state. A section whose service does not answer says so instead of failing."""
 
 KCL_DESCRIPTION = """\
-The learned dynamics of concept activity: whether a model is ready, the dominant spectral modes \
-(frequency in Hz, growth rate per second, stability, dominant concepts with phase shifts), psi- \
-drift (phase change of the dominant modes between fits, radians; above the threshold the rank \
-rises) and a summary of the oscillator couplings (count, status). `modes` limits how many modes \
-are listed (strongest first)."""
+The learned dynamics of concept activity: whether a model is ready, the most significant spectral \
+modes (period in the stream's time unit, frequency in Hz, growth rate per second, persistence and \
+significance, stability, dominant concepts with phase shifts), psi-drift (phase change of the \
+dominant modes between fits, radians; above the threshold the rank rises), a summary of the \
+oscillator couplings (count, status), and every named stream with its leading periods. `modes` \
+limits how many modes are listed (most significant first; modes that are not significant are left \
+out); `stream` lists the modes of a named stream instead of the default one."""
 
 
 def _rpc_exists(descriptor: Any, service: str, method: str) -> bool:
@@ -297,6 +299,13 @@ def build_kcl_status(gw: Gateway) -> ToolFn:
         topConcepts: Annotated[
             int, Field(ge=1, le=20, description="Dominant concepts listed per mode.")
         ] = 3,
+        stream: Annotated[
+            str,
+            Field(
+                max_length=128,
+                description="A named stream whose modes to list (empty: the default stream).",
+            ),
+        ] = "",
     ) -> dict[str, Any]:
         k = await gw.call(
             _spec(gw, "koopman_learner", "GetKclStats", "kcl_s", idempotent=True),
@@ -325,17 +334,34 @@ def build_kcl_status(gw: Gateway) -> ToolFn:
                 "updates": k.coupling_updates,
             },
             "snapshotsProcessed": k.snapshots_processed,
+            "streams": [
+                {
+                    "stream": d.name,
+                    "timeUnit": d.time_unit,
+                    "dt": d.dt,
+                    "delays": d.delays,
+                    "modeCount": d.mode_count,
+                    "periods": [
+                        {"period": p.period, "significance": p.significance} for p in d.periods
+                    ],
+                }
+                for d in k.streams
+            ],
         }
         out["modes"] = []
-        if modes and k.model_ready:
+        if modes and (k.model_ready or stream):
             sm = await gw.call(
                 _spec(gw, "koopman_learner", "GetSpectralModes", "kcl_s", idempotent=True),
                 kpb.GetSpectralModesRequest(
-                    limit=modes, top_concepts=topConcepts, collapse_conjugates=True
+                    limit=modes, top_concepts=topConcepts, collapse_conjugates=True, stream=stream
                 ),
             )
+            out["timeUnit"] = sm.time_unit
             out["modes"] = [
                 {
+                    "period": md.period,
+                    "significance": md.significance,
+                    "persistence": md.persistence,
                     "frequencyHz": md.frequency_hz,
                     "growthRate": md.growth_rate,
                     "magnitude": md.magnitude,

@@ -7,8 +7,12 @@ What an update does (ProcessActivationBatch, or a chunk of episodes from the vau
    ahead: the out-of-sample *prediction error* ||Y - A X|| / ||Y||.
 3. Online update (rank-1, with forgetting, in the reduced basis) when the traces stay inside
    the concepts the model covers; otherwise, or when the tracker asks for it (refit interval, or
-   the basis lost energy share), or on demand: a full *refit* of the window, with the same
-   forgetting weights, so both paths estimate the same operator.
+   the basis lost energy share), or on demand: a full *refit* of the window. A refit weighs
+   every pair of the window alike (the window itself bounds the memory) unless `weight_refits`
+   is on, when pair j of m gets forgetting^(m - 1 - j) as in the online updates. Online updates
+   always discount: each new pair multiplies the weight of everything before it by the
+   forgetting factor, starting from the refit's weights, so the online operator is exactly the
+   batch fit of the same pairs under those weights.
 4. After a refit: psi-drift against the previous refit, the rank rule (raise to rank_high above
    the threshold; applied at once when auto_tune is on, else only recommended) and, if
    auto_couplings, a coupling update.
@@ -108,6 +112,10 @@ class Knobs:
     refit_interval: int = 2000
     max_concepts: int = 2048
     auto_couplings: bool = True
+    weight_refits: bool = False
+    min_persistence: float = 0.2
+    max_delays: int = 200
+    max_streams: int = 64
 
 
 @dataclass
@@ -157,6 +165,8 @@ class View:
     window_traces: int
     pending_stream_snapshots: int
     last_update: float
+    # Samples persistence is measured over: the longest trace in the window.
+    horizon: int = 0
 
 
 @dataclass(frozen=True)
@@ -419,9 +429,15 @@ class Learner:
 
     def _fit(self, window: SnapshotWindow, rank: int) -> tuple[DmdModel, OnlineDmd]:
         k = self._knobs
-        model = fit_dmd(window, k.dt, rank=rank, forgetting=k.forgetting)
+        model = fit_dmd(
+            window, k.dt, rank=rank, forgetting=k.forgetting if k.weight_refits else None
+        )
         online = OnlineDmd.from_window(
-            model, window, forgetting=k.forgetting, refit_interval=k.refit_interval
+            model,
+            window,
+            forgetting=k.forgetting,
+            refit_interval=k.refit_interval,
+            weighted=k.weight_refits,
         )
         return model, online
 
@@ -442,9 +458,12 @@ class Learner:
         self._s.served = served
 
     def _selection_window(self, model: DmdModel) -> SnapshotWindow | None:
-        want = int(
-            min(_SELECTION_MAX, max(_SELECTION_MIN, 3.0 / max(1e-9, 1 - self._knobs.forgetting)))
-        )
+        # Unweighted refits select on up to _SELECTION_MAX recent snapshots; weighted ones on
+        # about three forgetting lifetimes.
+        want = _SELECTION_MAX
+        if self._knobs.weight_refits:
+            lifetime = 3.0 / max(1e-9, 1 - self._knobs.forgetting)
+            want = int(min(_SELECTION_MAX, max(_SELECTION_MIN, lifetime)))
         pieces: list[FloatArray] = []
         for trace in reversed(self._s.window):
             dense = trace.dense(model.concept_ids)
@@ -570,4 +589,5 @@ class Learner:
             window_traces=len(window),
             pending_stream_snapshots=self._streams.pending_snapshots,
             last_update=self.last_update,
+            horizon=max((t.n_snapshots for t in window), default=0),
         )

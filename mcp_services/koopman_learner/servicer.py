@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -25,6 +26,12 @@ from mcp_services.koopman_learner.learner import (
     NotReady,
     UpdateResult,
     View,
+)
+from mcp_services.koopman_learner.streams import (
+    StreamSet,
+    StreamSpec,
+    TooManyStreams,
+    UnknownStream,
 )
 
 T = TypeVar("T")
@@ -45,6 +52,7 @@ class Backend:
     """What the servicer needs from the service: the learner, its worker, config and events."""
 
     learner: Learner
+    streams: StreamSet
     max_batch_snapshots: int
     following_vault: bool
 
@@ -52,8 +60,12 @@ class Backend:
         """Run `fn` on the numerics worker."""
         raise NotImplementedError
 
-    async def after_update(self, result: UpdateResult) -> None:
-        """Persist, export metrics and publish events after a change."""
+    async def after_update(self, result: UpdateResult, stream: str = "") -> None:
+        """Persist, export metrics and publish events after a change of `stream`."""
+        raise NotImplementedError
+
+    async def after_stream_reset(self, stream: str) -> None:
+        """Forget the state file of a named stream that was reset."""
         raise NotImplementedError
 
     async def after_couplings(self, outcome: CouplingsOutcome) -> None:
@@ -78,8 +90,10 @@ async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: 
 async def _guard(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
     try:
         return await call
-    except codec.TooLarge as exc:
+    except (codec.TooLarge, TooManyStreams) as exc:
         await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    except UnknownStream as exc:
+        await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
     except NotReady as exc:
         await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     except ValueError as exc:
@@ -97,6 +111,10 @@ def config_to_proto(knobs: Knobs, rank_in_force: int) -> pb.KoopmanConfig:
         auto_tune=knobs.auto_tune,
         dt_s=knobs.dt,
         rank_in_force=rank_in_force,
+        weight_refits=knobs.weight_refits,
+        min_persistence=knobs.min_persistence,
+        max_delays=knobs.max_delays,
+        max_streams=knobs.max_streams,
     )
 
 
@@ -151,7 +169,8 @@ def _check_knobs(request: pb.UpdateConfigRequest, current: Knobs) -> Knobs:
     if max_modes < 1:
         raise codec.InvalidInput("max_modes", f"is {max_modes}; give an integer >= 1")
     auto = request.auto_tune if has("auto_tune") else current.auto_tune
-    return Knobs(
+    return replace(
+        current,
         rank=rank,
         rank_high=rank_high,
         psi_drift_threshold=threshold,
@@ -159,11 +178,6 @@ def _check_knobs(request: pb.UpdateConfigRequest, current: Knobs) -> Knobs:
         forgetting=rho,
         max_modes=max_modes,
         auto_tune=auto,
-        dt=current.dt,
-        window_snapshots=current.window_snapshots,
-        refit_interval=current.refit_interval,
-        max_concepts=current.max_concepts,
-        auto_couplings=current.auto_couplings,
     )
 
 
@@ -175,8 +189,10 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
     def _view(self) -> View:
         return self._b.learner.view
 
-    async def _model_or_abort(self, context: grpc.aio.ServicerContext) -> View:
-        view = self._view
+    async def _model_or_abort(
+        self, context: grpc.aio.ServicerContext, view: View | None = None
+    ) -> View:
+        view = self._view if view is None else view
         if view.model is None:
             await _abort(
                 context,
@@ -194,22 +210,43 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
     async def ProcessActivationBatch(
         self, request: pb.ProcessActivationBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.ProcessActivationBatchResponse:
+        streams = self._b.streams
         learner = self._b.learner
+        name = request.stream
 
-        async def work() -> UpdateResult:
+        async def default() -> tuple[UpdateResult, StreamSpec | None]:
             traces = codec.traces_from_request(
                 request,
                 learner.knobs.dt,
                 max_snapshots=self._b.max_batch_snapshots,
                 max_concepts=learner.knobs.max_concepts,
             )
-            result = await self._b.run(
-                lambda: learner.process_traces(traces, force_refit=request.force_refit)
-            )
-            await self._b.after_update(result)
-            return result
 
-        result = await _guard(context, work())
+            def update() -> UpdateResult:
+                result = learner.process_traces(traces, force_refit=request.force_refit)
+                notes = streams.oscillation_notes(learner, None)
+                if notes and result.kind != "none":
+                    result = replace(result, note="; ".join([*notes, result.note]).strip("; "))
+                return result
+
+            result = await self._b.run(update)
+            await self._b.after_update(result)
+            return result, None
+
+        async def named() -> tuple[UpdateResult, StreamSpec | None]:
+            _, options, raw = codec.stream_batch_from_request(
+                request,
+                max_snapshots=self._b.max_batch_snapshots,
+                max_concepts=learner.knobs.max_concepts,
+            )
+            spec, result = await self._b.run(
+                lambda: streams.process(name, options, raw, force_refit=request.force_refit)
+            )
+            await self._b.after_update(result, name)
+            return result, spec
+
+        result, spec = await _guard(context, named() if name else default())
+        info = codec.stream_info(name, spec, learner.knobs, streams.get(name).view)
         return pb.ProcessActivationBatchResponse(
             update=pb.UpdateSummary(
                 kind=_UPDATE_KIND[result.kind],
@@ -223,6 +260,7 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
                 update_seconds=result.update_seconds,
                 note=result.note,
                 model_version=result.model_version,
+                stream=info,
             )
         )
 
@@ -257,20 +295,34 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
     async def GetSpectralModes(
         self, request: pb.GetSpectralModesRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSpectralModesResponse:
-        view = await self._model_or_abort(context)
-        assert view.model is not None
+        streams = self._b.streams
+        learner = await _guard(context, _ready(lambda: streams.get(request.stream)))
+        view = await self._model_or_abort(context, learner.view)
+        model = view.model
+        assert model is not None
+        knobs = learner.knobs
+        spec = streams.spec(request.stream)
+        unit_s = spec.unit_s if spec is not None else 1.0
         summaries, total = await _guard(
             context,
-            _ready(lambda: codec.select_modes_for_request(view.model, request)),  # type: ignore[arg-type]
+            _ready(
+                lambda: codec.select_modes_for_request(
+                    model, request, horizon=view.horizon, min_persistence=knobs.min_persistence
+                )
+            ),
         )
         out = pb.GetSpectralModesResponse(
-            modes=[codec.mode_to_proto(s) for s in summaries],
+            modes=[codec.mode_to_proto(s, unit_s=unit_s) for s in summaries],
             total_modes=total,
             rank=view.rank_in_force,
-            dt_s=view.model.dt,
+            dt_s=model.dt,
             model_version=view.model_version,
-            concept_count=len(view.model.concept_ids),
+            concept_count=len(model.concept_ids),
             psi_drift=view.psi_drift,
+            stream=codec.stream_info(request.stream, spec, self._b.learner.knobs, view),
+            horizon=view.horizon,
+            time_unit=spec.time_unit if spec is not None else "s",
+            min_persistence=knobs.min_persistence,
         )
         ts = codec.timestamp(view.fitted_at)
         if ts is not None:
@@ -394,6 +446,7 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
             vault_cursor=view.cursor,
             dt_s=knobs.dt,
             l1_strength=knobs.l1_strength,
+            streams=codec.stream_digests(self._b.streams),
         )
         ts = codec.timestamp(view.last_update)
         if ts is not None:
@@ -411,6 +464,18 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
         self, request: pb.ResetSystemRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResetSystemResponse:
         learner = self._b.learner
+        if request.stream:
+            streams = self._b.streams
+            stream_view = await _guard(context, _ready(lambda: streams.get(request.stream).view))
+
+            def forget() -> None:
+                streams.forget(request.stream)
+
+            await self._b.run(forget)
+            await self._b.after_stream_reset(request.stream)
+            return pb.ResetSystemResponse(
+                cursor=self._view.cursor, model_version=stream_view.model_version + 1
+            )
         await self._b.run(lambda: learner.reset(rescan_vault=request.rescan_vault))
         await self._b.after_reset()
         view = self._view

@@ -8,10 +8,15 @@ the cursor never runs ahead of the model that learnt from those episodes.
 
 The online tracker is not stored: the first update after a restart refits the window, which is
 what the periodic refit does anyway. Arrays are read with allow_pickle=False; metadata is JSON.
+
+Each named stream (streams.py) has a file of the same layout under `streams/` in the data dir,
+named by a hash of the stream's name, whose metadata also holds the stream's spec (dt, unit,
+delays, scaling).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -83,12 +88,45 @@ def _get_model(npz: Any, prefix: str, meta: Any) -> DmdModel | None:
     )
 
 
-def save(path: Path, learner: Learner) -> None:
+STREAMS_DIR = "streams"
+
+
+def stream_path(data_dir: Path, name: str) -> Path:
+    """The state file of named stream `name` (any characters: the file is named by a hash)."""
+    digest = hashlib.sha256(name.encode()).hexdigest()[:24]
+    return data_dir / STREAMS_DIR / f"{digest}.npz"
+
+
+def stream_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / STREAMS_DIR).glob("*.npz"))
+
+
+def read_stream(path: Path) -> dict[str, Any]:
+    """The stream spec (StreamSpec.to_json) stored in a named stream's state file.
+
+    Raises:
+        StateError: the file is unreadable or holds no stream.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(bytes(npz["meta"]).decode())
+        stream = meta["stream"]
+        if not isinstance(stream, dict):
+            raise TypeError("no stream spec")
+        return stream
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StateError(
+            f"cannot read the stream state {path}: {exc}; move the file away to forget the stream"
+        ) from exc
+
+
+def save(path: Path, learner: Learner, stream: dict[str, Any] | None = None) -> None:
     """Write the learner's state to `path` atomically (see the module docstring)."""
     state = learner.state()
     arrays: dict[str, NDArray[Any]] = {}
     meta: dict[str, Any] = {
         "format": FORMAT_VERSION,
+        "stream": stream,
         "dt": learner.knobs.dt,
         "cursor": learner.cursor,
         "model_version": learner.model_version,

@@ -1,13 +1,15 @@
 """What the KoopmanLearner has learnt, from the command line.
 
-    python -m mcp_services.koopman_learner.status [--modes N] [--json] [--target HOST:PORT]
-        [--wait-seq SEQ [--wait-s S]]
+    python -m mcp_services.koopman_learner.status [--stream NAME] [--modes N] [--all] [--json]
+        [--target HOST:PORT] [--wait-seq SEQ [--wait-s S]]
 
-Prints the learner's model (version, modes, concepts, snapshots learnt, vault cursor) and its
-leading spectral modes, strongest amplitude first, one conjugate pair as one mode: frequency,
-period, |lambda| and the concepts that dominate it. `--wait-seq SEQ` first waits (up to
-`--wait-s`, 60 s) until the learner has read the vault up to seq SEQ, e.g. the seq `vault-cli
-put-file` reported for the last episode it stored.
+Prints the learner's model (version, modes, concepts, snapshots learnt, vault cursor), its named
+streams with their leading periods, and the leading spectral modes of one stream (the default
+stream unless --stream), most significant first, one conjugate pair as one mode: frequency (Hz),
+period (in the stream's time unit), |lambda|, persistence, significance and the concepts that
+dominate it. Modes that are not significant are left out unless --all. `--wait-seq SEQ` first
+waits (up to `--wait-s`, 60 s) until the learner has read the vault up to seq SEQ, e.g. the seq
+`vault-cli put-file` reported for the last episode it stored.
 
 Exit codes: 0 a model is served; 1 no model yet, or the wait ran out; 2 bad arguments or
 configuration; 3 the learner is unreachable.
@@ -61,28 +63,42 @@ def why_behind(stub: koopman_pb2_grpc.KoopmanLearnerStub, seq: int, timeout: flo
     return f"it is still reading ({st.episodes_behind} episodes behind); wait longer (--wait-s)"
 
 
-def period_s(frequency_hz: float) -> float:
-    """Seconds per cycle; infinite for a mode that does not oscillate."""
-    return 1.0 / abs(frequency_hz) if frequency_hz else float("inf")
-
-
-def describe(stats: pb.KclStats, modes: pb.GetSpectralModesResponse | None, target: str) -> str:
-    """The report a person reads: one headline, then a table of the leading modes."""
+def describe(
+    stats: pb.KclStats,
+    modes: pb.GetSpectralModesResponse | None,
+    target: str,
+    stream: str = "",
+) -> str:
+    """The report a person reads: headline, named streams, then a table of the leading modes."""
     head = (
         f"learner {target}: model v{stats.model_version}, {stats.mode_count} modes over "
         f"{stats.concept_count} concepts (rank {stats.rank}), {stats.snapshots_processed} "
         f"snapshots learnt, vault cursor {stats.vault_cursor}"
     )
+    lines = [head]
+    for d in stats.streams:
+        if not d.name:
+            continue
+        periods = ", ".join(f"{p.period:.4g}" for p in d.periods) or "none significant"
+        lines.append(
+            f"  stream {d.name!r}: dt {d.dt:g} {d.time_unit}, delays {d.delays}, "
+            f"{d.mode_count} modes, periods ({d.time_unit}) {periods}"
+        )
     if modes is None:
-        return head + "\n  no model yet"
-    lines = [head, "  mode  freq Hz  period s  |lambda|  amplitude  dominant concepts"]
+        return "\n".join([*lines, f"  no model yet{f' for stream {stream!r}' if stream else ''}"])
+    unit = modes.time_unit or "s"
+    title = f"stream {stream!r}" if stream else "the default stream"
+    lines.append(f"  modes of {title} by significance (period in {unit})")
+    lines.append(
+        "  mode    freq Hz      period  |lambda|  persist  signif.  amplitude  dominant concepts"
+    )
     for i, m in enumerate(modes.modes, start=1):
         concepts = ", ".join(d.concept_id for d in m.dominant_concepts)
-        period = period_s(m.frequency_hz)
-        shown = f"{period:>8.3f}" if period != float("inf") else f"{'steady':>8}"
+        shown = f"{m.period:>10.4g}" if m.period else f"{'steady':>10}"
+        flag = "" if m.significant else " (not significant)"
         lines.append(
-            f"  {i:>4}  {m.frequency_hz:>7.3f}  {shown}  "
-            f"{m.magnitude:>8.3f}  {m.amplitude:>9.3f}  {concepts}"
+            f"  {i:>4}  {m.frequency_hz:>9.3g}  {shown}  {m.magnitude:>8.3f}  "
+            f"{m.persistence:>7.3f}  {m.significance:>7.3f}  {m.amplitude:>9.3f}  {concepts}{flag}"
         )
     return "\n".join(lines)
 
@@ -98,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--modes", type=int, default=5, help="leading modes to show, 0-1000 (5)")
     parser.add_argument("--concepts", type=int, default=3, help="dominant concepts a mode, 1-100")
+    parser.add_argument("--stream", default="", help="the named stream to show (default stream)")
+    parser.add_argument("--all", action="store_true", help="also list modes not significant")
     parser.add_argument("--json", action="store_true", help="print stats and modes as JSON")
     parser.add_argument("--wait-seq", type=int, default=0, help="first wait for this vault seq")
     parser.add_argument("--wait-s", type=float, default=60.0, help="longest wait (60 s)")
@@ -121,16 +139,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             if stats.vault_cursor < args.wait_seq:
                 behind = why_behind(stub, args.wait_seq, args.timeout)
             modes = None
-            if stats.model_ready:
+            if stats.model_ready or args.stream:
                 modes = stub.GetSpectralModes(
                     pb.GetSpectralModesRequest(
-                        limit=args.modes, top_concepts=args.concepts, collapse_conjugates=True
+                        limit=args.modes,
+                        top_concepts=args.concepts,
+                        collapse_conjugates=True,
+                        stream=args.stream,
+                        include_insignificant=args.all,
                     ),
                     timeout=args.timeout,
                 )
         except grpc.RpcError as exc:
-            print(f"status: {target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return EXIT_UNREACHABLE
+            if args.stream and exc.code() == grpc.StatusCode.NOT_FOUND:
+                print(f"status: {exc.details()}", file=sys.stderr)
+                return EXIT_USAGE
+            if args.stream and exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                modes = None
+            else:
+                print(f"status: {target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                return EXIT_UNREACHABLE
     if args.json:
         out = {
             "target": target,
@@ -139,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(json.dumps(out, indent=2))
     else:
-        print(describe(stats, modes, target))
+        print(describe(stats, modes, target, args.stream))
     if stats.vault_cursor < args.wait_seq:
         print(
             f"status: within {args.wait_s:g} s the learner read the vault up to seq "

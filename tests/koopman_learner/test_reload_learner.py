@@ -34,6 +34,10 @@ LIVE_STEPS: list[dict[str, object]] = [
     {"auto_tune": True},
     {"refit_interval": 500},
     {"auto_couplings": False},
+    {"weight_refits": True},
+    {"min_persistence": 0.4},
+    {"max_delays": 32},
+    {"max_streams": 5},
     {"max_concepts": 3},
     {"max_batch_snapshots": 2},
 ]
@@ -46,6 +50,10 @@ REPORTED = (
     "forgetting_factor",
     "max_modes",
     "auto_tune",
+    "weight_refits",
+    "min_persistence",
+    "max_delays",
+    "max_streams",
 )
 
 Served = tuple[Reloading, koopman_pb2_grpc.KoopmanLearnerStub]

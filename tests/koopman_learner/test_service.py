@@ -92,10 +92,15 @@ class TestModes:
         ).modes
         assert len(by_growth) == 2
         assert all(abs(m.growth_rate - 0.05) < 1e-6 for m in by_growth)
-        amplitudes = [
-            m.amplitude for m in stub.GetSpectralModes(pb.GetSpectralModesRequest()).modes
-        ]
+        by_amplitude = stub.GetSpectralModes(
+            pb.GetSpectralModesRequest(sort_by=pb.MODE_SORT_AMPLITUDE)
+        ).modes
+        amplitudes = [m.amplitude for m in by_amplitude]
         assert amplitudes == sorted(amplitudes, reverse=True)
+        significance = [
+            m.significance for m in stub.GetSpectralModes(pb.GetSpectralModesRequest()).modes
+        ]
+        assert significance == sorted(significance, reverse=True)
 
     def test_stability_names_the_growing_modes(self, fitted: Learner) -> None:
         """|lambda| > 1 modes are listed; the spectral radius is that of the growing pair."""

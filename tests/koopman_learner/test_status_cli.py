@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mcp_services.koopman_learner import status
+from mcp_services.koopman_learner.series import series_request
 from tests.conftest import free_port
 from tests.koopman_learner.conftest import Learner, LearnerFactory, batch
 
@@ -31,23 +32,52 @@ class TestStatusCli:
     def test_the_leading_modes_are_the_level_and_the_rhythm_it_was_taught(
         self, start_learner: LearnerFactory, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """After a trace oscillating at 1.25 Hz, the table shows the steady level first, then a
-        1.250 Hz mode (period 0.800 s) led by the two swinging concepts; --json carries the same
-        frequency; exit 0."""
+        """After a trace oscillating at 1.25 Hz, the table (by significance) shows the steady
+        level first, then a 1.25 Hz mode (period 0.8 s, persistence 1) led by the two swinging
+        concepts; --json carries the same frequency; exit 0."""
         learner = start_learner()
         learner.stub.ProcessActivationBatch(batch([rhythm()], IDS), timeout=30)
         assert status.main([*target(learner), "--modes", "2", "--concepts", "2"]) == 0
         lines = capsys.readouterr().out.splitlines()
         assert "model v1" in lines[0] and "3 concepts" in lines[0]
-        level, swing = lines[2].split(), lines[3].split()
-        assert level[:3] == ["1", "0.000", "steady"] and level[5] == "concept:shore,"
-        assert swing[:3] == ["2", "1.250", "0.800"], lines
-        assert set(" ".join(swing[5:]).split(", ")) == set(IDS[:2])
+        assert "modes of the default stream by significance (period in s)" in lines[1]
+        level, swing = lines[3].split(), lines[4].split()
+        assert level[:3] == ["1", "0", "steady"] and level[7] == "concept:shore,"
+        assert swing[:4] == ["2", "1.25", "0.8", "1.000"], lines
+        assert swing[4] == "1.000"  # persistence of an undamped mode
+        assert set(" ".join(swing[7:]).split(", ")) == set(IDS[:2])
         assert status.main([*target(learner), "--modes", "2", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["stats"]["model_ready"] is True
         freqs = sorted(abs(m.get("frequency_hz", 0.0)) for m in out["modes"]["modes"])
         assert freqs[0] == 0.0 and abs(freqs[1] - FREQ_HZ) < 1e-6
+
+    def test_a_named_stream_shows_periods_in_its_own_unit(
+        self, start_learner: LearnerFactory, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A one-concept series sampled monthly with a 12-month cycle: the streams line names it
+        with period 12 (months), and --stream lists that mode first with period 12."""
+        learner = start_learner()
+        t = np.arange(120)
+        learner.stub.ProcessActivationBatch(
+            series_request("sst", "sst", t, 20 + 3 * np.sin(2 * np.pi * t / 12), time_unit="month"),
+            timeout=30,
+        )
+        assert status.main([*target(learner), "--stream", "sst", "--modes", "3"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        (line,) = [x for x in out if x.startswith("  stream 'sst'")]
+        assert "dt 1 month" in line and "periods (month) 12" in line
+        assert "modes of stream 'sst' by significance (period in month)" in out[2]
+        oscillating = [x.split() for x in out[4:] if "steady" not in x]
+        assert float(oscillating[0][2]) == pytest.approx(12, rel=1e-3)
+
+    def test_an_unknown_stream_is_a_usage_error(
+        self, start_learner: LearnerFactory, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--stream naming no stream: exit 2 with the learner's message."""
+        learner = start_learner()
+        assert status.main([*target(learner), "--stream", "nope"]) == 2
+        assert "no stream named 'nope'" in capsys.readouterr().err
 
     def test_without_a_model_it_says_so_and_exits_1(
         self, start_learner: LearnerFactory, capsys: pytest.CaptureFixture[str]

@@ -46,16 +46,27 @@ DEFAULT_ENERGY_DROP = 0.1
 _SYMMETRISE_EVERY = 64
 
 
-def weighted_operator(
-    basis: FloatArray, x: FloatArray, y: FloatArray, forgetting: float
-) -> tuple[FloatArray, FloatArray]:
-    """Batch reference: (A, Q) of the forgetting-weighted least squares in `basis` coordinates.
+def forgetting_weights(n_pairs: int, forgetting: float) -> FloatArray:
+    """Pair j of n_pairs gets forgetting^(n_pairs - 1 - j): the newest 1, older ones less."""
+    return np.asarray(forgetting ** np.arange(n_pairs - 1, -1, -1, dtype=np.float64))
 
-    Pair j of m gets weight forgetting^(m - 1 - j). A is (r, r); Q = sum_j w_j z_j z_j^T.
+
+def weighted_operator(
+    basis: FloatArray,
+    x: FloatArray,
+    y: FloatArray,
+    forgetting: float,
+    weights: FloatArray | None = None,
+) -> tuple[FloatArray, FloatArray]:
+    """Batch reference: (A, Q) of the weighted least squares in `basis` coordinates.
+
+    Pair j of m gets weight forgetting^(m - 1 - j), or weights[j] when `weights` is given. A is
+    (r, r); Q = sum_j w_j z_j z_j^T.
     """
     zx = basis.T @ x
     zy = basis.T @ y
-    weights = forgetting ** np.arange(x.shape[1] - 1, -1, -1, dtype=np.float64)
+    if weights is None:
+        weights = forgetting_weights(x.shape[1], forgetting)
     q = (zx * weights) @ zx.T
     r = (zy * weights) @ zx.T
     a = np.linalg.solve(q.T, r.T).T
@@ -133,8 +144,13 @@ class OnlineDmd:
         forgetting: float = DEFAULT_FORGETTING,
         refit_interval: int = DEFAULT_REFIT_INTERVAL,
         energy_drop: float = DEFAULT_ENERGY_DROP,
+        weighted: bool = True,
     ) -> OnlineDmd:
-        """Start exactly where a batch fit of `window` with the same forgetting ends.
+        """Start exactly where a batch fit of `window` ends.
+
+        With `weighted` the window's pairs carry the forgetting weights (the batch fit used the
+        same `forgetting`); without, every window pair weighs 1 (an unweighted batch fit). Either
+        way each later pair discounts all earlier ones by `forgetting`.
 
         Raises:
             ValueError: when the window's concepts differ from the model's.
@@ -150,10 +166,10 @@ class OnlineDmd:
             energy_drop=energy_drop,
         )
         x, y = window.pairs()
-        a, q = weighted_operator(model.basis, x, y, forgetting)
+        weights = forgetting_weights(x.shape[1], forgetting) if weighted else np.ones(x.shape[1])
+        a, q = weighted_operator(model.basis, x, y, forgetting, weights)
         online._a = np.asfortranarray(a)
         online._p = np.asfortranarray(np.linalg.inv(q), dtype=np.float64)
-        weights = forgetting ** np.arange(x.shape[1] - 1, -1, -1, dtype=np.float64)
         online._weight = float(np.sum(weights))
         online._captured = float(np.sum(weights * np.sum((model.basis.T @ x) ** 2, axis=0)))
         online._total = float(np.sum(weights * np.sum(x**2, axis=0)))
@@ -280,7 +296,9 @@ class OnlineDmd:
             svd_method="online",
         )
 
-    def restarted(self, model: DmdModel, window: SnapshotWindow) -> OnlineDmd:
+    def restarted(
+        self, model: DmdModel, window: SnapshotWindow, *, weighted: bool = True
+    ) -> OnlineDmd:
         """A fresh tracker started from a full refit (`model` of `window`), same settings."""
         return OnlineDmd.from_window(
             model,
@@ -288,4 +306,5 @@ class OnlineDmd:
             forgetting=self._forgetting,
             refit_interval=self._refit_interval,
             energy_drop=self._energy_drop,
+            weighted=weighted,
         )

@@ -30,6 +30,37 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Scaling:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScalingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scaling.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCALING_UNSPECIFIED: _Scaling.ValueType  # 0
+    """NONE"""
+    SCALING_NONE: _Scaling.ValueType  # 1
+    """Strengths are taken as they are: finite, in [0, 1]."""
+    SCALING_MINMAX: _Scaling.ValueType  # 2
+    """Per concept: the first batch's [min, max] maps to [0, 1]."""
+    SCALING_ROBUST: _Scaling.ValueType  # 3
+    """Per concept: the first batch's 5th and 95th percentiles map to 0.1 and 0.9 (outliers may
+    land outside [0, 1]; they are not clipped).
+    """
+
+class Scaling(_Scaling, metaclass=_ScalingEnumTypeWrapper): ...
+
+SCALING_UNSPECIFIED: Scaling.ValueType  # 0
+"""NONE"""
+SCALING_NONE: Scaling.ValueType  # 1
+"""Strengths are taken as they are: finite, in [0, 1]."""
+SCALING_MINMAX: Scaling.ValueType  # 2
+"""Per concept: the first batch's [min, max] maps to [0, 1]."""
+SCALING_ROBUST: Scaling.ValueType  # 3
+"""Per concept: the first batch's 5th and 95th percentiles map to 0.1 and 0.9 (outliers may
+land outside [0, 1]; they are not clipped).
+"""
+Global___Scaling: _TypeAlias = Scaling  # noqa: Y015
+
 class _UpdateKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -62,24 +93,28 @@ class _ModeSort:
 class _ModeSortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModeSort.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     MODE_SORT_UNSPECIFIED: _ModeSort.ValueType  # 0
-    """AMPLITUDE"""
+    """SIGNIFICANCE"""
     MODE_SORT_AMPLITUDE: _ModeSort.ValueType  # 1
     MODE_SORT_FREQUENCY: _ModeSort.ValueType  # 2
     """|frequency_hz|."""
     MODE_SORT_GROWTH_RATE: _ModeSort.ValueType  # 3
     MODE_SORT_MAGNITUDE: _ModeSort.ValueType  # 4
     """|lambda|."""
+    MODE_SORT_SIGNIFICANCE: _ModeSort.ValueType  # 5
+    """amplitude x persistence (see SpectralMode.significance)."""
 
 class ModeSort(_ModeSort, metaclass=_ModeSortEnumTypeWrapper): ...
 
 MODE_SORT_UNSPECIFIED: ModeSort.ValueType  # 0
-"""AMPLITUDE"""
+"""SIGNIFICANCE"""
 MODE_SORT_AMPLITUDE: ModeSort.ValueType  # 1
 MODE_SORT_FREQUENCY: ModeSort.ValueType  # 2
 """|frequency_hz|."""
 MODE_SORT_GROWTH_RATE: ModeSort.ValueType  # 3
 MODE_SORT_MAGNITUDE: ModeSort.ValueType  # 4
 """|lambda|."""
+MODE_SORT_SIGNIFICANCE: ModeSort.ValueType  # 5
+"""amplitude x persistence (see SpectralMode.significance)."""
 Global___ModeSort: _TypeAlias = ModeSort  # noqa: Y015
 
 class _CouplingStatus:
@@ -158,6 +193,10 @@ class KoopmanConfig(_message.Message):
     AUTO_TUNE_FIELD_NUMBER: _builtins.int
     DT_S_FIELD_NUMBER: _builtins.int
     RANK_IN_FORCE_FIELD_NUMBER: _builtins.int
+    WEIGHT_REFITS_FIELD_NUMBER: _builtins.int
+    MIN_PERSISTENCE_FIELD_NUMBER: _builtins.int
+    MAX_DELAYS_FIELD_NUMBER: _builtins.int
+    MAX_STREAMS_FIELD_NUMBER: _builtins.int
     rank: _builtins.int
     rank_high: _builtins.int
     """Rank used once psi-drift exceeds psi_drift_threshold."""
@@ -171,6 +210,12 @@ class KoopmanConfig(_message.Message):
     """Sampling interval of every trace, seconds."""
     rank_in_force: _builtins.int
     """The rank the next fit uses (rank, or rank_high once the rank rule fired)."""
+    weight_refits: _builtins.bool
+    """Refits weighted by forgetting_factor too (off: every pair of the window weighs alike)."""
+    min_persistence: _builtins.float
+    """Modes keeping less of their amplitude on average over the window are not significant."""
+    max_delays: _builtins.int
+    max_streams: _builtins.int
     def __init__(
         self,
         *,
@@ -183,10 +228,14 @@ class KoopmanConfig(_message.Message):
         auto_tune: _builtins.bool = ...,
         dt_s: _builtins.float = ...,
         rank_in_force: _builtins.int = ...,
+        weight_refits: _builtins.bool = ...,
+        min_persistence: _builtins.float = ...,
+        max_delays: _builtins.int = ...,
+        max_streams: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_tune", b"auto_tune", "dt_s", b"dt_s", "forgetting_factor", b"forgetting_factor", "l1_strength", b"l1_strength", "max_modes", b"max_modes", "psi_drift_threshold", b"psi_drift_threshold", "rank", b"rank", "rank_high", b"rank_high", "rank_in_force", b"rank_in_force"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_tune", b"auto_tune", "dt_s", b"dt_s", "forgetting_factor", b"forgetting_factor", "l1_strength", b"l1_strength", "max_delays", b"max_delays", "max_modes", b"max_modes", "max_streams", b"max_streams", "min_persistence", b"min_persistence", "psi_drift_threshold", b"psi_drift_threshold", "rank", b"rank", "rank_high", b"rank_high", "rank_in_force", b"rank_in_force", "weight_refits", b"weight_refits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -230,27 +279,84 @@ Global___ConceptActivation: _TypeAlias = ConceptActivation  # noqa: Y015
 
 @_typing.final
 class ActivationTrace(_message.Message):
-    """One uninterrupted recording sampled every dt_s seconds: snapshots[t] is at time t * dt_s."""
+    """One uninterrupted recording. Without `times`, snapshots[t] is at time t * dt (the stream's
+    sampling interval). With `times`, snapshot t is at times[t] and the trace is interpolated
+    linearly onto the stream's grid, so missing samples are simply left out.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    TIMES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConceptActivation]:
         """At least 2 snapshots."""
+
+    @_builtins.property
+    def times(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Optional; strictly increasing, one per snapshot, in the stream's time_unit (seconds for
+        the default stream).
+        """
 
     def __init__(
         self,
         *,
         snapshots: _abc.Iterable[Global___ConceptActivation] | None = ...,
+        times: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshots", b"snapshots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshots", b"snapshots", "times", b"times"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ActivationTrace: _TypeAlias = ActivationTrace  # noqa: Y015
+
+@_typing.final
+class StreamOptions(_message.Message):
+    """How a named stream is sampled and prepared. Declared with the stream's first batch and fixed
+    thereafter: a later batch may repeat the options or leave them unset, never change them
+    (ResetSystem with the stream's name forgets the stream and its options).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DT_FIELD_NUMBER: _builtins.int
+    TIME_UNIT_FIELD_NUMBER: _builtins.int
+    DELAYS_FIELD_NUMBER: _builtins.int
+    SCALING_FIELD_NUMBER: _builtins.int
+    dt: _builtins.float
+    """Sampling interval in time_unit, > 0. 0: from the request's dt_s (seconds), else inferred
+    from the first trace's `times` (their median step).
+    """
+    time_unit: _builtins.str
+    """s (default), min, h, d, week, month (1/12 year), quarter, year (365.2425 d). Periods are
+    reported in this unit, frequencies in Hz.
+    """
+    delays: _builtins.int
+    """Delay (Hankel) embedding: row k of a concept is the concept k samples earlier, so one
+    concept can carry oscillating modes. 0: automatic (a third of the first trace's samples,
+    capped at koopman_learner.max_delays); 1: none; 2..max_delays: that many.
+    """
+    scaling: Global___Scaling.ValueType
+    """Raw measurements: scale each concept onto [0, 1] from the first batch (strengths may then
+    be any finite number).
+    """
+    def __init__(
+        self,
+        *,
+        dt: _builtins.float = ...,
+        time_unit: _builtins.str = ...,
+        delays: _builtins.int = ...,
+        scaling: Global___Scaling.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delays", b"delays", "dt", b"dt", "scaling", b"scaling", "time_unit", b"time_unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamOptions: _TypeAlias = StreamOptions  # noqa: Y015
 
 @_typing.final
 class ProcessActivationBatchRequest(_message.Message):
@@ -259,22 +365,37 @@ class ProcessActivationBatchRequest(_message.Message):
     TRACES_FIELD_NUMBER: _builtins.int
     DT_S_FIELD_NUMBER: _builtins.int
     FORCE_REFIT_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     dt_s: _builtins.float
-    """The traces' sampling interval; 0 means the learner's dt_s. Any other value must equal it."""
+    """The traces' sampling interval in seconds; 0 means the stream's dt (for the default stream
+    koopman_learner.dt_s, KCL_DT_S). For the default stream any other value must equal it.
+    """
     force_refit: _builtins.bool
     """Refit from the whole window instead of an online update."""
+    stream: _builtins.str
+    """A named stream with its own clock, embedding and scaling, learnt as its own model (empty:
+    the default stream, shared with the vault follower, sampled every koopman_learner.dt_s).
+    1-128 characters.
+    """
     @_builtins.property
     def traces(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivationTrace]: ...
+    @_builtins.property
+    def options(self) -> Global___StreamOptions:
+        """The stream's options; only for a named stream."""
+
     def __init__(
         self,
         *,
         traces: _abc.Iterable[Global___ActivationTrace] | None = ...,
         dt_s: _builtins.float = ...,
         force_refit: _builtins.bool = ...,
+        stream: _builtins.str = ...,
+        options: Global___StreamOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dt_s", b"dt_s", "force_refit", b"force_refit", "traces", b"traces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dt_s", b"dt_s", "force_refit", b"force_refit", "options", b"options", "stream", b"stream", "traces", b"traces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,6 +416,7 @@ class UpdateSummary(_message.Message):
     UPDATE_SECONDS_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
     kind: Global___UpdateKind.ValueType
     traces: _builtins.int
     snapshots: _builtins.int
@@ -312,8 +434,14 @@ class UpdateSummary(_message.Message):
     """
     update_seconds: _builtins.float
     note: _builtins.str
-    """Why nothing was fitted, for kind NONE."""
+    """Why nothing was fitted, for kind NONE; otherwise advice about the stream, e.g. that a
+    model over one concept cannot oscillate (turn on delay embedding), or empty.
+    """
     model_version: _builtins.int
+    @_builtins.property
+    def stream(self) -> Global___StreamInfo:
+        """The stream the batch went to and how it is sampled and prepared."""
+
     def __init__(
         self,
         *,
@@ -328,14 +456,91 @@ class UpdateSummary(_message.Message):
         update_seconds: _builtins.float = ...,
         note: _builtins.str = ...,
         model_version: _builtins.int = ...,
+        stream: Global___StreamInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stream", b"stream"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "mode_count", b"mode_count", "model_version", b"model_version", "note", b"note", "prediction_error", b"prediction_error", "psi_drift", b"psi_drift", "rank", b"rank", "rank_raised", b"rank_raised", "snapshots", b"snapshots", "traces", b"traces", "update_seconds", b"update_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "mode_count", b"mode_count", "model_version", b"model_version", "note", b"note", "prediction_error", b"prediction_error", "psi_drift", b"psi_drift", "rank", b"rank", "rank_raised", b"rank_raised", "snapshots", b"snapshots", "stream", b"stream", "traces", b"traces", "update_seconds", b"update_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateSummary: _TypeAlias = UpdateSummary  # noqa: Y015
+
+@_typing.final
+class ConceptScaling(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONCEPT_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    concept_id: _builtins.str
+    offset: _builtins.float
+    """strength = (value - offset) / scale."""
+    scale: _builtins.float
+    def __init__(
+        self,
+        *,
+        concept_id: _builtins.str = ...,
+        offset: _builtins.float = ...,
+        scale: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concept_id", b"concept_id", "offset", b"offset", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConceptScaling: _TypeAlias = ConceptScaling  # noqa: Y015
+
+@_typing.final
+class StreamInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DT_FIELD_NUMBER: _builtins.int
+    TIME_UNIT_FIELD_NUMBER: _builtins.int
+    DT_S_FIELD_NUMBER: _builtins.int
+    DELAYS_FIELD_NUMBER: _builtins.int
+    DELAYS_AUTOMATIC_FIELD_NUMBER: _builtins.int
+    SCALING_FIELD_NUMBER: _builtins.int
+    CONCEPT_SCALING_FIELD_NUMBER: _builtins.int
+    SNAPSHOTS_PROCESSED_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Empty for the default stream."""
+    dt: _builtins.float
+    """Sampling interval in time_unit, and in seconds."""
+    time_unit: _builtins.str
+    dt_s: _builtins.float
+    delays: _builtins.int
+    """Delays in force (1: no embedding) and whether they were chosen automatically."""
+    delays_automatic: _builtins.bool
+    scaling: Global___Scaling.ValueType
+    snapshots_processed: _builtins.int
+    model_version: _builtins.int
+    @_builtins.property
+    def concept_scaling(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConceptScaling]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dt: _builtins.float = ...,
+        time_unit: _builtins.str = ...,
+        dt_s: _builtins.float = ...,
+        delays: _builtins.int = ...,
+        delays_automatic: _builtins.bool = ...,
+        scaling: Global___Scaling.ValueType = ...,
+        concept_scaling: _abc.Iterable[Global___ConceptScaling] | None = ...,
+        snapshots_processed: _builtins.int = ...,
+        model_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concept_scaling", b"concept_scaling", "delays", b"delays", "delays_automatic", b"delays_automatic", "dt", b"dt", "dt_s", b"dt_s", "model_version", b"model_version", "name", b"name", "scaling", b"scaling", "snapshots_processed", b"snapshots_processed", "time_unit", b"time_unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamInfo: _TypeAlias = StreamInfo  # noqa: Y015
 
 @_typing.final
 class ProcessActivationBatchResponse(_message.Message):
@@ -485,6 +690,10 @@ class SpectralMode(_message.Message):
     AMPLITUDE_FIELD_NUMBER: _builtins.int
     STABLE_FIELD_NUMBER: _builtins.int
     DOMINANT_CONCEPTS_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PERSISTENCE_FIELD_NUMBER: _builtins.int
+    SIGNIFICANCE_FIELD_NUMBER: _builtins.int
+    SIGNIFICANT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position in the model, 0 = largest amplitude."""
     eigenvalue_real: _builtins.float
@@ -500,6 +709,19 @@ class SpectralMode(_message.Message):
     """RMS modal amplitude, activation units."""
     stable: _builtins.bool
     """|lambda| <= 1 (within 1e-9)."""
+    period: _builtins.float
+    """1 / |frequency| in the stream's time unit (GetSpectralModesResponse.time_unit); 0 for a mode
+    that does not oscillate.
+    """
+    persistence: _builtins.float
+    """Mean of rho^t over the horizon (t = 0 .. horizon - 1), rho = min(|lambda|, 1/|lambda|): the
+    share of its amplitude the mode keeps on average over the window, in (0, 1]; a steady or
+    undamped mode has 1, a strongly damped (or fast growing) one near 0.
+    """
+    significance: _builtins.float
+    """amplitude x persistence: the mode's mean size over the window, activation units."""
+    significant: _builtins.bool
+    """persistence >= koopman_learner.min_persistence."""
     @_builtins.property
     def dominant_concepts(self) -> _containers.RepeatedCompositeFieldContainer[Global___DominantConcept]: ...
     def __init__(
@@ -515,10 +737,14 @@ class SpectralMode(_message.Message):
         amplitude: _builtins.float = ...,
         stable: _builtins.bool = ...,
         dominant_concepts: _abc.Iterable[Global___DominantConcept] | None = ...,
+        period: _builtins.float = ...,
+        persistence: _builtins.float = ...,
+        significance: _builtins.float = ...,
+        significant: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amplitude", b"amplitude", "damping_ratio", b"damping_ratio", "dominant_concepts", b"dominant_concepts", "eigenvalue_imag", b"eigenvalue_imag", "eigenvalue_real", b"eigenvalue_real", "frequency_hz", b"frequency_hz", "growth_rate", b"growth_rate", "index", b"index", "magnitude", b"magnitude", "stable", b"stable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amplitude", b"amplitude", "damping_ratio", b"damping_ratio", "dominant_concepts", b"dominant_concepts", "eigenvalue_imag", b"eigenvalue_imag", "eigenvalue_real", b"eigenvalue_real", "frequency_hz", b"frequency_hz", "growth_rate", b"growth_rate", "index", b"index", "magnitude", b"magnitude", "period", b"period", "persistence", b"persistence", "significance", b"significance", "significant", b"significant", "stable", b"stable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -534,6 +760,9 @@ class GetSpectralModesRequest(_message.Message):
     EXCLUDE_UNSTABLE_FIELD_NUMBER: _builtins.int
     TOP_CONCEPTS_FIELD_NUMBER: _builtins.int
     COLLAPSE_CONJUGATES_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    INCLUDE_INSIGNIFICANT_FIELD_NUMBER: _builtins.int
+    OSCILLATING_ONLY_FIELD_NUMBER: _builtins.int
     sort_by: Global___ModeSort.ValueType
     ascending: _builtins.bool
     """Descending by default; true sorts ascending."""
@@ -545,6 +774,12 @@ class GetSpectralModesRequest(_message.Message):
     """Dominant concepts per mode, 0..100; 5 when 0."""
     collapse_conjugates: _builtins.bool
     """Keep one half (imag >= 0) of each conjugate pair."""
+    stream: _builtins.str
+    """The stream to read; empty: the default stream."""
+    include_insignificant: _builtins.bool
+    """Also list modes that are not significant (left out by default)."""
+    oscillating_only: _builtins.bool
+    """Only modes that oscillate (frequency != 0): the ones that have a period."""
     def __init__(
         self,
         *,
@@ -554,10 +789,13 @@ class GetSpectralModesRequest(_message.Message):
         exclude_unstable: _builtins.bool = ...,
         top_concepts: _builtins.int = ...,
         collapse_conjugates: _builtins.bool = ...,
+        stream: _builtins.str = ...,
+        include_insignificant: _builtins.bool = ...,
+        oscillating_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ascending", b"ascending", "collapse_conjugates", b"collapse_conjugates", "exclude_unstable", b"exclude_unstable", "limit", b"limit", "sort_by", b"sort_by", "top_concepts", b"top_concepts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ascending", b"ascending", "collapse_conjugates", b"collapse_conjugates", "exclude_unstable", b"exclude_unstable", "include_insignificant", b"include_insignificant", "limit", b"limit", "oscillating_only", b"oscillating_only", "sort_by", b"sort_by", "stream", b"stream", "top_concepts", b"top_concepts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -575,6 +813,10 @@ class GetSpectralModesResponse(_message.Message):
     FITTED_AT_FIELD_NUMBER: _builtins.int
     CONCEPT_COUNT_FIELD_NUMBER: _builtins.int
     PSI_DRIFT_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    TIME_UNIT_FIELD_NUMBER: _builtins.int
+    MIN_PERSISTENCE_FIELD_NUMBER: _builtins.int
     total_modes: _builtins.int
     """Modes in the model before filtering and limit."""
     rank: _builtins.int
@@ -584,10 +826,17 @@ class GetSpectralModesResponse(_message.Message):
     concept_count: _builtins.int
     """Concepts the model covers (the active ones)."""
     psi_drift: _builtins.float
+    horizon: _builtins.int
+    """Samples persistence is measured over (the longest trace in the window)."""
+    time_unit: _builtins.str
+    """Unit of SpectralMode.period."""
+    min_persistence: _builtins.float
     @_builtins.property
     def modes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpectralMode]: ...
     @_builtins.property
     def fitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def stream(self) -> Global___StreamInfo: ...
     def __init__(
         self,
         *,
@@ -599,10 +848,14 @@ class GetSpectralModesResponse(_message.Message):
         fitted_at: _timestamp_pb2.Timestamp | None = ...,
         concept_count: _builtins.int = ...,
         psi_drift: _builtins.float = ...,
+        stream: Global___StreamInfo | None = ...,
+        horizon: _builtins.int = ...,
+        time_unit: _builtins.str = ...,
+        min_persistence: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["fitted_at", b"fitted_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fitted_at", b"fitted_at", "stream", b"stream"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concept_count", b"concept_count", "dt_s", b"dt_s", "fitted_at", b"fitted_at", "model_version", b"model_version", "modes", b"modes", "psi_drift", b"psi_drift", "rank", b"rank", "total_modes", b"total_modes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concept_count", b"concept_count", "dt_s", b"dt_s", "fitted_at", b"fitted_at", "horizon", b"horizon", "min_persistence", b"min_persistence", "model_version", b"model_version", "modes", b"modes", "psi_drift", b"psi_drift", "rank", b"rank", "stream", b"stream", "time_unit", b"time_unit", "total_modes", b"total_modes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -930,6 +1183,7 @@ class KclStats(_message.Message):
     DT_S_FIELD_NUMBER: _builtins.int
     LAST_UPDATE_FIELD_NUMBER: _builtins.int
     L1_STRENGTH_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
     model_ready: _builtins.bool
     mode_count: _builtins.int
     rank: _builtins.int
@@ -957,6 +1211,10 @@ class KclStats(_message.Message):
     l1_strength: _builtins.float
     @_builtins.property
     def last_update(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamDigest]:
+        """Every stream (the default one first) with its leading periods."""
+
     def __init__(
         self,
         *,
@@ -984,14 +1242,88 @@ class KclStats(_message.Message):
         dt_s: _builtins.float = ...,
         last_update: _timestamp_pb2.Timestamp | None = ...,
         l1_strength: _builtins.float = ...,
+        streams: _abc.Iterable[Global___StreamDigest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_update", b"last_update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_tune", b"auto_tune", "concept_count", b"concept_count", "coupling_count", b"coupling_count", "coupling_status", b"coupling_status", "coupling_updates", b"coupling_updates", "dt_s", b"dt_s", "l1_strength", b"l1_strength", "last_update", b"last_update", "last_update_seconds", b"last_update_seconds", "mode_count", b"mode_count", "model_ready", b"model_ready", "model_version", b"model_version", "online_updates", b"online_updates", "oscillator_count", b"oscillator_count", "prediction_error", b"prediction_error", "psi_drift", b"psi_drift", "psi_drift_threshold", b"psi_drift_threshold", "rank", b"rank", "recommended_rank", b"recommended_rank", "refits", b"refits", "snapshots_processed", b"snapshots_processed", "spectral_radius", b"spectral_radius", "stable", b"stable", "vault_cursor", b"vault_cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_tune", b"auto_tune", "concept_count", b"concept_count", "coupling_count", b"coupling_count", "coupling_status", b"coupling_status", "coupling_updates", b"coupling_updates", "dt_s", b"dt_s", "l1_strength", b"l1_strength", "last_update", b"last_update", "last_update_seconds", b"last_update_seconds", "mode_count", b"mode_count", "model_ready", b"model_ready", "model_version", b"model_version", "online_updates", b"online_updates", "oscillator_count", b"oscillator_count", "prediction_error", b"prediction_error", "psi_drift", b"psi_drift", "psi_drift_threshold", b"psi_drift_threshold", "rank", b"rank", "recommended_rank", b"recommended_rank", "refits", b"refits", "snapshots_processed", b"snapshots_processed", "spectral_radius", b"spectral_radius", "stable", b"stable", "streams", b"streams", "vault_cursor", b"vault_cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KclStats: _TypeAlias = KclStats  # noqa: Y015
+
+@_typing.final
+class PeriodDigest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    FREQUENCY_HZ_FIELD_NUMBER: _builtins.int
+    GROWTH_RATE_FIELD_NUMBER: _builtins.int
+    SIGNIFICANCE_FIELD_NUMBER: _builtins.int
+    PERSISTENCE_FIELD_NUMBER: _builtins.int
+    period: _builtins.float
+    """In the stream's time unit."""
+    frequency_hz: _builtins.float
+    growth_rate: _builtins.float
+    significance: _builtins.float
+    persistence: _builtins.float
+    def __init__(
+        self,
+        *,
+        period: _builtins.float = ...,
+        frequency_hz: _builtins.float = ...,
+        growth_rate: _builtins.float = ...,
+        significance: _builtins.float = ...,
+        persistence: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frequency_hz", b"frequency_hz", "growth_rate", b"growth_rate", "period", b"period", "persistence", b"persistence", "significance", b"significance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeriodDigest: _TypeAlias = PeriodDigest  # noqa: Y015
+
+@_typing.final
+class StreamDigest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TIME_UNIT_FIELD_NUMBER: _builtins.int
+    DT_FIELD_NUMBER: _builtins.int
+    DELAYS_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    MODE_COUNT_FIELD_NUMBER: _builtins.int
+    PERIODS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Empty for the default stream."""
+    time_unit: _builtins.str
+    dt: _builtins.float
+    delays: _builtins.int
+    model_version: _builtins.int
+    mode_count: _builtins.int
+    @_builtins.property
+    def periods(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeriodDigest]:
+        """The leading significant oscillating modes (one per conjugate pair), most significant first."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        time_unit: _builtins.str = ...,
+        dt: _builtins.float = ...,
+        delays: _builtins.int = ...,
+        model_version: _builtins.int = ...,
+        mode_count: _builtins.int = ...,
+        periods: _abc.Iterable[Global___PeriodDigest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delays", b"delays", "dt", b"dt", "mode_count", b"mode_count", "model_version", b"model_version", "name", b"name", "periods", b"periods", "time_unit", b"time_unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamDigest: _TypeAlias = StreamDigest  # noqa: Y015
 
 @_typing.final
 class UpdateConfigRequest(_message.Message):
@@ -1066,16 +1398,22 @@ class ResetSystemRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESCAN_VAULT_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
     rescan_vault: _builtins.bool
     """Also move the vault cursor back to 0, so the whole vault is learnt again."""
+    stream: _builtins.str
+    """Forget only this named stream (its model, window and options); the default stream and
+    the other streams are untouched. NOT_FOUND when there is no such stream.
+    """
     def __init__(
         self,
         *,
         rescan_vault: _builtins.bool = ...,
+        stream: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rescan_vault", b"rescan_vault"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rescan_vault", b"rescan_vault", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
