@@ -40,6 +40,8 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mcp_services.common.clients import ClientFactory  # noqa: E402
+from mcp_services.common.config import load_config  # noqa: E402
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc  # noqa: E402
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2, koopman_pb2_grpc  # noqa: E402
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc  # noqa: E402
@@ -58,7 +60,9 @@ class FleetState:
 
     def __init__(self, fleet: NativeFleet) -> None:
         self.fleet = fleet
-        ch = {n: grpc.insecure_channel(fleet.target(n)) for n in fleet.ports if n != "mcp-gateway"}
+        # The fleet runs with service auth on: send its own key, as every CLI does.
+        clients = ClientFactory.of(load_config(environ=fleet.env))
+        ch = {n: clients.channel(target=fleet.target(n)) for n in fleet.ports if n != "mcp-gateway"}
         self.channels = list(ch.values())
         self.vault = episodic_pb2_grpc.EpisodicVaultStub(ch["episodic-vault"])
         self.sleep = sleep_pb2_grpc.SleepSchedulerStub(ch["sleep-scheduler"])
