@@ -79,7 +79,7 @@ def describe(
     for d in stats.streams:
         if not d.name:
             continue
-        periods = ", ".join(f"{p.period:.4g}" for p in d.periods) or "none significant"
+        periods = ", ".join(f"{p.period:.5g}" for p in d.periods) or "none significant"
         lines.append(
             f"  stream {d.name!r}: dt {d.dt:g} {d.time_unit}, delays {d.delays}, "
             f"{d.mode_count} modes, periods ({d.time_unit}) {periods}"
@@ -94,7 +94,7 @@ def describe(
     )
     for i, m in enumerate(modes.modes, start=1):
         concepts = ", ".join(d.concept_id for d in m.dominant_concepts)
-        shown = f"{m.period:>10.4g}" if m.period else f"{'steady':>10}"
+        shown = f"{m.period:>10.5g}" if m.period else f"{'steady':>10}"
         flag = "" if m.significant else " (not significant)"
         lines.append(
             f"  {i:>4}  {m.frequency_hz:>9.3g}  {shown}  {m.magnitude:>8.3f}  "
