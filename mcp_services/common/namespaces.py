@@ -16,9 +16,10 @@ auth.current_principal().
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -143,3 +144,56 @@ async def default_only(context: grpc.aio.ServicerContext, namespace: str) -> Non
             f"namespace {namespace!r} has no graph, consolidation, pruning or dynamics of its own "
             f"yet (this service keeps the {DEFAULT!r} namespace's only); nothing was done",
         )
+
+
+class TooManyNamespaces(Exception):
+    """A service holds as many namespaces as it may; the message says the limit and the way out."""
+
+
+class PerNamespace(Generic[T]):
+    """What a service keeps per namespace (a store, a graph unit), made at first use.
+
+    Thread-safe: ``open`` makes a namespace's value once (under a lock, so two first calls do not
+    make two) and refuses beyond ``limit`` namespaces with TooManyNamespaces naming ``what``.
+    """
+
+    def __init__(self, make: Callable[[str], T], limit: int, what: str) -> None:
+        self._make = make
+        self._limit = limit
+        self._what = what
+        self._values: dict[str, T] = {}
+        self._lock = threading.Lock()
+
+    def get(self, namespace: str) -> T | None:
+        return self._values.get(namespace)
+
+    def put(self, namespace: str, value: T) -> None:
+        with self._lock:
+            self._values[namespace] = value
+
+    def open(self, namespace: str) -> T:
+        value = self._values.get(namespace)
+        if value is not None:
+            return value
+        with self._lock:
+            value = self._values.get(namespace)
+            if value is not None:
+                return value
+            if len(self._values) >= self._limit:
+                raise TooManyNamespaces(
+                    f"this {self._what} holds {self._limit} namespaces, its limit; use an "
+                    f"existing namespace or run another {self._what} for more tenants"
+                )
+            value = self._make(namespace)
+            self._values[namespace] = value
+            return value
+
+    def items(self) -> list[tuple[str, T]]:
+        return list(self._values.items())
+
+    def take(self, keep: Callable[[str], bool] = lambda _: False) -> list[T]:
+        """Forget every namespace but those ``keep`` names; what was forgotten (to close)."""
+        with self._lock:
+            gone = [v for ns, v in self._values.items() if not keep(ns)]
+            self._values = {ns: v for ns, v in self._values.items() if keep(ns)}
+        return gone

@@ -5,7 +5,8 @@ fleet's own scheduler unless vault.recall.scheduler_address names another or is 
 (:func:`completion_address`). The effective cue is the settled attractor's concepts with
 their strengths, plus the cue's concepts the graph does not know (it cannot speak for them); cue
 concepts the settling switched off are dropped. When the scheduler does not answer in time or
-fails, Recall ranks by the cue as given and says why in its response.
+fails, Recall ranks by the cue as given and says why in its response. The request carries the
+recalling namespace (x-tori-namespace), so a cue is completed only through that namespace's graph.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import grpc
 
 from mcp_services.common.clients import dial_address
 from mcp_services.common.config_schema import Settings
-from mcp_services.common.namespaces import DEFAULT, current_namespace
+from mcp_services.common.namespaces import current_namespace, namespace_metadata
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 
 OFF = "off"
@@ -88,20 +89,14 @@ class CueCompleter:
                 given,
                 "completion is off (vault.recall.scheduler_address: off)",
             )
-        if current_namespace() != DEFAULT:
-            # The scheduler keeps one graph, learnt from the default namespace: completing another
-            # namespace's cue through it would mix namespaces.
-            return Completed(
-                CompletionStatus.DISABLED,
-                given,
-                "completion runs through the default namespace's graph only; this namespace's "
-                "recall ranks by the cue as given",
-            )
         self.warm()
         assert self._stub is not None
         req = sleep_pb2.CompleteRequest(concept_ids=list(given), strengths=list(given.values()))
         try:
-            resp = await self._stub.Complete(req, timeout=self._timeout_s)
+            # Through the graph of the recalling namespace only: completion never mixes them.
+            resp = await self._stub.Complete(
+                req, timeout=self._timeout_s, metadata=namespace_metadata(current_namespace())
+            )
         except grpc.aio.AioRpcError as exc:
             why = (
                 f"the scheduler at {self.address} did not answer within "

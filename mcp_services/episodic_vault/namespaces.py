@@ -21,7 +21,6 @@ so their tier pruning runs from then). At most MAX_OPEN namespaces are open in o
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
@@ -30,7 +29,12 @@ import structlog
 
 from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import VaultConfig
-from mcp_services.common.namespaces import DEFAULT, NAMESPACE_RE, current_namespace
+from mcp_services.common.namespaces import (
+    DEFAULT,
+    NAMESPACE_RE,
+    PerNamespace,
+    current_namespace,
+)
 from mcp_services.episodic_vault.backends import open_backend
 from mcp_services.episodic_vault.model import (
     Episode,
@@ -56,10 +60,6 @@ log = structlog.get_logger(__name__)
 NAMESPACES_DIR = "namespaces"
 # Each open namespace holds a backend connection, two threads and its index in memory.
 MAX_OPEN = 256
-
-
-class TooManyNamespaces(Exception):
-    """The vault holds MAX_OPEN namespaces open already."""
 
 
 def _beside(path: str, namespace: str) -> str:
@@ -132,40 +132,25 @@ class NamespaceStores:
     def __init__(
         self, cfg: VaultConfig, opener: Callable[[VaultConfig], TieredStore] | None = None
     ) -> None:
-        self._cfg = cfg
-        self._opener = opener or (lambda c: open_store(c, "var"))
-        self._stores: dict[str, TieredStore] = {}
-        self._lock = threading.Lock()
+        make = opener or (lambda c: open_store(c, "var"))
+        self._stores = PerNamespace(lambda ns: make(namespace_config(cfg, ns)), MAX_OPEN, "vault")
 
     def get(self, namespace: str) -> TieredStore | None:
         return self._stores.get(namespace)
 
     def open(self, namespace: str) -> TieredStore:
         """The namespace's store, opened (files, schema, index) when it is not open yet."""
-        store = self._stores.get(namespace)
-        if store is not None:
-            return store
-        with self._lock:
-            store = self._stores.get(namespace)
-            if store is not None:
-                return store
-            if len(self._stores) >= MAX_OPEN:
-                raise TooManyNamespaces(
-                    f"this vault holds {MAX_OPEN} namespaces open, its limit; use an existing "
-                    "namespace or run another vault for more tenants"
-                )
-            store = self._opener(namespace_config(self._cfg, namespace))
-            self._stores[namespace] = store
-        log.info("vault_namespace_opened", namespace=namespace, backend=store.name)
+        known = self._stores.get(namespace)
+        store = self._stores.open(namespace)
+        if known is None:
+            log.info("vault_namespace_opened", namespace=namespace, backend=store.name)
         return store
 
     def all(self) -> list[TieredStore]:
-        return list(self._stores.values())
+        return [store for _, store in self._stores.items()]
 
     def close(self) -> None:
-        with self._lock:
-            stores, self._stores = list(self._stores.values()), {}
-        for store in stores:
+        for store in self._stores.take():
             store.close()
 
 
@@ -262,4 +247,3 @@ class ScopedStore:
                 for key, v in store.index.sizes().items():
                     out[key] = out.get(key, 0) + v
         return out
-

@@ -10,14 +10,18 @@ import grpc
 import structlog
 
 from mcp_services.common.clients import ClientFactory
-from mcp_services.common.namespaces import DEFAULT, ContextExecutor, add_scoped_servicer
+from mcp_services.common.namespaces import (
+    DEFAULT,
+    ContextExecutor,
+    TooManyNamespaces,
+    add_scoped_servicer,
+)
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.episodic_vault.completion import CueCompleter, completion_address
 from mcp_services.episodic_vault.metrics import VaultMetrics
 from mcp_services.episodic_vault.namespaces import (
     NamespaceStores,
     ScopedStore,
-    TooManyNamespaces,
     open_store,
     stored_namespaces,
 )

@@ -19,7 +19,7 @@ import structlog
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import Settings
-from mcp_services.common.namespaces import add_scoped_servicer, default_only
+from mcp_services.common.namespaces import DEFAULT, add_scoped_servicer
 from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.common.stream_limits import StreamLimits
@@ -30,6 +30,7 @@ from mcp_services.sleep_scheduler.graph_store import GraphStore
 from mcp_services.sleep_scheduler.jobs_servicer import JobRpcs
 from mcp_services.sleep_scheduler.lease import Lease
 from mcp_services.sleep_scheduler.metrics import SleepMetrics
+from mcp_services.sleep_scheduler.namespaces import NamespaceServicer, NamespaceUnits, Unit
 from mcp_services.sleep_scheduler.triggers import PressureWatcher, Scheduler, ScheduleSpec
 from mcp_services.sleep_scheduler.vault_client import Selection, VaultClient
 
@@ -142,6 +143,7 @@ class SleepSchedulerService:
         except OSError as exc:
             raise StartupError(f"sleep-scheduler: cannot open the graph directory: {exc}") from exc
         self._metrics = SleepMetrics(ctx.registry)
+        self._units: NamespaceUnits | None = None
         self._vault = VaultClient.of(ClientFactory.of(ctx.settings))
         self._lease = Lease(ctx.settings.redis, self._cfg.lease_ttl_s)
         self.consolidator = Consolidator(
@@ -164,8 +166,12 @@ class SleepSchedulerService:
         )
 
     def register(self, server: grpc.aio.Server) -> None:
-        add_scoped_servicer(
-            sleep_pb2_grpc.add_SleepSchedulerServicer_to_server,
+        default = Unit(
+            DEFAULT,
+            self._store,
+            self._vault,
+            self.consolidator,
+            self._scheduler,
             SleepSchedulerServicer(
                 GraphRpcs(
                     self._store,
@@ -178,8 +184,21 @@ class SleepSchedulerService:
                 ),
                 JobRpcs(self.consolidator, self._scheduler),
             ),
+        )
+        # One graph per namespace: each call is answered by its namespace's unit.
+        self._units = NamespaceUnits(
+            self._ctx.settings,
+            graph_dir(self._ctx.settings),
+            default,
+            SleepSchedulerServicer,
+            self._io,
+            self._numerics,
+        )
+        add_scoped_servicer(
+            sleep_pb2_grpc.add_SleepSchedulerServicer_to_server,
+            NamespaceServicer(self._units),
             server,
-            default_only,
+            self._units.prepare,
         )
 
     async def start(self) -> None:
@@ -251,6 +270,8 @@ class SleepSchedulerService:
         self._metrics.eta.set(k.eta)
 
     async def stop(self) -> None:
+        if self._units is not None:
+            await self._units.close()
         await self._pressure.stop()
         await self._scheduler.stop()
         await self.consolidator.close()

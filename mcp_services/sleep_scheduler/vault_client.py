@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from mcp_services.common.clients import ClientFactory
+from mcp_services.common.namespaces import DEFAULT, namespace_metadata
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.sleep_scheduler.domain import ConceptActivation
 
@@ -87,22 +88,37 @@ class VaultClient:
     dial address and this service's key).
     """
 
-    def __init__(self, channel: grpc.aio.Channel, target: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        target: str,
+        timeout_s: float = 30.0,
+        namespace: str = DEFAULT,
+    ) -> None:
         self.target = target
         self._timeout = timeout_s
+        # Every call reads or marks this namespace's episodes only.
+        self._md = namespace_metadata(namespace)
         self._channel = channel
         self._stub = episodic_pb2_grpc.EpisodicVaultStub(self._channel)
 
     @classmethod
-    def of(cls, clients: ClientFactory, timeout_s: float = 30.0) -> VaultClient:
+    def of(
+        cls, clients: ClientFactory, timeout_s: float = 30.0, namespace: str = DEFAULT
+    ) -> VaultClient:
         return cls(
-            clients.aio_channel("episodic_vault"), clients.address("episodic_vault"), timeout_s
+            clients.aio_channel("episodic_vault"),
+            clients.address("episodic_vault"),
+            timeout_s,
+            namespace,
         )
 
     async def unconsolidated(self) -> int:
         """How many episodes the vault holds unconsolidated."""
         try:
-            s = await self._stub.GetStats(episodic_pb2.GetStatsRequest(), timeout=self._timeout)
+            s = await self._stub.GetStats(
+                episodic_pb2.GetStatsRequest(), timeout=self._timeout, metadata=self._md
+            )
         except grpc.aio.AioRpcError as exc:
             raise VaultUnavailable(f"vault {self.target} GetStats failed: {exc.details()}") from exc
         return int(s.unconsolidated_count)
@@ -111,7 +127,9 @@ class VaultClient:
         """The unconsolidated episodes ``selection`` takes, oldest (lowest seq) first."""
         out = EpisodeBatch()
         now_ms = time.time_ns() // 1_000_000
-        call = self._stub.Scan(episodic_pb2.ScanRequest(after_seq=0, only_unconsolidated=True))
+        call = self._stub.Scan(
+            episodic_pb2.ScanRequest(after_seq=0, only_unconsolidated=True), metadata=self._md
+        )
         try:
             async for resp in call:
                 ep = resp.episode
@@ -140,7 +158,9 @@ class VaultClient:
                 episode_ids=ids[start : start + MARK_BATCH], graph_version=graph_version
             )
             try:
-                resp = await self._stub.MarkConsolidated(req, timeout=self._timeout)
+                resp = await self._stub.MarkConsolidated(
+                    req, timeout=self._timeout, metadata=self._md
+                )
             except grpc.aio.AioRpcError as exc:
                 raise VaultUnavailable(
                     f"vault {self.target} MarkConsolidated failed: {exc.details()}"

@@ -8,9 +8,9 @@ others' ids, cues with their concepts, filters by their tags, searches near thei
 the other half, and every payload and metadata value, bob is never given. The properties, over
 every MCP tool (as bob, through the gateway) and every RPC of every service (as namespace bob,
 directly): no reply, error text or metric label bob can read holds a token bob was not given or
-did not send in that very request; bob's writes, deletes, marks and purges change nothing of the
-others'; and, until the scheduler, pruner and learner keep a graph per namespace, they refuse
-bob outright (FAILED_PRECONDITION) rather than serve the default namespace's graph.
+did not send in that very request; bob's writes, deletes, marks, purges, consolidations and graph
+commits change nothing of the others'; and, until the pruner and learner keep their state per
+namespace, they refuse bob outright (FAILED_PRECONDITION) rather than serve the default's.
 """
 
 from __future__ import annotations
@@ -37,11 +37,14 @@ from hypothesis import strategies as st
 
 from mcp_services.gateway.app import GatewayThread
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as vpb
+from mcp_services.gen.tori.sleep.v1 import sleep_pb2 as spb
 from tests.conftest import free_ports
 from tests.property.fleet import CALL_TIMEOUT_S, METHODS, Fleet, Target
 from tests.property.strategies import messages
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "50"))
+# Services that keep the default namespace's data only, and so refuse every other namespace.
+REFUSING = ("sparse_pruner", "koopman_learner")
 ALICE_KEY = "tori_property_alice_0123456789ab"
 BOB_KEY = "tori_property_bob_000123456789ab"
 PLAIN_KEY = "tori_property_plain_0123456789ab"
@@ -193,7 +196,7 @@ VAULT_REQUESTS: dict[str, st.SearchStrategy[Message]] = {
 class Tenants:
     gateway: GatewayThread
     http: httpx2.Client
-    counts: dict[str, int]
+    counts: dict[str, tuple[int, ...]]
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def tool(self, key: str, name: str, arguments: dict[str, Any]) -> str:
@@ -213,17 +216,24 @@ def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
 
 
-def _counts(fleet: Fleet) -> dict[str, int]:
-    ch = fleet.services["episodic_vault"].channel
-    stats = ch.unary_unary(
+def _counts(fleet: Fleet) -> dict[str, tuple[int, ...]]:
+    """The others' state: episodes, consolidated ones, graph version and edges, per namespace."""
+    vault = fleet.services["episodic_vault"].channel.unary_unary(
         "/tori.episodic.v1.EpisodicVault/GetStats",
         request_serializer=vpb.GetStatsRequest.SerializeToString,
         response_deserializer=vpb.GetStatsResponse.FromString,
     )
-    out = {}
+    graph = fleet.services["sleep_scheduler"].channel.unary_unary(
+        "/tori.sleep.v1.SleepScheduler/GetGraphStats",
+        request_serializer=spb.GetGraphStatsRequest.SerializeToString,
+        response_deserializer=spb.GraphStats.FromString,
+    )
+    out: dict[str, tuple[int, ...]] = {}
     for ns in ("alice", "default"):
-        s = stats(vpb.GetStatsRequest(), metadata=(("x-tori-namespace", ns),), timeout=10)
-        out[ns] = int(s.episode_count) * 10 + int(s.consolidated_count)
+        md = (("x-tori-namespace", ns),)
+        v = vault(vpb.GetStatsRequest(), metadata=md, timeout=10)
+        g = graph(spb.GetGraphStatsRequest(), metadata=md, timeout=10)
+        out[ns] = (v.episode_count, v.consolidated_count, g.header.version, g.header.edge_count)
     return out
 
 
@@ -314,8 +324,8 @@ def test_no_rpc_tells_namespace_bob_anything_of_the_others(
 ) -> None:
     """Every RPC of every service, sent for namespace bob (the vault's with the others' ids,
     cues, filters and embeddings, the rest arbitrary), answers without a secret of theirs, and
-    changes none of their episodes; the graph services refuse bob until they keep one graph
-    per namespace."""
+    changes none of their episodes; the scheduler answers from bob's own graph, and the pruner
+    and learner refuse bob until they keep their state per namespace."""
     channel = fleet.services[target.name].channel
     in_cls = GetMessageClass(method.input_type)
     requests = VAULT_REQUESTS.get(method.name, messages(in_cls))
@@ -327,7 +337,7 @@ def test_no_rpc_tells_namespace_bob_anything_of_the_others(
     def prop(request: Message) -> None:
         code, said = _invoke(channel, method, request)
         assert not leaked(said, text_format.MessageToString(request)), (request, said)
-        if target.name != "episodic_vault":
+        if target.name in REFUSING:
             assert code == grpc.StatusCode.FAILED_PRECONDITION, (code, said)
             assert "'bob'" in said
 

@@ -74,8 +74,15 @@ class Pair:
     redis_url: str
     channels: list[grpc.Channel]
 
-    def put_states(self, states: sp.csr_matrix, prefix: str = "concept:", **fields: Any) -> int:
-        """Store each {0, 1} row as an episode whose activation is its active concepts."""
+    def put_states(
+        self,
+        states: sp.csr_matrix,
+        prefix: str = "concept:",
+        metadata: tuple[tuple[str, str], ...] = (),
+        **fields: Any,
+    ) -> int:
+        """Store each {0, 1} row as an episode whose activation is its active concepts (in the
+        namespace `metadata` names, if any)."""
         reqs = []
         for r in range(states.shape[0]):
             cols = states.indices[states.indptr[r] : states.indptr[r + 1]]
@@ -91,7 +98,7 @@ class Pair:
                     )
                 )
             )
-        resp = self.vault.PutEpisodes(iter(reqs))
+        resp = self.vault.PutEpisodes(iter(reqs), metadata=metadata)
         return int(resp.created)
 
     def unconsolidated(self) -> int:
