@@ -23,7 +23,7 @@ THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREA
 @dataclass(frozen=True)
 class Fleet:
     net: ComposeNet
-    service_key: str  # the one line of secrets/api_keys
+    service_key: str  # the key of the one line of secrets/api_keys ("KEY admin")
     gateway_key: str  # the gateway caller's key (secrets/gateway_api_keys: "KEY default")
 
 

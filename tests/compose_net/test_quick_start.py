@@ -290,7 +290,7 @@ class TestHarness:
         gateway = fleet.net.exec("mcp-gateway", ["ls", "/run/secrets"]).stdout.split()
         assert (vault, sorted(gateway)) == (["api_keys"], ["api_keys", "gateway_api_keys"])
         key = fleet.net.exec("episodic-vault", ["cat", "/run/secrets/api_keys"]).stdout
-        assert key.strip() == fleet.service_key
+        assert key.strip() == f"{fleet.service_key} admin"  # `make secrets-up`: an admin key
         write = fleet.net.exec("episodic-vault", ["sh", "-c", "echo x >> /run/secrets/api_keys"])
         assert write.returncode != 0 and "Read-only" in write.stderr, write.stderr
         assert not Path("/run/secrets/api_keys").exists()
