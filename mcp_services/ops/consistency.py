@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from mcp_services.common.auth import AuthConfigError
 from mcp_services.common.config import ConfigError, load_config
 from mcp_services.episodic_vault.backends import BackendError, VaultBackend, open_backend
 from mcp_services.ops.backend_spec import SpecError, describe, vault_config
@@ -140,7 +141,7 @@ def run_services(args: argparse.Namespace) -> int:
         if args.backend:
             settings = settings.model_copy(update={"vault": vault_config(args.backend)})
         report = check_fleet(settings)
-    except (ConfigError, SpecError, BackendError) as exc:
+    except (ConfigError, SpecError, BackendError, AuthConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:  # a service answers health but refuses the call

@@ -230,6 +230,19 @@ class TestFleet:
         channel, stub = vault_stub(running)
         assert stub.GetStats(pb.GetStatsRequest()).episode_count == 0
         channel.close()
+        # The CLIs find the fleet's key by themselves: nobody types one.
+        for argv, code in (
+            (["mcp_services.episodic_vault.cli", "stats"], 0),
+            (["mcp_services.sleep_scheduler.trigger", "--once"], 0),
+            (["mcp_services.koopman_learner.status"], 1),  # 1: it answered "no model yet"
+            (["mcp_services.ops", "verify-consistency", "--services"], 0),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", *argv], env=running, capture_output=True, text=True,
+                timeout=120,
+            )  # fmt: skip
+            assert done.returncode == code, (argv, done.stdout, done.stderr)
+            assert "UNAUTHENTICATED" not in done.stdout + done.stderr
 
     def test_up_twice_is_refused_while_running(self, running: dict[str, str]) -> None:
         """A second `up` on a running fleet says so and starts nothing."""
