@@ -161,14 +161,25 @@ def stream_batch_from_request(
         scaling=_SCALING_KIND.get(o.scaling),
         dt_s=request.dt_s,
     )
-    return name, options, raw_traces(request, max_snapshots, max_concepts, raw=True)
+    # A named stream may be declared before its data arrives (options and no traces).
+    empty_ok = request.HasField("options")
+    return (
+        name,
+        options,
+        raw_traces(request, max_snapshots, max_concepts, raw=True, empty_ok=empty_ok),
+    )
 
 
 def raw_traces(
-    request: pb.ProcessActivationBatchRequest, max_snapshots: int, max_concepts: int, *, raw: bool
+    request: pb.ProcessActivationBatchRequest,
+    max_snapshots: int,
+    max_concepts: int,
+    *,
+    raw: bool,
+    empty_ok: bool = False,
 ) -> list[RawTrace]:
     """The request's traces validated (shapes, times, limits), times as sent or the index."""
-    if not request.traces and not request.force_refit:
+    if not request.traces and not request.force_refit and not empty_ok:
         raise InvalidInput("traces", "is empty; send at least one trace of 2 or more snapshots")
     total = sum(len(t.snapshots) for t in request.traces)
     if total > max_snapshots:

@@ -103,7 +103,7 @@ class KoopmanLearnerService(Backend):
         cfg = ctx.settings.koopman_learner
         self._cfg = cfg
         self.learner = Learner(knobs_from_config(cfg), stream_max_gap_s=cfg.stream_max_gap_s)
-        self.streams = StreamSet(self.learner)
+        self.streams = StreamSet(self.learner, cfg.stream_max_gap_s)
         self.max_batch_snapshots = cfg.max_batch_snapshots
         self.following_vault = cfg.follow_vault
         self._dir = data_dir(ctx.settings)
@@ -210,7 +210,9 @@ class KoopmanLearnerService(Backend):
 
     async def _learn_episodes(self, episodes: Sequence[episodic_pb2.Episode]) -> None:
         activity = [codec.activity_from_episode(e) for e in episodes]
-        result = await self.run(lambda: self.learner.process_episodes(activity))
+        result, named = await self.run(lambda: self.streams.process_episodes(activity))
+        for stream, update in named:
+            await self.after_update(update, stream)
         await self.after_update(result)
 
     async def _skip_to(self, seq: int) -> None:

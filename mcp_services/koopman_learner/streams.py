@@ -16,6 +16,12 @@ DMD model, online tracker) at dt in seconds, so frequencies are in Hz; periods a
 the stream's unit. Couplings are not estimated on an embedded stream (its rows are lagged copies
 of one another, not oscillators).
 
+A stream may be declared without data (options and no traces); automatic delays are then chosen
+from its first trace. A named stream whose name is a vault source, `<source type>/<source id>`,
+also takes that source's episodes when the learner follows the vault: episodes with frames are
+traces, activation-only episodes are strung together at the stream's dt (a gap longer than
+koopman_learner.stream_max_gap_s or two samples, whichever is longer, starts a new trace).
+
 Not thread-safe: the service's single numerics worker owns it, like the learners.
 """
 
@@ -34,8 +40,13 @@ from mcp_services.koopman_learner.domain.embedding import (
     auto_delays,
     delay_embed,
 )
-from mcp_services.koopman_learner.learner import Knobs, Learner, UpdateResult
-from mcp_services.koopman_learner.traces import RawSnapshot, Trace, trace_from_snapshots
+from mcp_services.koopman_learner.learner import EpisodeActivity, Knobs, Learner, UpdateResult
+from mcp_services.koopman_learner.traces import (
+    RawSnapshot,
+    StreamAssembler,
+    Trace,
+    trace_from_snapshots,
+)
 
 _YEAR_S = 365.2425 * 86400.0
 TIME_UNITS: dict[str, float] = {
@@ -142,6 +153,9 @@ def stream_knobs(knobs: Knobs, spec: StreamSpec) -> Knobs:
 class NamedStream:
     spec: StreamSpec
     learner: Learner
+    # Activation-only vault episodes of the source waiting to form a trace. Not persisted: a
+    # restart loses at most the last piece (< STREAM_FLUSH_SNAPSHOTS snapshots) of each source.
+    assembler: StreamAssembler | None = None
 
 
 def check_name(name: str) -> str:
@@ -155,9 +169,10 @@ def check_name(name: str) -> str:
 class StreamSet:
     """The default stream's learner and the named streams' learners, by name."""
 
-    def __init__(self, default: Learner) -> None:
+    def __init__(self, default: Learner, stream_max_gap_s: float = 1.0) -> None:
         self.default = default
         self.named: dict[str, NamedStream] = {}
+        self._max_gap_s = stream_max_gap_s
 
     @property
     def knobs(self) -> Knobs:
@@ -222,12 +237,62 @@ class StreamSet:
             spec = self._declare(name, options, raw)
         else:
             spec = self._check(stream.spec, options, raw)
-        traces, scaling, notes = self._prepare(spec, raw)
-        spec = replace(spec, scaling=scaling)
         learner = stream.learner if stream is not None else self.new_learner(spec)
-        result = learner.process_traces(traces, force_refit=force_refit)
+        spec, result = self._learn(spec, learner, self._grid(spec, raw), force_refit)
         # Only a batch that was accepted declares (or extends) the stream.
-        self.named[name] = NamedStream(spec, learner)
+        self.named[name] = NamedStream(spec, learner, stream.assembler if stream else None)
+        return spec, result
+
+    def process_episodes(
+        self, episodes: Sequence[EpisodeActivity]
+    ) -> tuple[UpdateResult, list[tuple[str, UpdateResult]]]:
+        """Vault episodes: those of a source that names a stream go to it, the rest to the
+        default stream, whose cursor moves past all of them.
+
+        Returns the default stream's update and each named stream's that took episodes.
+        """
+        routed: dict[str, list[EpisodeActivity]] = {}
+        rest: list[EpisodeActivity] = []
+        for episode in episodes:
+            if episode.source in self.named:
+                routed.setdefault(episode.source, []).append(episode)
+            else:
+                rest.append(episode)
+        updates = []
+        for name, mine in routed.items():
+            stream = self.named[name]
+            if stream.assembler is None:
+                gap = max(self._max_gap_s, 2 * stream.spec.dt_s)
+                stream.assembler = StreamAssembler(stream.spec.dt_s, gap)
+            gridded: list[Trace] = []
+            for episode in mine:
+                if episode.is_trace:
+                    built = trace_from_snapshots(episode.snapshots, stream.spec.dt_s)
+                    gridded += [built] if built is not None else []
+                elif episode.snapshots:
+                    gridded += stream.assembler.add(episode.source, episode.snapshots[0])
+            stream.learner.counters.episodes_processed += len(mine)
+            spec, result = self._learn(stream.spec, stream.learner, gridded, False)
+            stream.spec = spec
+            updates.append((name, result))
+        result = self.default.process_episodes(rest)
+        if episodes:
+            self.default.skip_to(max(e.seq for e in episodes))
+        return result, updates
+
+    def _learn(
+        self, spec: StreamSpec, learner: Learner, gridded: list[Trace], force_refit: bool
+    ) -> tuple[StreamSpec, UpdateResult]:
+        if spec.delays == 0 and gridded:
+            first = gridded[0]
+            d = auto_delays(
+                first.n_snapshots, len(first.concept_ids), self.knobs.max_delays,
+                self.knobs.max_concepts,
+            )  # fmt: skip
+            spec = replace(spec, delays=d)
+        traces, scaling, notes = self._finish(spec, gridded)
+        spec = replace(spec, scaling=scaling)
+        result = learner.process_traces(traces, force_refit=force_refit)
         notes += self.oscillation_notes(learner, spec)
         if notes:
             result = replace(result, note="; ".join(n for n in (result.note, *notes) if n))
@@ -271,15 +336,9 @@ class StreamSet:
                 f"is {options.delays}; give 0 (automatic), 1 (none) or up to"
                 f" koopman_learner.max_delays ({knobs.max_delays})",
             )
-        automatic = options.delays == 0
-        delays = options.delays
-        if automatic:
-            first = raw[0] if raw else None
-            samples = _grid_samples(first, dt) if first is not None else 0
-            concepts = len({c for s in first.snapshots for c in s.strengths}) if first else 1
-            delays = auto_delays(samples, concepts, knobs.max_delays, knobs.max_concepts)
+        # Automatic delays (0 until then) are chosen from the stream's first trace.
         scaling = Scaling(options.scaling or "none")
-        return StreamSpec(name, dt, unit, delays, automatic, scaling)
+        return StreamSpec(name, dt, unit, options.delays, options.delays == 0, scaling)
 
     def _check(
         self, spec: StreamSpec, options: StreamOptions, raw: Sequence[RawTrace]
@@ -296,7 +355,7 @@ class StreamSet:
         if given and not math.isclose(given, spec.dt, rel_tol=1e-9):
             field = "options.dt" if options.dt else "dt_s"
             raise StreamError(field, f"is {options.dt or options.dt_s:g}" + fix)
-        if options.delays and options.delays != spec.delays:
+        if options.delays and spec.delays and options.delays != spec.delays:
             raise StreamError("options.delays", f"is {options.delays}" + fix)
         if options.scaling is not None and options.scaling != spec.scaling.kind:
             raise StreamError("options.scaling", f"is {options.scaling.upper()}" + fix)
@@ -311,10 +370,8 @@ class StreamSet:
                     )
         return spec
 
-    def _prepare(
-        self, spec: StreamSpec, raw: Sequence[RawTrace]
-    ) -> tuple[list[Trace], Scaling, list[str]]:
-        """Grid, scale and embed each trace; the scaling extended to the batch's new concepts."""
+    def _grid(self, spec: StreamSpec, raw: Sequence[RawTrace]) -> list[Trace]:
+        """Each trace on the stream's grid (seconds), values as sent."""
         gridded: list[Trace] = []
         for k, trace in enumerate(raw):
             if spec.scaling.kind == "none":
@@ -325,6 +382,12 @@ class StreamSet:
             built = trace_from_snapshots(seconds, spec.dt_s)
             if built is not None:
                 gridded.append(built)
+        return gridded
+
+    def _finish(
+        self, spec: StreamSpec, gridded: list[Trace]
+    ) -> tuple[list[Trace], Scaling, list[str]]:
+        """Scale and embed each trace; the scaling extended to the batch's new concepts."""
         scaling = spec.scaling
         if scaling.kind != "none" and gridded:
             ids = list(dict.fromkeys(c for t in gridded for c in t.concept_ids))
@@ -353,13 +416,6 @@ class StreamSet:
 def _median_step(trace: RawTrace) -> float:
     times = np.asarray([s.time_s for s in trace.snapshots], dtype=np.float64)
     return float(np.median(np.diff(times)))
-
-
-def _grid_samples(trace: RawTrace, dt: float) -> int:
-    snaps = trace.snapshots
-    if len(snaps) < 2 or not trace.timed:
-        return len(snaps)
-    return int(np.floor((snaps[-1].time_s - snaps[0].time_s) / dt + 1e-9)) + 1
 
 
 def _check_unit_range(trace: RawTrace, k: int) -> None:

@@ -214,6 +214,52 @@ class TestFollowing:
         assert status.snapshots_processed == 64
         assert status.pending_stream_snapshots == 7 + 1
 
+    def test_a_source_declared_as_a_stream_is_learnt_at_its_own_clock(
+        self, start_learner: LearnerFactory, make_settings: SettingsFactory, vault: Vault
+    ) -> None:
+        """Stream "sensor/sst" declared with dt 1 month and 24 delays, no data; 130 monthly
+        activations of that source in the vault: the stream learns two 64-snapshot pieces and
+        its top period is 12 months; the default stream learns none of them, and the cursor
+        passes them all."""
+        settings = make_settings(
+            koopman_learner={
+                "follow_vault": True, "vault_target": vault.target, "poll_interval_s": 0.2,
+            }
+        )  # fmt: skip
+        learner = start_learner(settings=settings)
+        declared = learner.stub.ProcessActivationBatch(
+            pb.ProcessActivationBatchRequest(
+                stream="sensor/sst", options=pb.StreamOptions(dt=1, time_unit="month", delays=24)
+            )
+        )
+        assert declared.update.kind == pb.UPDATE_KIND_NONE
+        month_s = 365.2425 * 86400 / 12
+        start_s = BASE_S - 131 * month_s
+        requests = []
+        for t in range(130):
+            ts = Timestamp()
+            ts.FromMilliseconds(round((start_s + t * month_s) * 1000))
+            value = 0.5 + 0.3 * np.sin(2 * np.pi * t / 12)
+            requests.append(
+                vpb.PutEpisodeRequest(
+                    episode=vpb.Episode(
+                        id=f"sst-{t}", timestamp=ts, source=vpb.Source(type="sensor", id="sst"),
+                        activation=vpb.ConceptActivation(concept_ids=["sst"], strengths=[value]),
+                    )
+                )
+            )  # fmt: skip
+        vault.stub.PutEpisodes(iter(requests))
+        _wait(_caught_up(learner, vault))
+        status = learner.stub.GetProcessingStatus(pb.GetProcessingStatusRequest())
+        assert status.snapshots_processed == 0 and status.pending_stream_snapshots == 0
+        modes = learner.stub.GetSpectralModes(
+            pb.GetSpectralModesRequest(
+                stream="sensor/sst", oscillating_only=True, collapse_conjugates=True
+            )
+        )
+        assert modes.stream.snapshots_processed == 2 * (64 - 24 + 1)  # embedded columns
+        assert modes.time_unit == "month" and modes.modes[0].period == pytest.approx(12, rel=1e-3)
+
     def test_purged_episodes_do_not_hold_the_cursor_back(
         self, start_learner: LearnerFactory, make_settings: SettingsFactory, vault: Vault
     ) -> None:

@@ -58,7 +58,7 @@ class TestStatusCli:
         """A one-concept series sampled monthly with a 12-month cycle: the streams line names it
         with period 12 (months), and --stream lists that mode first with period 12."""
         learner = start_learner()
-        t = np.arange(120)
+        t = np.arange(120, dtype=np.float64)
         learner.stub.ProcessActivationBatch(
             series_request("sst", "sst", t, 20 + 3 * np.sin(2 * np.pi * t / 12), time_unit="month"),
             timeout=30,

@@ -133,6 +133,22 @@ class TestStreamClock:
         (digest,) = [d for d in stats.streams if d.name == "m"]
         assert digest.model_version == first.update.model_version
 
+    def test_a_stream_declared_without_data_needs_its_dt(
+        self, start_learner: LearnerFactory
+    ) -> None:
+        """Options and no traces declare a stream when dt is given; without dt (nothing to
+        infer it from) it is INVALID_ARGUMENT naming options.dt, and no stream is made."""
+        learner = start_learner()
+        bare = pb.ProcessActivationBatchRequest(stream="later", options=pb.StreamOptions())
+        err = _error(lambda: learner.stub.ProcessActivationBatch(bare))
+        assert (err.details() or "").startswith("options.dt is 0 and the traces carry no times")
+        assert not learner.stub.GetKclStats(pb.GetKclStatsRequest()).streams
+        bare.options.dt, bare.options.time_unit = 1, "d"
+        reply = learner.stub.ProcessActivationBatch(bare)
+        assert reply.update.kind == pb.UPDATE_KIND_NONE and reply.update.stream.time_unit == "d"
+        first = learner.stub.ProcessActivationBatch(_series("later", _sine()))
+        assert first.update.stream.delays == 40 and first.update.stream.delays_automatic
+
     def test_periods_are_in_the_streams_unit_and_frequencies_in_hz(
         self, start_learner: LearnerFactory
     ) -> None:

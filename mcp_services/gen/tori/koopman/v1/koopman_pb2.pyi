@@ -376,13 +376,16 @@ class ProcessActivationBatchRequest(_message.Message):
     stream: _builtins.str
     """A named stream with its own clock, embedding and scaling, learnt as its own model (empty:
     the default stream, shared with the vault follower, sampled every koopman_learner.dt_s).
-    1-128 characters.
+    1-128 characters. A stream named like a vault source, "<source type>/<source id>", also
+    learns that source's episodes when the learner follows the vault.
     """
     @_builtins.property
     def traces(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivationTrace]: ...
     @_builtins.property
     def options(self) -> Global___StreamOptions:
-        """The stream's options; only for a named stream."""
+        """The stream's options; only for a named stream. Options without traces declare the stream
+        before its data arrives (dt must then be given; automatic delays wait for the first trace).
+        """
 
     def __init__(
         self,
@@ -517,6 +520,7 @@ class StreamInfo(_message.Message):
     delays_automatic: _builtins.bool
     scaling: Global___Scaling.ValueType
     snapshots_processed: _builtins.int
+    """Snapshots learnt, counted after embedding (T - delays + 1 per trace of T samples)."""
     model_version: _builtins.int
     @_builtins.property
     def concept_scaling(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConceptScaling]: ...
