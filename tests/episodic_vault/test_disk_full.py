@@ -9,6 +9,7 @@ Needs root to mount the tmpfs; skipped, saying why, otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -17,10 +18,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
+from mcp_services.common.config_schema import MemoryConfig
+from mcp_services.episodic_vault.backends import MemoryBackend
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
 from tests.conftest import service_environ
 from tests.episodic_vault.conftest import good_episode
+from tests.episodic_vault.test_backend_contract import make_ep
 from tests.faults.test_vault_faults import start_vault, stub_for
 
 pytestmark = pytest.mark.fleet
@@ -53,13 +58,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def _fill(path: Path) -> None:
     """Write `path` until its device is full."""
-    with path.open("wb") as f:
-        try:
+    try:
+        with path.open("wb", buffering=0) as f:
             while True:
                 f.write(os.urandom(64 * 1024))
-                f.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass
 
 
 def _episode(i: int) -> pb.Episode:
@@ -153,3 +157,32 @@ class TestDiskFull:
         finally:
             channel.close()
             vault.stop()
+
+
+class TestSnapshotOnFullDisk:
+    def test_memory_snapshot_that_cannot_be_written_is_a_warning(self, small_disk: Path) -> None:
+        """The memory backend's snapshot on a full disk: close() logs vault_snapshot_failed
+        with the path instead of raising, leaves no partial file, and the last snapshot that
+        was written still loads."""
+        path = small_disk / "vault.snapshot"
+        cfg = MemoryConfig(snapshot_file=str(path), snapshot_interval_s=3600)
+        backend = MemoryBackend(cfg, path)
+        backend.put_many([make_ep(i) for i in range(3)], 1)
+        backend.snapshot()
+        _fill(small_disk / "filler.bin")
+        big = [
+            dataclasses.replace(make_ep(i), payload=os.urandom(PAYLOAD_BYTES)) for i in range(3, 60)
+        ]
+        backend.put_many(big, 2)
+        with capture_logs() as logs:
+            backend.close()
+        failed = [e for e in logs if e["event"] == "vault_snapshot_failed"]
+        assert failed and failed[0]["path"] == str(path), logs
+        assert "free on its device" in failed[0]["free"]
+        assert sorted(p.name for p in small_disk.iterdir()) == ["filler.bin", "vault.snapshot"]
+        (small_disk / "filler.bin").unlink()
+        reopened = MemoryBackend(cfg, path)
+        try:
+            assert reopened.totals()[0] == 3
+        finally:
+            reopened.close()

@@ -18,8 +18,11 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from mcp_services.common.config_schema import MemoryConfig
 from mcp_services.episodic_vault.backends.base import CapacityExceeded, IdConflict
+from mcp_services.episodic_vault.backends.disk_full import space_note
 from mcp_services.episodic_vault.codec import (
     client_content,
     decode_body,
@@ -39,6 +42,8 @@ from mcp_services.episodic_vault.model import (
     VaultStats,
 )
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
+
+log = structlog.get_logger(__name__)
 
 MAGIC = b"TORIVLT1"
 
@@ -127,15 +132,29 @@ class MemoryBackend:
             header = MAGIC + struct.pack(">Q", self._last_seq)
             self._dirty = False
         tmp = self._path.with_suffix(self._path.suffix + ".tmp")
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(header)
-            for rec in records:
-                f.write(struct.pack(">I", len(rec)))
-                f.write(rec)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(header)
+                for rec in records:
+                    f.write(struct.pack(">I", len(rec)))
+                    f.write(rec)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path)
+        except OSError as exc:
+            # A full disk must not end the process: the previous snapshot stays, and the next
+            # attempt (interval or close) writes again.
+            tmp.unlink(missing_ok=True)
+            with self._lock:
+                self._dirty = True
+            log.warning(
+                "vault_snapshot_failed",
+                path=str(self._path),
+                free=space_note(self._path.parent),
+                error=str(exc),
+                consequence="puts since the last snapshot are kept in memory only",
+            )
 
     def _snapshot_loop(self) -> None:
         while not self._closed.wait(self._cfg.snapshot_interval_s):
