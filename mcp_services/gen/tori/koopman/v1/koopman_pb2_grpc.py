@@ -145,8 +145,8 @@ class KoopmanLearnerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResetSystem(self, request, context):
-        """Forget modes, couplings, the window and the online state; the cursor stays unless
-        rescan_vault.
+        """Forget the default stream's modes, couplings, window and online state (named streams are
+        kept); the cursor stays unless rescan_vault. With `stream`: forget that named stream only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

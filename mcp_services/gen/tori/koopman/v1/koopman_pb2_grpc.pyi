@@ -52,8 +52,8 @@ class KoopmanLearnerStub:
     """The summary the MCP gateway's memory.kcl_status shows."""
     UpdateConfig: _grpc.UnaryUnaryMultiCallable[_koopman_pb2.UpdateConfigRequest, _koopman_pb2.KoopmanConfig]
     ResetSystem: _grpc.UnaryUnaryMultiCallable[_koopman_pb2.ResetSystemRequest, _koopman_pb2.ResetSystemResponse]
-    """Forget modes, couplings, the window and the online state; the cursor stays unless
-    rescan_vault.
+    """Forget the default stream's modes, couplings, window and online state (named streams are
+    kept); the cursor stays unless rescan_vault. With `stream`: forget that named stream only.
     """
 
 @_typing.type_check_only
@@ -70,8 +70,8 @@ class KoopmanLearnerAsyncStub(KoopmanLearnerStub):
     """The summary the MCP gateway's memory.kcl_status shows."""
     UpdateConfig: _aio.UnaryUnaryMultiCallable[_koopman_pb2.UpdateConfigRequest, _koopman_pb2.KoopmanConfig]  # type: ignore[assignment]
     ResetSystem: _aio.UnaryUnaryMultiCallable[_koopman_pb2.ResetSystemRequest, _koopman_pb2.ResetSystemResponse]  # type: ignore[assignment]
-    """Forget modes, couplings, the window and the online state; the cursor stays unless
-    rescan_vault.
+    """Forget the default stream's modes, couplings, window and online state (named streams are
+    kept); the cursor stays unless rescan_vault. With `stream`: forget that named stream only.
     """
 
 class KoopmanLearnerServicer(metaclass=_abc_1.ABCMeta):
@@ -145,8 +145,8 @@ class KoopmanLearnerServicer(metaclass=_abc_1.ABCMeta):
         request: _koopman_pb2.ResetSystemRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_koopman_pb2.ResetSystemResponse, _abc.Awaitable[_koopman_pb2.ResetSystemResponse]]:
-        """Forget modes, couplings, the window and the online state; the cursor stays unless
-        rescan_vault.
+        """Forget the default stream's modes, couplings, window and online state (named streams are
+        kept); the cursor stays unless rescan_vault. With `stream`: forget that named stream only.
         """
 
 def add_KoopmanLearnerServicer_to_server(servicer: KoopmanLearnerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
