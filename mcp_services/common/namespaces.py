@@ -19,16 +19,22 @@ import contextvars
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from prometheus_client import CollectorRegistry
 
 from mcp_services.common.auth import NAMESPACE_RE as NAMESPACE_RE
 from mcp_services.common.auth import current_principal
+from mcp_services.common.config_schema import Settings
+from mcp_services.common.event_bus import EventBus
 from mcp_services.common.handlers import wrap_handler
 
 HEADER = "x-tori-namespace"
 DEFAULT = "default"
+NAMESPACES_DIR = "namespaces"
 FORM = "1-64 characters from A-Z a-z 0-9 . _ : -, starting with a letter or digit"
 
 _CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar("tori_namespace", default=DEFAULT)
@@ -197,3 +203,89 @@ class PerNamespace(Generic[T]):
             gone = [v for ns, v in self._values.items() if not keep(ns)]
             self._values = {ns: v for ns, v in self._values.items() if keep(ns)}
         return gone
+
+
+class Unit(Protocol):
+    """What a service keeps for one namespace: the servicer that answers it, and how to end it."""
+
+    @property
+    def servicer(self) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+U = TypeVar("U", bound=Unit)
+
+
+class NamespaceUnits(Generic[U]):
+    """A service's units by namespace: the default one given, the others made at first call.
+
+    :meth:`prepare` is the hook for add_scoped_servicer (it makes the unit before the call runs),
+    :meth:`servicer` the servicer to register: each RPC is answered by the calling namespace's
+    unit. ``make`` runs on the serving event loop (a unit may own channels of it).
+    """
+
+    def __init__(
+        self, service: ServiceDescriptor, default: U, make: Callable[[str], U], limit: int
+    ) -> None:
+        self._service = service
+        self._units: PerNamespace[U] = PerNamespace(make, limit, service.name)
+        self._units.put(DEFAULT, default)
+
+    def get(self, namespace: str) -> U | None:
+        return self._units.get(namespace)
+
+    def open(self, namespace: str) -> U:
+        return self._units.open(namespace)
+
+    def current(self) -> U:
+        unit = self._units.get(current_namespace())
+        assert unit is not None, "the namespace's unit is made before its call runs"
+        return unit
+
+    async def prepare(self, context: grpc.aio.ServicerContext, namespace: str) -> None:
+        if self._units.get(namespace) is not None:
+            return
+        try:
+            self._units.open(namespace)
+        except TooManyNamespaces as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except OSError as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the data of namespace {namespace!r} cannot be opened ({exc.strerror}); retry "
+                "later",
+            )
+
+    async def close(self) -> None:
+        """Close every unit but the default one (the service closes its own)."""
+        for unit in self._units.take(keep=lambda ns: ns == DEFAULT):
+            await unit.close()
+
+    def servicer(self) -> Any:
+        """An object with every RPC of the service, each answered by the calling namespace's
+        unit (its method returns the coroutine or async generator the scoped handler runs)."""
+        units = self
+
+        def method(name: str) -> Callable[..., Any]:
+            def call(_self: object, request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return getattr(units.current().servicer, name)(request, context)
+
+            call.__name__ = name
+            return call
+
+        attrs = {m.name: method(m.name) for m in self._service.methods}
+        return type(f"{self._service.name}ByNamespace", (), attrs)()
+
+
+def quiet_bus(settings: Settings, service: str) -> EventBus:
+    """An event bus that publishes nothing: a non-default namespace's units announce nothing
+    (the events carry no namespace, so the default namespace's consumers would act on them)."""
+    return EventBus(settings.redis.model_copy(update={"url": ""}), service, CollectorRegistry())
+
+
+def namespace_dir(root: Path, namespace: str) -> Path:
+    """Where a service keeps ``namespace``'s files under its data directory ``root``: ``root``
+    itself for the default namespace (where a deployment without namespaces keeps them),
+    ``root/namespaces/<ns>`` for another (a name holds no "/" and does not start with ".")."""
+    return root if namespace == DEFAULT else root / NAMESPACES_DIR / namespace

@@ -32,6 +32,7 @@ from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.namespaces import (
     DEFAULT,
     NAMESPACE_RE,
+    NAMESPACES_DIR,
     PerNamespace,
     current_namespace,
 )
@@ -57,7 +58,6 @@ from mcp_services.episodic_vault.vector_index import VectorIndex
 
 log = structlog.get_logger(__name__)
 
-NAMESPACES_DIR = "namespaces"
 # Each open namespace holds a backend connection, two threads and its index in memory.
 MAX_OPEN = 256
 

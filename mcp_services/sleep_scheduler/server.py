@@ -19,7 +19,7 @@ import structlog
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import Settings
-from mcp_services.common.namespaces import DEFAULT, add_scoped_servicer
+from mcp_services.common.namespaces import DEFAULT, NamespaceUnits, add_scoped_servicer
 from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.common.stream_limits import StreamLimits
@@ -30,7 +30,7 @@ from mcp_services.sleep_scheduler.graph_store import GraphStore
 from mcp_services.sleep_scheduler.jobs_servicer import JobRpcs
 from mcp_services.sleep_scheduler.lease import Lease
 from mcp_services.sleep_scheduler.metrics import SleepMetrics
-from mcp_services.sleep_scheduler.namespaces import NamespaceServicer, NamespaceUnits, Unit
+from mcp_services.sleep_scheduler.namespaces import SchedulerUnit, scheduler_units
 from mcp_services.sleep_scheduler.triggers import PressureWatcher, Scheduler, ScheduleSpec
 from mcp_services.sleep_scheduler.vault_client import Selection, VaultClient
 
@@ -143,7 +143,7 @@ class SleepSchedulerService:
         except OSError as exc:
             raise StartupError(f"sleep-scheduler: cannot open the graph directory: {exc}") from exc
         self._metrics = SleepMetrics(ctx.registry)
-        self._units: NamespaceUnits | None = None
+        self._units: NamespaceUnits[SchedulerUnit] | None = None
         self._vault = VaultClient.of(ClientFactory.of(ctx.settings))
         self._lease = Lease(ctx.settings.redis, self._cfg.lease_ttl_s)
         self.consolidator = Consolidator(
@@ -166,7 +166,7 @@ class SleepSchedulerService:
         )
 
     def register(self, server: grpc.aio.Server) -> None:
-        default = Unit(
+        default = SchedulerUnit(
             DEFAULT,
             self._store,
             self._vault,
@@ -186,7 +186,7 @@ class SleepSchedulerService:
             ),
         )
         # One graph per namespace: each call is answered by its namespace's unit.
-        self._units = NamespaceUnits(
+        self._units = scheduler_units(
             self._ctx.settings,
             graph_dir(self._ctx.settings),
             default,
@@ -196,7 +196,7 @@ class SleepSchedulerService:
         )
         add_scoped_servicer(
             sleep_pb2_grpc.add_SleepSchedulerServicer_to_server,
-            NamespaceServicer(self._units),
+            self._units.servicer(),
             server,
             self._units.prepare,
         )

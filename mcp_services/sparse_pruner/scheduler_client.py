@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from mcp_services.common.clients import ClientFactory
+from mcp_services.common.namespaces import DEFAULT, namespace_metadata
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot, snapshot_from_edges
 
@@ -67,16 +68,25 @@ class SchedulerClient:
     every call has ``timeout_s``. :meth:`of` takes the channel from the fleet's client factory
     (the scheduler's dial address and the pruner's key)."""
 
-    def __init__(self, channel: grpc.aio.Channel, target: str, timeout_s: float) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, target: str, timeout_s: float, namespace: str = DEFAULT
+    ) -> None:
         self.target = target
         self._timeout = timeout_s
+        # Every call reads or commits this namespace's graph only.
+        self._md = namespace_metadata(namespace)
         self._channel = channel
         self._stub = sleep_pb2_grpc.SleepSchedulerStub(self._channel)
 
     @classmethod
-    def of(cls, clients: ClientFactory, timeout_s: float) -> SchedulerClient:
+    def of(
+        cls, clients: ClientFactory, timeout_s: float, namespace: str = DEFAULT
+    ) -> SchedulerClient:
         return cls(
-            clients.aio_channel("sleep_scheduler"), clients.address("sleep_scheduler"), timeout_s
+            clients.aio_channel("sleep_scheduler"),
+            clients.address("sleep_scheduler"),
+            timeout_s,
+            namespace,
         )
 
     async def close(self) -> None:
@@ -95,6 +105,7 @@ class SchedulerClient:
         call = self._stub.ReadGraph(
             sleep_pb2.ReadGraphRequest(version=version),
             timeout=self._timeout,
+            metadata=self._md,
         )
         try:
             async for chunk in call:
@@ -156,7 +167,9 @@ class SchedulerClient:
         )
         header.metadata.update(metadata or {})
         try:
-            response = await self._stub.CommitGraph(_chunks(graph, header), timeout=self._timeout)
+            response = await self._stub.CommitGraph(
+                _chunks(graph, header), timeout=self._timeout, metadata=self._md
+            )
         except grpc.aio.AioRpcError as exc:
             raise _translate(
                 exc, f"committing a graph on version {base_version}", self.target
@@ -168,7 +181,7 @@ class SchedulerClient:
         """Headers of the retained versions, newest first."""
         try:
             response = await self._stub.ListGraphVersions(
-                sleep_pb2.ListGraphVersionsRequest(), timeout=self._timeout
+                sleep_pb2.ListGraphVersionsRequest(), timeout=self._timeout, metadata=self._md
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, "listing the graph versions", self.target) from None

@@ -19,7 +19,7 @@ from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED
-from mcp_services.common.namespaces import add_scoped_servicer, default_only
+from mcp_services.common.namespaces import add_scoped_servicer
 from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, run
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
@@ -27,6 +27,7 @@ from mcp_services.sparse_pruner.backups import BackupStore
 from mcp_services.sparse_pruner.engine import PruningEngine
 from mcp_services.sparse_pruner.knobs import KnobError, Knobs
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
+from mcp_services.sparse_pruner.namespaces import PrunerUnit, pruner_units
 from mcp_services.sparse_pruner.schedule import ConsolidationTrigger, Schedule
 from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
 from mcp_services.sparse_pruner.servicer import SparsePrunerServicer
@@ -61,13 +62,17 @@ class SparsePrunerService:
         )
         self.schedule = Schedule(self.engine, cfg.schedule_interval_s, cfg.schedule_dry_run)
         self.trigger = ConsolidationTrigger(self.engine)
+        # One pruner per namespace, each over its namespace's graph; the default is this one.
+        servicer = SparsePrunerServicer(self.engine, self.schedule)
+        default = PrunerUnit(self.client, self.engine, self.schedule, servicer)
+        self._units = pruner_units(settings, backup_root(settings), default)
 
     def register(self, server: grpc.aio.Server) -> None:
         add_scoped_servicer(
             pruner_pb2_grpc.add_SparsePrunerServicer_to_server,
-            SparsePrunerServicer(self.engine, self.schedule),
+            self._units.servicer(),
             server,
-            default_only,
+            self._units.prepare,
         )
 
     async def start(self) -> None:
@@ -75,6 +80,7 @@ class SparsePrunerService:
         self._bus.subscribe([CONSOLIDATION_COMPLETED], self.trigger.on_event)
 
     async def stop(self) -> None:
+        await self._units.close()
         await self.schedule.stop()
         await self.trigger.stop()
         await self.engine.close()

@@ -8,9 +8,9 @@ others' ids, cues with their concepts, filters by their tags, searches near thei
 the other half, and every payload and metadata value, bob is never given. The properties, over
 every MCP tool (as bob, through the gateway) and every RPC of every service (as namespace bob,
 directly): no reply, error text or metric label bob can read holds a token bob was not given or
-did not send in that very request; bob's writes, deletes, marks, purges, consolidations and graph
-commits change nothing of the others'; and, until the pruner and learner keep their state per
-namespace, they refuse bob outright (FAILED_PRECONDITION) rather than serve the default's.
+did not send in that very request; bob's writes, deletes, marks, purges, consolidations, graph
+commits, prunings and rollbacks change nothing of the others'; and, until the learner keeps its
+state per namespace, it refuses bob outright (FAILED_PRECONDITION) rather than serve the default's.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from tests.property.strategies import messages
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "50"))
 # Services that keep the default namespace's data only, and so refuse every other namespace.
-REFUSING = ("sparse_pruner", "koopman_learner")
+REFUSING = ("koopman_learner",)
 ALICE_KEY = "tori_property_alice_0123456789ab"
 BOB_KEY = "tori_property_bob_000123456789ab"
 PLAIN_KEY = "tori_property_plain_0123456789ab"
@@ -324,8 +324,8 @@ def test_no_rpc_tells_namespace_bob_anything_of_the_others(
 ) -> None:
     """Every RPC of every service, sent for namespace bob (the vault's with the others' ids,
     cues, filters and embeddings, the rest arbitrary), answers without a secret of theirs, and
-    changes none of their episodes; the scheduler answers from bob's own graph, and the pruner
-    and learner refuse bob until they keep their state per namespace."""
+    changes none of their episodes or graphs; the scheduler and pruner answer from bob's own
+    graph, and the learner refuses bob until it keeps its state per namespace."""
     channel = fleet.services[target.name].channel
     in_cls = GetMessageClass(method.input_type)
     requests = VAULT_REQUESTS.get(method.name, messages(in_cls))
