@@ -294,8 +294,8 @@ class TieredStore:
     def put_spooled(self, spool: EpisodeSpool, stored_ms: int) -> list[PutOutcome]:
         """put_many for a streamed batch held on disk: one backend call (atomic as put_many is)
         reading the spool as it goes, then the in-process tiers fed a chunk at a time, so memory
-        holds a chunk, not the batch (SQLite and memory read it once; Redis and PostgreSQL build
-        their one request from all of it)."""
+        holds a chunk, not the batch (SQLite, PostgreSQL and memory read it as they write; Redis
+        builds its one atomic script call from all of it)."""
         with self._writing("the put"), self._write:
             outcomes = self.backend.put_many(spool, stored_ms)
             for start, chunk in spool.chunks():

@@ -257,13 +257,16 @@ class PostgresBackend:
 
     # -- writes ------------------------------------------------------------------------------
     def put_many(self, episodes: Sequence[Episode], stored_ms: int) -> list[PutOutcome]:
+        """One transaction; new rows are streamed into one COPY as they are encoded, so a batch
+        read from a spool (PutEpisodes) is never held in memory whole. A conflict found midway
+        aborts the COPY and the transaction: nothing is stored."""
         if not episodes:
             return []
         outcomes: list[PutOutcome] = []
-        rows: list[tuple[Any, ...]] = []
+        start_seq = 0
         with self._connection() as conn, conn.transaction():
             row = conn.execute(_LOCK_WRITERS).fetchone()
-            last_seq = int(row[0]) if row else 0
+            last_seq = start_seq = int(row[0]) if row else 0
             ids = list(dict.fromkeys(ep.id for ep in episodes))
             known: dict[str, PutOutcome] = {}
             for i in range(0, len(ids), self._batch):
@@ -274,36 +277,34 @@ class PostgresBackend:
                     known[episode_id] = PutOutcome(
                         episode_id, PutStatus.EXISTING, seq, content_hash
                     )
-            for ep in episodes:
-                prior = known.get(ep.id)
-                if prior is not None:
-                    if prior.content_hash != ep.content_hash:
-                        raise IdConflict(ep.id)
+            with (
+                conn.cursor() as cur,
+                cur.copy(f"COPY episodes ({_INSERT_COLUMNS}) FROM STDIN") as copy,
+            ):
+                copy.set_types(list(_INSERT_TYPES))
+                for ep in episodes:
+                    prior = known.get(ep.id)
+                    if prior is not None:
+                        if prior.content_hash != ep.content_hash:
+                            raise IdConflict(ep.id)
+                        outcomes.append(
+                            PutOutcome(ep.id, PutStatus.EXISTING, prior.seq, prior.content_hash)
+                        )
+                        continue
+                    last_seq += 1
+                    body = encode_body(ep)
+                    copy.write_row(
+                        (
+                            last_seq, ep.id, ep.timestamp_ms, stored_ms, ep.source.type,
+                            ep.energy, ep.ref_count, int(ep.tier), ep.consolidated,
+                            ep.content_hash, len(body), list(ep.tags), body,
+                        )
+                    )  # fmt: skip
+                    known[ep.id] = PutOutcome(ep.id, PutStatus.EXISTING, last_seq, ep.content_hash)
                     outcomes.append(
-                        PutOutcome(ep.id, PutStatus.EXISTING, prior.seq, prior.content_hash)
+                        PutOutcome(ep.id, PutStatus.CREATED, last_seq, ep.content_hash, len(body))
                     )
-                    continue
-                last_seq += 1
-                body = encode_body(ep)
-                rows.append(
-                    (
-                        last_seq, ep.id, ep.timestamp_ms, stored_ms, ep.source.type, ep.energy,
-                        ep.ref_count, int(ep.tier), ep.consolidated, ep.content_hash, len(body),
-                        list(ep.tags), body,
-                    )
-                )  # fmt: skip
-                known[ep.id] = PutOutcome(ep.id, PutStatus.EXISTING, last_seq, ep.content_hash)
-                outcomes.append(
-                    PutOutcome(ep.id, PutStatus.CREATED, last_seq, ep.content_hash, len(body))
-                )
-            if rows:
-                with (
-                    conn.cursor() as cur,
-                    cur.copy(f"COPY episodes ({_INSERT_COLUMNS}) FROM STDIN") as copy,
-                ):
-                    copy.set_types(list(_INSERT_TYPES))
-                    for r in rows:
-                        copy.write_row(r)
+            if last_seq != start_seq:
                 conn.execute("UPDATE counters SET last_seq = %s WHERE id = 1", (last_seq,))
         return outcomes
 
