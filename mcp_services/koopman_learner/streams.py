@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import structlog
 
 from mcp_services.koopman_learner.domain.arrays import FloatArray
 from mcp_services.koopman_learner.domain.embedding import (
@@ -48,6 +49,7 @@ from mcp_services.koopman_learner.traces import (
     trace_from_snapshots,
 )
 
+log = structlog.get_logger(__name__)
 _YEAR_S = 365.2425 * 86400.0
 TIME_UNITS: dict[str, float] = {
     "s": 1.0,
@@ -272,7 +274,13 @@ class StreamSet:
                 elif episode.snapshots:
                     gridded += stream.assembler.add(episode.source, episode.snapshots[0])
             stream.learner.counters.episodes_processed += len(mine)
-            spec, result = self._learn(stream.spec, stream.learner, gridded, False)
+            try:
+                spec, result = self._learn(stream.spec, stream.learner, gridded, False)
+            except StreamError as exc:
+                # The vault's episodes cannot be refused; they are skipped, and said so.
+                stream.learner.counters.episodes_skipped += len(mine)
+                log.warning("kcl_stream_episodes_skipped", stream=name, reason=str(exc))
+                continue
             stream.spec = spec
             updates.append((name, result))
         result = self.default.process_episodes(rest)
@@ -402,6 +410,14 @@ class StreamSet:
             elif grid.n_snapshots < spec.delays + 1:
                 short += 1
             else:
+                limit = self.knobs.max_concepts
+                if len(grid.concept_ids) * spec.delays > limit:
+                    raise StreamError(
+                        "options.delays",
+                        f"{spec.delays} x {len(grid.concept_ids)} concepts exceed"
+                        f" koopman_learner.max_concepts ({limit}) embedded rows; send fewer"
+                        " concepts or declare fewer delays",
+                    )
                 embedded, rows = delay_embed(values, grid.concept_ids, spec.delays)
                 out.append(Trace(rows, embedded, None))
         notes = []

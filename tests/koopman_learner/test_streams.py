@@ -192,6 +192,31 @@ class TestEmbeddingAndScaling:
         err = _error(lambda: learner.stub.ProcessActivationBatch(_series("d", _sine(), delays=12)))
         assert "options.delays is 12" in (err.details() or "")
 
+    def test_more_embedded_rows_than_max_concepts_are_refused(
+        self, start_learner: LearnerFactory
+    ) -> None:
+        """3 concepts x 24 delays over max_concepts 50: INVALID_ARGUMENT naming options.delays
+        and the setting; the stream is not declared."""
+        learner = start_learner(max_concepts=50)
+        trace = pb.ActivationTrace(
+            snapshots=[
+                pb.ConceptActivation(concept_ids=["a", "b", "c"], strengths=[v, v, v])
+                for v in _sine()
+            ]
+        )
+        request = pb.ProcessActivationBatchRequest(
+            traces=[trace], stream="wide", options=pb.StreamOptions(dt=1, delays=24)
+        )
+        err = _error(lambda: learner.stub.ProcessActivationBatch(request))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "options.delays 24 x 3 concepts exceed koopman_learner.max_concepts (50)" in (
+            err.details() or ""
+        )
+        stats = learner.stub.GetKclStats(pb.GetKclStatsRequest())
+        assert not stats.streams
+        missing = _error(lambda: learner.stub.GetSpectralModes(periods_request("wide")))
+        assert missing.code() == grpc.StatusCode.NOT_FOUND
+
     def test_raw_values_need_a_scaling(self, start_learner: LearnerFactory) -> None:
         """Values outside [0, 1] without scaling: INVALID_ARGUMENT naming the strengths field and
         options.scaling; with min-max they are accepted and the scaling is reported."""
