@@ -132,7 +132,7 @@ class TieredStore:
         self._threads: list[threading.Thread] = []
         self.pruned: dict[Tier, int] = {Tier.MTM: 0, Tier.LTM: 0}
         # Read-only when the disk is full at start (write_gate.py); None: nothing local.
-        self.write_gate = write_gate(cfg, index_path)
+        self.write_gate = write_gate(cfg)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> dict[str, object]:

@@ -28,15 +28,16 @@ PROBE_BYTES = 64 * 1024
 RESERVE_NAME = ".vault-disk-reserve"
 
 
-def write_gate(cfg: VaultConfig, index_path: Path | None) -> WriteGate | None:
-    """The gate over the local directory the store writes: the SQLite file's or the snapshot's
-    (with a reserve), else the index's (no reserve: Redis and PostgreSQL keep their data on
-    their servers). None when nothing is written locally."""
+def write_gate(cfg: VaultConfig) -> WriteGate | None:
+    """The gate over the local directory the store's data lives in: the SQLite file's or the
+    snapshot's. None for Redis and PostgreSQL (their servers hold the data and report their own
+    full disks; a local index that cannot be saved is only a warning) and for a memory store
+    without a snapshot."""
     if cfg.backend == "sqlite":
         return WriteGate(resolve_path(cfg.sqlite.path).parent, cfg.disk_reserve_bytes)
     if cfg.backend == "memory" and cfg.memory.snapshot_file:
         return WriteGate(resolve_path(cfg.memory.snapshot_file).parent, cfg.disk_reserve_bytes)
-    return WriteGate(index_path.parent, 0) if index_path is not None else None
+    return None
 
 
 def probe_write(directory: Path) -> OSError | None:
