@@ -121,6 +121,7 @@ class TestDiskFull:
                     timeout=30,
                 )
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+            assert str(small_disk) in (err.value.details() or ""), err.value.details()
             assert _ids(stub) == set(acked)
             print(f"{len(acked)} puts acknowledged before the disk was full: {details}")
 

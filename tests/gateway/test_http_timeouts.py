@@ -1,6 +1,7 @@
 """The gateway's HTTP server lets no slow or idle client hold a connection (issue 16): a request
 head that does not complete within gateway.header_timeout_s, sent at once or a byte at a time,
-is disconnected, and an idle keep-alive connection is closed after keep_alive_timeout_s."""
+is disconnected, an idle keep-alive connection is closed after keep_alive_timeout_s, and beyond
+max_connections a request is answered 503."""
 
 from __future__ import annotations
 
@@ -90,3 +91,28 @@ class TestIdleTimeout:
                 assert head.startswith(b"HTTP/1.1 "), head
                 assert b"connection: close" not in head.lower()
             assert _read_until_closed(sock) == b""
+
+
+class TestConnectionCap:
+    def test_requests_beyond_max_connections_get_503(self, stack: Stack) -> None:
+        """With max_connections connections open, a request on one more is answered 503, and
+        once they close requests are served again."""
+        gw = stack.gateway(max_connections=2, header_timeout_s=PATIENCE_S)
+        port, path = gw.running.http_port, gw.settings.gateway.path
+        held = [_connect(port), _connect(port)]
+        try:
+            with _connect(port) as sock:
+                sock.sendall(_request(path))
+                assert _response(sock).startswith(b"HTTP/1.1 503"), "not refused"
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + PATIENCE_S
+        while True:  # the server notices the closed connections on its next loop turns
+            with _connect(port) as sock:
+                sock.sendall(_request(path))
+                head = _response(sock)
+            if not head.startswith(b"HTTP/1.1 503") or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert not head.startswith(b"HTTP/1.1 503"), head
