@@ -9,9 +9,9 @@ the cursor never runs ahead of the model that learnt from those episodes.
 The online tracker is not stored: the first update after a restart refits the window, which is
 what the periodic refit does anyway. Arrays are read with allow_pickle=False; metadata is JSON.
 
-Each named stream (streams.py) has a file of the same layout under `streams/` in the data dir,
-named by a hash of the stream's name, whose metadata also holds the stream's spec (dt, unit,
-delays, scaling).
+Each named stream (streams.py) has a file of the same layout beside it, `stream-<hash of the
+name>.npz`, whose metadata also holds the stream's spec (dt, unit, delays, scaling). They sit at
+the top of the data dir so `tori-ops backup` (which copies its files) takes them along.
 """
 
 from __future__ import annotations
@@ -88,17 +88,17 @@ def _get_model(npz: Any, prefix: str, meta: Any) -> DmdModel | None:
     )
 
 
-STREAMS_DIR = "streams"
+STREAM_PREFIX = "stream-"
 
 
 def stream_path(data_dir: Path, name: str) -> Path:
     """The state file of named stream `name` (any characters: the file is named by a hash)."""
     digest = hashlib.sha256(name.encode()).hexdigest()[:24]
-    return data_dir / STREAMS_DIR / f"{digest}.npz"
+    return data_dir / f"{STREAM_PREFIX}{digest}.npz"
 
 
 def stream_files(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / STREAMS_DIR).glob("*.npz"))
+    return sorted(data_dir.glob(f"{STREAM_PREFIX}*.npz"))
 
 
 def read_stream(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from mcp_services.koopman_learner.series import (
     tones,
     top_period,
 )
+from mcp_services.koopman_learner.server import data_dir
 from tests.koopman_learner.conftest import LearnerFactory, batch, stop
 
 
@@ -265,7 +266,8 @@ class TestStreamLifecycle:
         assert err.code() == grpc.StatusCode.NOT_FOUND
 
     def test_streams_survive_a_restart(self, start_learner: LearnerFactory) -> None:
-        """A restarted learner on the same data dir serves the stream's modes, unit and options."""
+        """A restarted learner on the same data dir serves the stream's modes, unit and options;
+        the stream's file sits at the top of the data dir, where backups copy files from."""
         learner = start_learner()
         learner.stub.ProcessActivationBatch(
             _series(
@@ -273,6 +275,7 @@ class TestStreamLifecycle:
             )
         )
         before = learner.stub.GetSpectralModes(periods_request("keep"))
+        assert len(list(data_dir(learner.settings).glob("stream-*.npz"))) == 1
         stop(learner)
         again = start_learner(settings=learner.settings)
         after = again.stub.GetSpectralModes(periods_request("keep"))
