@@ -15,6 +15,7 @@ auth.current_principal().
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -140,18 +141,6 @@ def add_scoped_servicer(
         server.add_registered_method_handlers(service, wrapped)
 
 
-async def default_only(context: grpc.aio.ServicerContext, namespace: str) -> None:
-    """Prepare for a service whose data (graph, prunings, dynamics) is learnt from the default
-    namespace only: a call for another namespace is refused, so it can neither read nor change
-    what other tenants' episodes taught."""
-    if namespace != DEFAULT:
-        await context.abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"namespace {namespace!r} has no graph, consolidation, pruning or dynamics of its own "
-            f"yet (this service keeps the {DEFAULT!r} namespace's only); nothing was done",
-        )
-
-
 class TooManyNamespaces(Exception):
     """A service holds as many namespaces as it may; the message says the limit and the way out."""
 
@@ -206,10 +195,13 @@ class PerNamespace(Generic[T]):
 
 
 class Unit(Protocol):
-    """What a service keeps for one namespace: the servicer that answers it, and how to end it."""
+    """What a service keeps for one namespace: the servicer that answers it, how to make it ready
+    (load its state) and how to end it."""
 
     @property
     def servicer(self) -> Any: ...
+
+    async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -231,6 +223,8 @@ class NamespaceUnits(Generic[U]):
         self._service = service
         self._units: PerNamespace[U] = PerNamespace(make, limit, service.name)
         self._units.put(DEFAULT, default)
+        self._ready = {DEFAULT}  # started: their calls may run
+        self._opening = asyncio.Lock()
 
     def get(self, namespace: str) -> U | None:
         return self._units.get(namespace)
@@ -244,21 +238,36 @@ class NamespaceUnits(Generic[U]):
         return unit
 
     async def prepare(self, context: grpc.aio.ServicerContext, namespace: str) -> None:
-        if self._units.get(namespace) is not None:
+        if namespace in self._ready:
             return
-        try:
-            self._units.open(namespace)
-        except TooManyNamespaces as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except OSError as exc:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"the data of namespace {namespace!r} cannot be opened ({exc.strerror}); retry "
-                "later",
-            )
+        async with self._opening:  # one first call makes and starts the unit; others wait
+            if namespace in self._ready:
+                return
+            try:
+                unit = self._units.open(namespace)
+            except TooManyNamespaces as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            except OSError as exc:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the data of namespace {namespace!r} cannot be opened ({exc.strerror}); "
+                    "retry later",
+                )
+            try:
+                await unit.start()
+            except Exception as exc:  # its state cannot be loaded: say so, keep nothing of it
+                for gone in self._units.take(keep=lambda ns: ns != namespace):
+                    await gone.close()
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the state of namespace {namespace!r} cannot be loaded ({exc}); tell the "
+                    "operator",
+                )
+            self._ready.add(namespace)
 
     async def close(self) -> None:
         """Close every unit but the default one (the service closes its own)."""
+        self._ready = {DEFAULT}
         for unit in self._units.take(keep=lambda ns: ns == DEFAULT):
             await unit.close()
 

@@ -18,6 +18,7 @@ import structlog
 from google.protobuf.message import Message
 
 from mcp_services.common.event_bus import EPISODE_STORED, EventBus
+from mcp_services.common.namespaces import DEFAULT, namespace_metadata
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.events.v1 import events_pb2
 
@@ -42,8 +43,11 @@ class VaultFollower:
         scan_batch: int,
         connect: Callable[[str], grpc.aio.Channel],
         on_lag: Callable[[int], None] = lambda lag: None,
+        namespace: str = DEFAULT,
     ) -> None:
         self._target = target
+        # Every call reads this namespace's episodes only.
+        self._md = namespace_metadata(namespace)
         self._cursor = cursor
         self._learn = learn
         self._skip_to = skip_to
@@ -93,7 +97,9 @@ class VaultFollower:
                 await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _catch_up(self, stub: episodic_pb2_grpc.EpisodicVaultStub) -> None:
-        stats = await stub.GetStats(episodic_pb2.GetStatsRequest(), timeout=CALL_TIMEOUT_S)
+        stats = await stub.GetStats(
+            episodic_pb2.GetStatsRequest(), timeout=CALL_TIMEOUT_S, metadata=self._md
+        )
         self.connected = True
         self.last_error = ""
         self.vault_last_seq = stats.last_seq
@@ -102,6 +108,7 @@ class VaultFollower:
             call = stub.Scan(
                 episodic_pb2.ScanRequest(after_seq=self._cursor(), limit=self._batch),
                 timeout=CALL_TIMEOUT_S,
+                metadata=self._md,
             )
             async for response in call:
                 chunk.append(response.episode)

@@ -27,7 +27,7 @@ from mcp_services.common.event_bus import (
     KCL_MODES_UPDATED,
     new_header,
 )
-from mcp_services.common.namespaces import add_scoped_servicer, default_only
+from mcp_services.common.namespaces import DEFAULT, NamespaceUnits, add_scoped_servicer
 from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
@@ -37,6 +37,7 @@ from mcp_services.koopman_learner import codec, state_store
 from mcp_services.koopman_learner.follower import VaultFollower
 from mcp_services.koopman_learner.learner import CouplingsOutcome, Knobs, Learner, UpdateResult
 from mcp_services.koopman_learner.metrics import KclMetrics
+from mcp_services.koopman_learner.namespaces import LearnerUnit, learner_units
 from mcp_services.koopman_learner.servicer import Backend, KoopmanLearnerServicer
 from mcp_services.koopman_learner.streams import StreamSet, StreamSpec
 
@@ -98,8 +99,11 @@ def data_dir(settings: Settings) -> Path:
 class KoopmanLearnerService(Backend):
     service_names = (SERVICE_NAME,)
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, namespace: str = DEFAULT) -> None:
         self._ctx = ctx
+        # The namespace whose episodes this learner follows (another's unit: namespaces.py).
+        self._namespace = namespace
+        self._units: NamespaceUnits[LearnerUnit] | None = None
         cfg = ctx.settings.koopman_learner
         self._cfg = cfg
         self.learner = Learner(knobs_from_config(cfg), stream_max_gap_s=cfg.stream_max_gap_s)
@@ -144,6 +148,7 @@ class KoopmanLearnerService(Backend):
                 scan_batch=self._cfg.scan_batch,
                 connect=lambda target: clients.aio_channel(target=target),
                 on_lag=self._metrics.vault_lag.set,
+                namespace=self._namespace,
             )
             self._follower.start()
 
@@ -155,14 +160,20 @@ class KoopmanLearnerService(Backend):
             self.streams.restore(spec, learner)
 
     def register(self, server: grpc.aio.Server) -> None:
+        # One learner per namespace: each call is answered by its namespace's learner.
+        self._units = learner_units(
+            self._ctx, data_dir(self._ctx.settings), LearnerUnit(self, KoopmanLearnerServicer(self))
+        )
         add_scoped_servicer(
             koopman_pb2_grpc.add_KoopmanLearnerServicer_to_server,
-            KoopmanLearnerServicer(self),
+            self._units.servicer(),
             server,
-            default_only,
+            self._units.prepare,
         )
 
     async def stop(self) -> None:
+        if self._units is not None:
+            await self._units.close()
         if self._follower is not None:
             await self._follower.stop()
         self._executor.shutdown(wait=True)

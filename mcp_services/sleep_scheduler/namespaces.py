@@ -53,6 +53,9 @@ class SchedulerUnit:
     scheduler: Scheduler
     servicer: Any  # the SleepSchedulerServicer over this unit's graphs and jobs
 
+    async def start(self) -> None:
+        pass  # nothing to load: its graph store opened when it was made
+
     async def close(self) -> None:
         await self.scheduler.stop()
         await self.consolidator.close()

@@ -41,6 +41,9 @@ class PrunerUnit:
     schedule: Schedule
     servicer: SparsePrunerServicer
 
+    async def start(self) -> None:
+        pass  # nothing to load: its stores opened when it was made
+
     async def close(self) -> None:
         await self.schedule.stop()
         await self.engine.close()

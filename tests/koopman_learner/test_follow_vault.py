@@ -5,7 +5,7 @@ cursor, activation-only episodes of one source form a stream, and updates are an
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -29,18 +29,20 @@ TRUE_EIGENVALUES = np.concatenate([SYSTEM.eigenvalues, [1.0]])
 BASE_S = int(time.time()) - 3600
 
 
-def _trace_episode(i: int, values: np.ndarray) -> vpb.PutEpisodeRequest:
+def _trace_episode(
+    i: int, values: np.ndarray, ids: Sequence[str] = IDS, name: str = "trace"
+) -> vpb.PutEpisodeRequest:
     ts = Timestamp(seconds=BASE_S + 60 * i)
     frames = [
         vpb.Frame(
             offset_ms=round(t * DT * 1000),
-            activation=vpb.ConceptActivation(concept_ids=IDS, strengths=values[:, t].tolist()),
+            activation=vpb.ConceptActivation(concept_ids=ids, strengths=values[:, t].tolist()),
         )
         for t in range(values.shape[1])
     ]
     return vpb.PutEpisodeRequest(
         episode=vpb.Episode(
-            id=f"trace-{i}", timestamp=ts, source=vpb.Source(type="t"), trace=frames
+            id=f"{name}-{i}", timestamp=ts, source=vpb.Source(type="t"), trace=frames
         )
     )
 
