@@ -34,6 +34,7 @@ from mcp_services.episodic_vault.backends import (
     redis_backend,
     sqlite_backend,
 )
+from mcp_services.episodic_vault.namespaces import namespace_config, stored_namespaces
 from mcp_services.ops.backend_spec import SpecError, describe, vault_config
 
 
@@ -89,14 +90,27 @@ def add_migrate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
+    """Migrate (or with --check, report) the store and every namespace's store found beside it
+    (SQLite and memory; a Redis or PostgreSQL namespace migrates when the vault first opens it)."""
     try:
         cfg = vault_config(args.backend)
-        before = stored_version(cfg)
     except (SpecError, BackendError, OSError, psycopg.Error, redis.RedisError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    stores = [("", cfg)] + [
+        (f"namespace {ns}: ", namespace_config(cfg, ns)) for ns in stored_namespaces(cfg)
+    ]
+    return max(_migrate(ns_cfg, label, args.check) for label, ns_cfg in stores)
+
+
+def _migrate(cfg: VaultConfig, label: str, check: bool) -> int:
+    try:
+        before = stored_version(cfg)
+    except (BackendError, OSError, psycopg.Error, redis.RedisError) as exc:
+        print(f"error: {label}{exc}", file=sys.stderr)
+        return 2
     target = release_version(cfg)
-    where = describe(cfg)
+    where = label + describe(cfg)
     shown = "none (no store yet)" if before is None else str(before)
     if before is not None and before > target:
         print(
@@ -105,13 +119,12 @@ def run_migrate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if args.check:
+    if check:
         pending = "up to date" if before == target else f"would migrate to {target}"
         print(f"{where}: stored version {shown}, this release {target}: {pending}")
         return 0 if before == target else 1
     try:
-        _, backend = _open(args.backend)
-        backend.close()
+        open_backend(cfg).close()
     except SchemaTooNew as exc:  # a newer release wrote it between the check and the open
         print(f"error: {exc}", file=sys.stderr)
         return 1

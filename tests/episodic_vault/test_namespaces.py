@@ -3,6 +3,7 @@ on every backend, and an existing store is the default namespace as it lies."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,11 @@ import pytest
 
 from mcp_services.common.config_schema import SqliteConfig
 from mcp_services.common.namespaces import HEADER
-from mcp_services.episodic_vault.backends.sqlite_backend import SqliteBackend
+from mcp_services.episodic_vault.backends.sqlite_backend import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SqliteBackend,
+)
 from mcp_services.episodic_vault.namespaces import postgres_schema
 from mcp_services.episodic_vault.validation import validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
@@ -219,3 +224,23 @@ class TestKeysBoundToNamespaces:
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
             details = err.value.details() or ""
             assert repr(namespace) in details and alice_key not in details
+
+
+class TestMigrate:
+    def test_tori_ops_migrate_brings_every_namespace_store_forward(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A namespace's SQLite store left at an older schema is reported by migrate --check
+        (exit 1, named by its namespace) and brought to this release's version by migrate."""
+        db = tmp_path / "data" / "vault.db"
+        SqliteBackend(SqliteConfig(), db).close()
+        old = db.parent / "namespaces" / "bob" / db.name
+        old.parent.mkdir(parents=True)
+        with sqlite3.connect(old) as conn:  # the release that wrote schema version 1
+            conn.executescript(f"{MIGRATIONS[0]}; PRAGMA user_version = 1;")
+        spec = f"sqlite:path={db}"
+        assert ops_main(["migrate", "--check", "--backend", spec]) == 1
+        assert f"namespace bob: sqlite {old}" in capsys.readouterr().out
+        assert ops_main(["migrate", "--backend", spec]) == 0
+        assert f"-> {SCHEMA_VERSION}" in capsys.readouterr().out
+        assert ops_main(["migrate", "--check", "--backend", spec]) == 0
