@@ -72,8 +72,11 @@ def scheduler_units(
     servicer_of: ServicerOf,
     io: Executor,
     numerics: Executor,
+    streams: StreamLimits,
 ) -> NamespaceUnits[SchedulerUnit]:
-    """The scheduler's units: ``default`` (the service's own), the others made at first call."""
+    """The scheduler's units: ``default`` (the service's own), the others made at first call.
+    ``streams`` is the service's one set of CommitGraph bounds, shared by every unit (the cap on
+    concurrent streams is per service, not per namespace)."""
     cfg = settings.sleep_scheduler
 
     def make(namespace: str) -> SchedulerUnit:
@@ -90,11 +93,7 @@ def scheduler_units(
         )
         scheduler = Scheduler(consolidator)
         servicer = servicer_of(
-            GraphRpcs(
-                store,
-                io,
-                StreamLimits(cfg.max_concurrent_streams, cfg.max_stream_bytes, "sleep_scheduler"),
-            ),
+            GraphRpcs(store, io, streams),
             JobRpcs(consolidator, scheduler),
         )
         return SchedulerUnit(namespace, store, vault, consolidator, scheduler, servicer)

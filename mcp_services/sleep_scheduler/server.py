@@ -166,6 +166,10 @@ class SleepSchedulerService:
         )
 
     def register(self, server: grpc.aio.Server) -> None:
+        # CommitGraph's bounds, one set for the service: every namespace's unit shares them.
+        self._commit_streams = StreamLimits(
+            self._cfg.max_concurrent_streams, self._cfg.max_stream_bytes, "sleep_scheduler"
+        )
         default = SchedulerUnit(
             DEFAULT,
             self._store,
@@ -173,15 +177,7 @@ class SleepSchedulerService:
             self.consolidator,
             self._scheduler,
             SleepSchedulerServicer(
-                GraphRpcs(
-                    self._store,
-                    self._io,
-                    StreamLimits(
-                        self._cfg.max_concurrent_streams,
-                        self._cfg.max_stream_bytes,
-                        "sleep_scheduler",
-                    ),
-                ),
+                GraphRpcs(self._store, self._io, self._commit_streams),
                 JobRpcs(self.consolidator, self._scheduler),
             ),
         )
@@ -193,6 +189,7 @@ class SleepSchedulerService:
             SleepSchedulerServicer,
             self._io,
             self._numerics,
+            self._commit_streams,
         )
         add_scoped_servicer(
             sleep_pb2_grpc.add_SleepSchedulerServicer_to_server,

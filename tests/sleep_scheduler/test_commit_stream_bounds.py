@@ -34,10 +34,12 @@ class TestCommitStreamBounds:
         assert commit(sched, before, graph, protos).header.version == before + 1
 
     def test_one_stream_over_the_cap_is_refused(self, start_scheduler: SchedulerFactory) -> None:
-        """With max_concurrent_streams commits open, one more is RESOURCE_EXHAUSTED naming the
-        key; the held commit then completes."""
+        """With max_concurrent_streams commits open, one more, in any namespace, is
+        RESOURCE_EXHAUSTED naming the key; the held commit then completes."""
         sched = start_scheduler(sleep_scheduler={"max_concurrent_streams": 1})
         base = latest(sched)
+        # The cap is per service: the probing calls come from another namespace.
+        other = (("x-tori-namespace", "acme"),)
         graph, protos = two_assemblies()
         chunks = commit_chunks(base, graph, protos, None, "test", "held", 7)
         release = threading.Event()
@@ -54,7 +56,7 @@ class TestCommitStreamBounds:
             refused: grpc.RpcError | None = None
             for _ in range(400):
                 with pytest.raises(grpc.RpcError) as err:
-                    sched.stub.CommitGraph(iter([]), timeout=10)
+                    sched.stub.CommitGraph(iter([]), metadata=other, timeout=10)
                 if err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     refused = err.value
                     break
