@@ -19,6 +19,7 @@ import structlog
 
 from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import VaultConfig
+from mcp_services.common.namespaces import NAMESPACES_DIR
 from mcp_services.episodic_vault.backends.disk_full import DiskFull, space_note
 
 log = structlog.get_logger(__name__)
@@ -83,7 +84,10 @@ class WriteGate:
     def __init__(self, directory: Path, reserve_bytes: int) -> None:
         self.directory = directory
         self.reserve_bytes = reserve_bytes
-        self.reserve = directory / RESERVE_NAME
+        # One reserve per vault: a namespace's store (<data dir>/namespaces/<ns>/) shares the
+        # default store's, so a thousand namespaces do not hold a thousand reserves.
+        home = directory.parent.parent if directory.parent.name == NAMESPACES_DIR else directory
+        self.reserve = home / RESERVE_NAME
         self.reason = ""
         self._lock = threading.Lock()
 

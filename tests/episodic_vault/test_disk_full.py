@@ -24,7 +24,7 @@ from mcp_services.common.config_schema import MemoryConfig
 from mcp_services.episodic_vault.backends import MemoryBackend
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
 from tests.conftest import service_environ
-from tests.episodic_vault.conftest import good_episode
+from tests.episodic_vault.conftest import VaultFactory, good_episode
 from tests.episodic_vault.test_backend_contract import make_ep
 from tests.faults.test_vault_faults import start_vault, stub_for
 
@@ -187,3 +187,17 @@ class TestSnapshotOnFullDisk:
             assert reopened.totals()[0] == 3
         finally:
             reopened.close()
+
+
+class TestReserve:
+    def test_one_reserve_per_vault_whatever_the_namespaces(self, start_vault: VaultFactory) -> None:
+        """The disk reserve sits beside the default store's SQLite file; a namespace's store,
+        under namespaces/<ns>/, shares it instead of holding its own."""
+        v = start_vault(vault={"embedding_dim": 8, "disk_reserve_bytes": 64 * 1024})
+        acme = (("x-tori-namespace", "acme"),)
+        v.stub.PutEpisode(pb.PutEpisodeRequest(episode=good_episode(1)), metadata=acme)
+        data = Path(v.settings.vault.sqlite.path).parent
+        assert (data / "namespaces" / "acme").is_dir()
+        reserves = sorted(p.relative_to(data) for p in data.rglob(".vault-disk-reserve"))
+        assert reserves == [Path(".vault-disk-reserve")]
+        assert (data / ".vault-disk-reserve").stat().st_size == 64 * 1024
