@@ -421,3 +421,28 @@ class TestRotation:
             port = srv.running.grpc_port
             assert code(port, "new-key-0123456789") == grpc.StatusCode.OK
             assert code(port, "old-key-0123456789") == grpc.StatusCode.UNAUTHENTICATED
+
+
+class TestMakeTargets:
+    def test_init_directories_writes_one_admin_key_and_keeps_it(self, tmp_path: Path) -> None:
+        """`make init-directories` puts a fresh admin key in an empty secrets/api_keys and keeps
+        it on the next run; `make secrets-up` adds a gateway key and leaves the service key."""
+        makefile = Path(__file__).resolve().parents[2] / "Makefile"
+
+        def make(target: str) -> None:
+            subprocess.run(
+                ["make", "-s", "-f", str(makefile), "-C", str(tmp_path), target,
+                 f"PYTHON={sys.executable}"],
+                check=True, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+
+        make("init-directories")
+        path = tmp_path / "secrets" / "api_keys"
+        (key,) = load_service_keys(AuthConfig(api_keys_file=str(path)))
+        assert key.role is Role.ADMIN and key.namespaces is None and len(key.key) >= 40
+        assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700
+        make("init-directories")
+        make("secrets-up")
+        assert [k.key for k in load_service_keys(AuthConfig(api_keys_file=str(path)))] == [key.key]
+        gateway = (tmp_path / "secrets" / "gateway_api_keys").read_text().split()
+        assert len(gateway) == 2 and gateway[1] == "default" and gateway[0] != key.key
