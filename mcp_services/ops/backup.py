@@ -45,6 +45,7 @@ from mcp_services.common.clients import dial_address
 from mcp_services.common.config import ConfigError, load_config, resolve_path
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.health import check
+from mcp_services.common.namespaces import NAMESPACES_DIR
 from mcp_services.episodic_vault.backends import BackendError, open_backend
 from mcp_services.ops.backend_spec import describe
 from mcp_services.ops.transfer import TransferError, export, import_file
@@ -87,6 +88,17 @@ def _dirs(settings: Settings) -> dict[str, Path]:
         "pruner": resolve_path(backup_root(settings)),
         "koopman": resolve_path(koopman_dir(settings)),
     }
+
+
+def unsaved_namespaces(settings: Settings) -> list[Path]:
+    """The namespaces' data (other than the default's) on this host, which a backup does not
+    hold yet: the vault's, graph, pruner and learner directories under ``namespaces/``."""
+    vault = settings.vault
+    where = vault.sqlite.path if vault.backend == "sqlite" else vault.memory.snapshot_file
+    roots = [resolve_path(where).parent] if vault.backend in ("sqlite", "memory") and where else []
+    roots += list(_dirs(settings).values())
+    found = [r / NAMESPACES_DIR for r in roots]
+    return sorted(p for d in found if d.is_dir() for p in d.iterdir())
 
 
 @contextlib.contextmanager
@@ -464,6 +476,13 @@ def run_backup(args: argparse.Namespace) -> int:
     for name, comp in manifest["components"].items():
         print(f"{name:<8} {len(comp['files'])} file(s) from {comp['source']}")
     print(f"backup written to {args.out} ({len(manifest['sha256'])} files, checksummed)")
+    if left := unsaved_namespaces(settings):
+        print(
+            f"warning: the default namespace only; {len(left)} namespace directories are not in "
+            f"this backup ({', '.join(str(p) for p in left[:4])}{', ...' if len(left) > 4 else ''}"
+            "): copy them with the fleet stopped",
+            file=sys.stderr,
+        )
     return 0
 
 
