@@ -93,7 +93,7 @@ def bayes_cue_accuracy(data: PlantedClasses, cues: Cues, noise: float) -> float:
         ll = np.where(ok, log_like, -np.inf)
         best = np.flatnonzero(ll >= ll.max() - 1e-12)
         total += float(cues.labels[r] in best) / len(best)
-    return total / shared.shape[0]
+    return float(total / shared.shape[0])
 
 
 def measure(complete: Completer, data: PlantedClasses, cues: Cues) -> dict[str, float]:
