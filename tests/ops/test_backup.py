@@ -10,8 +10,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from mcp_services.common.config import load_config
+from mcp_services.common.namespaces import DEFAULT, namespace_dir
 from mcp_services.common.server import ServerThread
 from mcp_services.episodic_vault.backends import open_backend
+from mcp_services.episodic_vault.namespaces import namespace_config
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.episodic_vault.validation import validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
@@ -24,17 +26,20 @@ from tests.ops.runner import ops
 N = 120
 
 
-def _populate(env: dict[str, str]) -> None:
+def _populate(env: dict[str, str], namespace: str = DEFAULT) -> None:
     """A vault with episodes (some consolidated), two graph versions, a pruner backup file and
-    a learner state file, each where its service keeps it."""
+    a learner state file, each where its service keeps ``namespace``'s data; the content differs
+    by namespace."""
     settings = load_config(environ=env)
-    backend = open_backend(settings.vault)
+    backend = open_backend(namespace_config(settings.vault, namespace))
     now = int(time.time() * 1000)
     eps = [
         validate_episode(
             pb.Episode(
                 id=f"ep-{i}",
-                activation=pb.ConceptActivation(concept_ids=["a", f"c{i % 9}"], strengths=[1, 0.5]),
+                activation=pb.ConceptActivation(
+                    concept_ids=["a", f"{namespace}:c{i % 9}"], strengths=[1, 0.5]
+                ),
                 embedding=[0.1 + i % 3] * settings.vault.embedding_dim,
             ),
             settings.vault,
@@ -45,22 +50,21 @@ def _populate(env: dict[str, str]) -> None:
     backend.put_many(eps, now)
     backend.mark_consolidated([e.id for e in eps[:30]], 2)
     backend.close()
+    from mcp_services.koopman_learner.server import data_dir
     from mcp_services.sleep_scheduler.server import graph_dir
+    from mcp_services.sparse_pruner.server import backup_root
 
-    store = GraphStore(Path(graph_dir(settings)), keep=5)
-    index = ConceptIndex(("a", "b", "c"))
+    store = GraphStore(namespace_dir(Path(graph_dir(settings)), namespace), keep=5)
+    index = ConceptIndex(("a", "b", namespace))
     w = sp.csr_matrix(np.array([[0, 1.0, 0], [1.0, 0, -0.5], [0, -0.5, 0]]))
     g1 = store.commit(0, ConceptGraph(index, w, np.zeros(3)), None, None, "consolidation")
     store.commit(g1.meta.version, ConceptGraph(index, w * 2, np.ones(3)), None, None, "pruner")
-    from mcp_services.koopman_learner.server import data_dir
-    from mcp_services.sparse_pruner.server import backup_root
-
-    pruner = Path(backup_root(settings))
+    pruner = namespace_dir(Path(backup_root(settings)), namespace)
     pruner.mkdir(parents=True, exist_ok=True)
-    (pruner / "b-000001.npz").write_bytes(b"pruner backup bytes")
-    koopman = Path(data_dir(settings))
+    (pruner / "b-000001.npz").write_bytes(f"pruner backup bytes of {namespace}".encode())
+    koopman = namespace_dir(Path(data_dir(settings)), namespace)
     koopman.mkdir(parents=True, exist_ok=True)
-    (koopman / "state.npz").write_bytes(b"learner state bytes")
+    (koopman / "state.npz").write_bytes(f"learner state bytes of {namespace}".encode())
 
 
 def _tree(root: Path) -> dict[str, bytes]:

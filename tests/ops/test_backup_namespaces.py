@@ -1,31 +1,110 @@
-"""tori-ops backup says what it leaves out: other namespaces' data is not in a backup yet."""
+"""tori-ops backup / restore hold every namespace: each tenant's episodes, graphs, pruner backups
+and learner state come back as they were, and a namespace the backup does not hold is left alone."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mcp_services.common.config import load_config
+from mcp_services.common.namespaces import DEFAULT
 from mcp_services.episodic_vault.backends import open_backend
 from mcp_services.episodic_vault.namespaces import namespace_config
-from mcp_services.sleep_scheduler.server import graph_dir
+from mcp_services.ops.transfer import iter_backend
 from tests.conftest import service_environ
 from tests.ops.runner import ops
-from tests.ops.test_backup import _populate
+from tests.ops.test_backup import N, _populate
+
+SPACES = (DEFAULT, "bob", "team.alice:prod")
 
 
-def test_a_backup_names_the_namespaces_it_does_not_hold(tmp_path: Path) -> None:
-    """Without other namespaces a backup warns of nothing; with bob's vault store and graph
-    directory beside the default's, it still succeeds and warns naming both directories."""
-    env = service_environ(tmp_path / "src")
-    _populate(env)
-    alone = ops(env, "backup", "--out", str(tmp_path / "b1"))
-    assert alone.returncode == 0 and "warning" not in alone.stderr, alone.stderr
-    settings = load_config(environ=env)
-    open_backend(namespace_config(settings.vault, "bob")).close()
-    graphs = Path(graph_dir(settings)) / "namespaces" / "bob"
-    graphs.mkdir(parents=True)
-    made = ops(env, "backup", "--out", str(tmp_path / "b2"))
+def _episodes(env: dict[str, str], namespace: str) -> list[tuple[str, str, bool, int]]:
+    """(id, content hash, consolidated, graph version) of every episode in the namespace."""
+    backend = open_backend(namespace_config(load_config(environ=env).vault, namespace))
+    try:
+        return [
+            (e.id, e.content_hash, e.consolidated, e.graph_version) for e in iter_backend(backend)
+        ]
+    finally:
+        backend.close()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every service file (graphs, pruner backups, learner state) under root, by path."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*.npz"))
+        if "before-restore" not in str(p) and not p.name.startswith(".")
+    }
+
+
+def test_every_namespace_is_backed_up_and_restored_byte_for_byte(tmp_path: Path) -> None:
+    """Three namespaces with distinct data: the backup lists each, a restore into an empty fleet
+    gives each its own episodes (ids, hashes, consolidation) and files back, byte for byte."""
+    src = service_environ(tmp_path / "src")
+    for ns in SPACES:
+        _populate(src, ns)
+    out = tmp_path / "backup"
+    made = ops(src, "backup", "--out", str(out))
     assert made.returncode == 0, made.stderr
-    assert "warning: the default namespace only; 2 namespace directories" in made.stderr
-    vault_dir = Path(settings.vault.sqlite.path).parent / "namespaces" / "bob"
-    assert str(vault_dir) in made.stderr and str(graphs) in made.stderr
+    assert "warning" not in made.stderr
+    assert "(3 namespaces, 15 files, checksummed)" in made.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["namespaces"]) == ["bob", "team.alice:prod"]
+    assert manifest["namespaces"]["bob"]["vault"]["files"] == ["vault.db"]
+    assert "namespaces/bob/graphs/v000000000002.npz" in manifest["sha256"]
+
+    originals = {ns: _episodes(src, ns) for ns in SPACES}
+    lost = tmp_path / "lost"
+    (tmp_path / "src").rename(lost)  # the host is gone; its copy stays here to compare with
+    dst = service_environ(tmp_path / "dst")
+    done = ops(dst, "restore", "--from", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "namespace bob: graphs: 2 files" in done.stdout
+    for ns in SPACES:
+        episodes = _episodes(dst, ns)
+        assert episodes == originals[ns]
+        assert len(episodes) == N and sum(c for _, _, c, _ in episodes) == 30
+    assert originals["bob"] != originals[DEFAULT]  # each its own content
+    assert _files(tmp_path / "dst") == _files(lost)
+    assert len(_files(lost)) == 12  # 3 namespaces x (2 graph versions, pruner, learner)
+    assert (tmp_path / "dst" / "graphs" / "namespaces" / "bob" / "v000000000002.npz").exists()
+
+
+def test_restore_with_force_replaces_each_namespace_and_leaves_others_alone(
+    tmp_path: Path,
+) -> None:
+    """Over a fleet holding bob and carol, restore refuses without --force naming bob's data;
+    with --force bob's and the default's are replaced (the old moved aside under names no
+    service takes for a namespace) and carol, absent from the backup, keeps her data."""
+    src = service_environ(tmp_path / "src")
+    for ns in (DEFAULT, "bob"):
+        _populate(src, ns)
+    out = tmp_path / "backup"
+    assert ops(src, "backup", "--out", str(out)).returncode == 0
+
+    root = tmp_path / "dst"
+    dst = service_environ(root)
+    _populate(dst, "bob")
+    _populate(dst, "carol")
+    carol = {k: v for k, v in _files(root).items() if "carol" in k}
+    stale = root / "graphs" / "namespaces" / "bob" / "v000000000003.npz"
+    stale.write_bytes(b"a version the backup does not hold")
+    refused = ops(dst, "restore", "--from", str(out))
+    assert refused.returncode == 1
+    assert "namespace bob: " in refused.stderr and "pass --force" in refused.stderr
+
+    forced = ops(dst, "restore", "--from", str(out), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "namespace carol: not in the backup, left as it is" in forced.stdout
+    assert {k: v for k, v in _files(root).items() if "carol" in k} == carol
+    assert len(_episodes(dst, "carol")) == N
+    assert not stale.exists()
+    aside = list((root / "graphs" / "namespaces").glob(".bob.before-restore-*"))
+    assert len(aside) == 1 and (aside[0] / "v000000000003.npz").exists()
+    names = sorted(p.name for p in (root / "graphs" / "namespaces").iterdir())
+    assert [n for n in names if not n.startswith(".")] == ["bob", "carol"]
+    assert _episodes(dst, "bob") == _episodes(src, "bob")
+    assert _files(root / "graphs" / "namespaces" / "bob") == _files(
+        tmp_path / "src" / "graphs" / "namespaces" / "bob"
+    )
