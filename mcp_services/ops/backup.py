@@ -134,7 +134,9 @@ def _backup_vault(vault: VaultConfig, out: Path, namespace: str) -> dict[str, An
         return {"kind": "memory", "source": str(src), "files": ["snapshot"]}
     backend = open_backend(vault)
     try:
-        written, last = export(backend, describe(vault), out / "vault" / "episodes.jsonl", False)
+        written, last = export(
+            backend, describe(vault), out / "vault" / "episodes.jsonl", False, namespace=namespace
+        )
     finally:
         backend.close()
     return {

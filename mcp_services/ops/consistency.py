@@ -12,6 +12,14 @@ learner's state against the graph's concepts (mcp_services/ops/fleet_consistency
 rule); ``--json`` prints the report with a fingerprint (counts and content digests) to compare
 two fleets, e.g. an original and its restored backup. Exit codes: 0 consistent, 1 differences,
 2 bad arguments or config, 3 the data changed while it was checked (run it again).
+
+Every namespace is checked unless ``--namespace NS`` picks some: a check is asked "is my data
+consistent", and a tenant left out would pass unseen. Each line of output starts with
+``namespace <ns>:``; with more than one namespace a last line gives the verdict over all. Two
+backends' namespaces are those either store lists (a PostgreSQL store lists none: name them);
+one held by one side only is a difference. With ``--services`` the namespaces are those the fleet
+holds (ops.fleet_namespaces), and ``--json`` keeps the default's report at the top with the
+others under ``namespaces``.
 """
 
 from __future__ import annotations
@@ -25,8 +33,17 @@ import grpc
 
 from mcp_services.common.auth import AuthConfigError
 from mcp_services.common.config import ConfigError, load_config
+from mcp_services.common.config_schema import VaultConfig
+from mcp_services.common.namespaces import DEFAULT, InvalidNamespace, check_namespace
 from mcp_services.episodic_vault.backends import BackendError, VaultBackend, open_backend
+from mcp_services.episodic_vault.namespaces import namespace_config, postgres_schema
 from mcp_services.ops.backend_spec import SpecError, describe, vault_config
+from mcp_services.ops.fleet_namespaces import (
+    UnknownNamespaces,
+    fleet_namespaces,
+    postgres_schemas,
+    vault_namespaces,
+)
 from mcp_services.ops.transfer import iter_backend
 
 SHOWN = 10  # differences listed per kind; the counts are always complete
@@ -130,7 +147,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="check the services' data against each other: vault index and tiers, graph "
         "versions, learner concepts (--backend picks the vault's backend)",
     )
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="check only this namespace (repeat for more); default: every namespace found",
+    )
     p.add_argument("--json", action="store_true", help="with --services: the report as JSON")
+
+
+def _named(names: list[str]) -> list[str]:
+    for ns in names:
+        check_namespace(ns, "--namespace")
+    return sorted(set(names), key=lambda ns: (ns != DEFAULT, ns))
 
 
 def run_services(args: argparse.Namespace) -> int:
@@ -140,8 +170,11 @@ def run_services(args: argparse.Namespace) -> int:
         settings = load_config()
         if args.backend:
             settings = settings.model_copy(update={"vault": vault_config(args.backend)})
-        report = check_fleet(settings)
-    except (ConfigError, SpecError, BackendError, AuthConfigError) as exc:
+        names = _named(args.namespace) or fleet_namespaces(settings)
+        reports = {ns: check_fleet(settings, ns) for ns in names}
+    except (
+        ConfigError, SpecError, BackendError, AuthConfigError, InvalidNamespace, UnknownNamespaces
+    ) as exc:  # fmt: skip
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:  # a service answers health but refuses the call
@@ -151,11 +184,57 @@ def run_services(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    codes = [r.exit_code() for r in reports.values()]
+    code = 1 if 1 in codes else max(codes)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        # The first namespace's report at the top (the default's, as before namespaces), every
+        # other one under "namespaces"; "consistent" is the verdict over all of them.
+        first, *others = names
+        out = reports[first].to_json() | {"namespace": first, "consistent": code == 0}
+        out["namespaces"] = {ns: reports[ns].to_json() for ns in others}
+        print(json.dumps(out, indent=2))
     else:
-        print("\n".join(report.lines()))
-    return report.exit_code()
+        for ns, report in reports.items():
+            print("\n".join(f"namespace {ns}: {line}" for line in report.lines()))
+        if len(reports) > 1:
+            print("consistent" if code == 0 else f"NOT consistent (exit {code})")
+    return code
+
+
+def _present(cfg: VaultConfig, namespace: str) -> bool:
+    """Whether the store holds ``namespace`` (checked without creating it)."""
+    if namespace == DEFAULT:
+        return True
+    if cfg.backend == "postgres":
+        return postgres_schema(cfg.postgres.schema_name, namespace) in postgres_schemas(cfg)
+    return namespace in vault_namespaces(cfg)
+
+
+def _check_namespace(cfg_a: VaultConfig, cfg_b: VaultConfig | None, ns: str) -> Report:
+    """One namespace: A against B (or against its own counters)."""
+    opened: list[VaultBackend] = []
+    a, b = namespace_config(cfg_a, ns), namespace_config(cfg_b, ns) if cfg_b else None
+    try:
+        if cfg_b is None or b is None:
+            opened.append(open_backend(a))
+            return self_check(opened[0], describe(a))
+        present = [_present(cfg_a, ns), _present(cfg_b, ns)]
+        if not all(present):
+            report = Report(describe(a), describe(b))
+            if present[0]:
+                opened.append(open_backend(a))
+                report.count_a = opened[-1].stats().episode_count
+            if present[1]:
+                opened.append(open_backend(b))
+                report.count_b = opened[-1].stats().episode_count
+            lacking = "B" if present[0] else "A"
+            report.problems.append(f"the namespace is not in {lacking} at all")
+            return report
+        opened += [open_backend(a), open_backend(b)]
+        return compare(opened[0], opened[1], describe(a), describe(b))
+    finally:
+        for backend in opened:
+            backend.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,24 +246,23 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print("error: --json goes with --services", file=sys.stderr)
         return 2
-    opened: list[VaultBackend] = []
     try:
         cfg_a = vault_config(args.backend)
-        opened.append(open_backend(cfg_a))
-        if args.against:
-            cfg_b = vault_config(args.against)
-            opened.append(open_backend(cfg_b))
-            report = compare(opened[0], opened[1], describe(cfg_a), describe(cfg_b))
-        else:
-            report = self_check(opened[0], describe(cfg_a))
-    except (SpecError, BackendError) as exc:
+        cfg_b = vault_config(args.against) if args.against else None
+        names = _named(args.namespace) or [
+            DEFAULT,
+            *sorted(vault_namespaces(cfg_a) | (vault_namespaces(cfg_b) if cfg_b else set())),
+        ]
+        reports = {ns: _check_namespace(cfg_a, cfg_b, ns) for ns in names}
+    except (SpecError, BackendError, InvalidNamespace) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        for backend in opened:
-            backend.close()
-    print("\n".join(report.lines()))
-    return 0 if report.consistent else 1
+    for ns, report in reports.items():
+        print("\n".join(f"namespace {ns}: {line}" for line in report.lines()))
+    consistent = all(r.consistent for r in reports.values())
+    if len(reports) > 1:
+        print("consistent" if consistent else "NOT consistent")
+    return 0 if consistent else 1
 
 
 def main(argv: list[str] | None = None) -> int:

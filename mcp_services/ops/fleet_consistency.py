@@ -42,12 +42,15 @@ from mcp_services.common.clients import ClientFactory, dial_address
 from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.health import check
+from mcp_services.common.namespaces import DEFAULT, namespace_dir, namespace_metadata
 from mcp_services.episodic_vault.backends import VaultBackend, open_backend
 from mcp_services.episodic_vault.model import Tier
+from mcp_services.episodic_vault.namespaces import namespace_config
 from mcp_services.episodic_vault.store import index_dir, store_identity
 from mcp_services.episodic_vault.vector_index import content_key, normalised
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
+from mcp_services.ops.fleet_namespaces import service_dirs
 from mcp_services.ops.service_data import GraphFile, read_graphs, read_index, read_learner
 from mcp_services.ops.transfer import iter_backend
 
@@ -146,9 +149,10 @@ def scan_vault(backend: VaultBackend, dim: int, indexed: bool) -> VaultScan:
 class Rpc:
     """Calls to the running services, with the configured API key (if any)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, namespace: str = DEFAULT) -> None:
         self._clients = ClientFactory.of(settings)
         self._settings = settings
+        self._md = namespace_metadata(namespace)
 
     def running(self, name: str) -> str | None:
         """The service's address when it answers health as SERVING, else None."""
@@ -159,7 +163,9 @@ class Rpc:
         """The vault's stats and its index size (None when search is off)."""
         with self._clients.channel(target=address) as ch:
             stub = episodic_pb2_grpc.EpisodicVaultStub(ch)
-            stats = stub.GetStats(episodic_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S)
+            stats = stub.GetStats(
+                episodic_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S, metadata=self._md
+            )
             dim = self._settings.vault.embedding_dim
             if not self._settings.vault.index.enabled or dim == 0:
                 return stats, None
@@ -167,6 +173,7 @@ class Rpc:
             found = stub.Search(
                 episodic_pb2.SearchRequest(embedding=query.tolist(), k=1, omit_bodies=True),
                 timeout=RPC_TIMEOUT_S,
+                metadata=self._md,
             )
             return stats, int(found.index_size)
 
@@ -174,7 +181,7 @@ class Rpc:
         with self._clients.channel(target=address) as ch:
             stub = sleep_pb2_grpc.SleepSchedulerStub(ch)
             listed = stub.ListGraphVersions(
-                sleep_pb2.ListGraphVersionsRequest(), timeout=RPC_TIMEOUT_S
+                sleep_pb2.ListGraphVersionsRequest(), timeout=RPC_TIMEOUT_S, metadata=self._md
             )
             return int(listed.versions[0].header.version) if listed.versions else 0
 
@@ -372,12 +379,32 @@ def _check_learner(
     return lf.digest
 
 
-def check_fleet(settings: Settings) -> FleetReport:
-    """Every check of the module docstring against the fleet configured by ``settings``."""
+def namespace_settings(settings: Settings, namespace: str) -> Settings:
+    """``settings`` with every service's data where it keeps ``namespace``'s: the vault's store
+    (episodic_vault.namespaces), the graph, pruner and learner directories under namespaces/."""
+    if namespace == DEFAULT:
+        return settings
+    dirs = service_dirs(settings)
+    sections = {
+        "sleep_scheduler": ("graph_dir", dirs["graphs"]),
+        "sparse_pruner": ("backup_dir", dirs["pruner"]),
+        "koopman_learner": ("data_dir", dirs["koopman"]),
+    }
+    update: dict[str, Any] = {"vault": namespace_config(settings.vault, namespace)}
+    for section, (key, root) in sections.items():
+        cfg = getattr(settings, section)
+        update[section] = cfg.model_copy(update={key: str(namespace_dir(root, namespace))})
+    return settings.model_copy(update=update)
+
+
+def check_fleet(settings: Settings, namespace: str = DEFAULT) -> FleetReport:
+    """Every check of the module docstring against ``namespace``'s data in the fleet configured
+    by ``settings``."""
     from mcp_services.sleep_scheduler.server import graph_dir
 
+    settings = namespace_settings(settings, namespace)
     r = FleetReport()
-    rpc = Rpc(settings)
+    rpc = Rpc(settings, namespace)
     vault_at = rpc.running("episodic_vault")
     sched_at = rpc.running("sleep_scheduler")
     cfg = settings.vault

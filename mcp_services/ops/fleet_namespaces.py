@@ -94,6 +94,16 @@ def postgres_schemas(cfg: VaultConfig) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
+def vault_namespaces(cfg: VaultConfig) -> set[str]:
+    """The namespaces other than the default a vault store lists (none for PostgreSQL, whose
+    schemas do not carry their namespace's name)."""
+    if cfg.backend in ("sqlite", "memory"):
+        return set(stored_namespaces(cfg))
+    if cfg.backend == "redis":
+        return redis_namespaces(cfg)
+    return set()
+
+
 def fleet_namespaces(settings: Settings, given: Iterable[str] = ()) -> list[str]:
     """Every namespace the fleet holds data for, ``default`` first, then sorted; ``given`` adds
     names (a PostgreSQL vault's schemas do not carry theirs). UnknownNamespaces when a
@@ -102,11 +112,8 @@ def fleet_namespaces(settings: Settings, given: Iterable[str] = ()) -> list[str]
     for root in service_dirs(settings).values():
         found |= _named_dirs(root)
     vault = settings.vault
-    if vault.backend in ("sqlite", "memory"):
-        found |= set(stored_namespaces(vault))
-    elif vault.backend == "redis":
-        found |= redis_namespaces(vault)
-    elif vault.backend == "postgres":
+    found |= vault_namespaces(vault)
+    if vault.backend == "postgres":
         known = {postgres_schema(vault.postgres.schema_name, ns) for ns in found}
         if unknown := sorted(postgres_schemas(vault) - known):
             raise UnknownNamespaces(

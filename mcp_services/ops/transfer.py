@@ -3,7 +3,8 @@ two backends, resumably, with a checksum on every line.
 
 The file: a header line, then one line per episode in storage (seq) order::
 
-    {"format": "tori-vault-export", "version": 1, "source": "sqlite var/data/vault.db", ...}
+    {"format": "tori-vault-export", "version": 1, "source": "sqlite var/data/vault.db",
+     "namespace": "default", ...}
     {"seq": 17, "stored_ms": ..., "consolidated": true, "graph_version": 3, "tier": "LTM",
      "content_hash": "...", "sha256": "...", "body": "<base64 of the content's protobuf>"}
 
@@ -18,6 +19,15 @@ file after its last complete line (a torn last line is cut off). Import is idemp
 already stored with the same content counts as existing), keeps each episode's storage time,
 consolidation state and graph version, and with ``--resume`` skips what a progress file beside
 the input says was already committed to the same target.
+
+Namespaces: a file holds one namespace's store. Export takes the ``default`` namespace unless
+``--namespace NS`` names another, and ``--all`` writes every namespace the fleet holds
+(ops.fleet_namespaces) into a directory, one ``<ns>.jsonl`` each; the header names the namespace.
+Import loads a file into the namespace its header names (``default`` for a file made before
+namespaces), or into ``--namespace NS``; ``--all`` loads every ``*.jsonl`` of a directory. One
+namespace stays the default (not every one) because a file is one store's stream: existing
+scripts that export to a file keep their meaning, and ``--all`` is there to take every tenant.
+Each line printed names its namespace.
 """
 
 from __future__ import annotations
@@ -30,19 +40,24 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
+from mcp_services.common.config import ConfigError, load_config
+from mcp_services.common.config_schema import VaultConfig
+from mcp_services.common.namespaces import DEFAULT, InvalidNamespace, check_namespace
 from mcp_services.episodic_vault.backends import BackendError, VaultBackend, open_backend
 from mcp_services.episodic_vault.codec import content_to_proto
 from mcp_services.episodic_vault.model import Episode, PutStatus, Tier
+from mcp_services.episodic_vault.namespaces import namespace_config
 from mcp_services.episodic_vault.validation import InvalidEpisode, validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 from mcp_services.ops.backend_spec import SpecError, describe, vault_config
+from mcp_services.ops.fleet_namespaces import UnknownNamespaces, fleet_namespaces
 
 FORMAT = "tori-vault-export"
 VERSION = 1
@@ -104,9 +119,15 @@ def _last_complete_seq(path: Path) -> int:
 
 
 def export(
-    backend: VaultBackend, source: str, out: Path, resume: bool, readable: bool = False
+    backend: VaultBackend,
+    source: str,
+    out: Path,
+    resume: bool,
+    readable: bool = False,
+    namespace: str = DEFAULT,
 ) -> tuple[int, int]:
-    """Write (or continue) the export; returns (episodes written now, last seq)."""
+    """Write (or continue) the export of ``namespace``'s store ``backend``; returns (episodes
+    written now, last seq)."""
     after = 0
     if resume and out.exists():
         after = _last_complete_seq(out)
@@ -121,6 +142,7 @@ def export(
                 "format": FORMAT,
                 "version": VERSION,
                 "source": source,
+                "namespace": namespace,
                 "exported_at_ms": int(time.time() * 1000),
             }
             f.write(json.dumps(header, sort_keys=True) + "\n")
@@ -266,12 +288,31 @@ def _put_run(backend: VaultBackend, run: list[Episode], counts: ImportCounts) ->
         counts.consolidated += backend.mark_consolidated(ids, version).marked
 
 
+def _namespace_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help=f"the namespace to {verb} (default: {DEFAULT}"
+        + ("; the file's own namespace on import)" if verb == "import into" else ")")
+        + "; with --all, a name to add to those found (a PostgreSQL schema does not name its own)",
+    )
+
+
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         help="KIND[:key=value,...] (e.g. sqlite:path=var/data/vault.db); default: the configured",
     )
-    p.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the JSONL file to write; with --all, a directory (one <namespace>.jsonl each)",
+    )
+    _namespace_arguments(p, "export")
+    p.add_argument("--all", action="store_true", help="export every namespace the fleet holds")
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted export of the same file"
     )
@@ -284,60 +325,132 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="the target, KIND[:key=value,...]; default: the configured")
-    p.add_argument("--in", dest="src", type=Path, required=True, help="the JSONL file to read")
+    p.add_argument(
+        "--in",
+        dest="src",
+        type=Path,
+        required=True,
+        help="the JSONL file to read; with --all, a directory of <namespace>.jsonl files",
+    )
+    _namespace_arguments(p, "import into")
+    p.add_argument(
+        "--all", action="store_true", help="import every file of the --in directory, each into "
+        "the namespace its header names",
+    )  # fmt: skip
     p.add_argument(
         "--resume", action="store_true", help="skip what an interrupted import already committed"
     )
     p.add_argument("--batch", type=int, default=500, help="episodes per transaction (default 500)")
 
 
+def file_namespace(path: Path) -> str:
+    """The namespace an export file's header names (``default`` for a file made before
+    namespaces); TransferError when the name breaks the namespace rule."""
+    try:
+        with path.open("rb") as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return DEFAULT  # import_file says what is wrong with the file
+    name = header.get("namespace", DEFAULT) if isinstance(header, dict) else DEFAULT
+    try:
+        return check_namespace(str(name), f"{path}: line 1: namespace")
+    except InvalidNamespace as exc:
+        raise TransferError(str(exc)) from None
+
+
+def _chosen(args: argparse.Namespace, cfg: VaultConfig) -> list[str] | None:
+    """The namespaces to export: one (--namespace, default `default`) or, with --all, every one
+    the fleet holds; None after printing why the arguments cannot be used."""
+    try:
+        for ns in args.namespace:
+            check_namespace(ns, "--namespace")
+        if args.all:
+            settings = load_config().model_copy(update={"vault": cfg})
+            return fleet_namespaces(settings, args.namespace)
+    except (InvalidNamespace, UnknownNamespaces, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    if len(args.namespace) > 1:
+        print("error: --namespace: give one namespace, or --all for every one", file=sys.stderr)
+        return None
+    return args.namespace or [DEFAULT]
+
+
 def run_export(args: argparse.Namespace) -> int:
     try:
         cfg = vault_config(args.backend)
-        backend = open_backend(cfg)
-    except (SpecError, BackendError) as exc:
+    except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    start = time.perf_counter()
-    try:
-        written, last = export(backend, describe(cfg), args.out, args.resume, args.readable)
-    except (TransferError, BackendError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        backend.close()
-    seconds = time.perf_counter() - start
-    print(
-        f"exported {written} episodes from {describe(cfg)} to {args.out} "
-        f"(last seq {last}, {seconds:.1f} s)"
-    )
-    return 0
+    names = _chosen(args, cfg)
+    if names is None:
+        return 2
+    if args.all:
+        args.out.mkdir(parents=True, exist_ok=True)
+
+    def work(backend: VaultBackend, own: VaultConfig, ns: str, out: Path) -> str:
+        written, last = export(backend, describe(own), out, args.resume, args.readable, ns)
+        return f"exported {written} episodes from {describe(own)} to {out} (last seq {last})"
+
+    jobs = [(ns, args.out / f"{ns}.jsonl" if args.all else args.out) for ns in names]
+    return _per_namespace(cfg, jobs, work)
 
 
 def run_import(args: argparse.Namespace) -> int:
     if args.batch < 1:
         print("error: --batch must be >= 1", file=sys.stderr)
         return 2
+    if len(args.namespace) > 1 or (args.all and args.namespace):
+        print(
+            "error: --namespace: give one namespace for one file; with --all each file goes to "
+            "the namespace its header names",
+            file=sys.stderr,
+        )
+        return 2
     try:
         cfg = vault_config(args.backend)
-        backend = open_backend(cfg)
-    except (SpecError, BackendError) as exc:
+        files = sorted(args.src.glob("*.jsonl")) if args.all else [args.src]
+        plan = [(f, args.namespace[0] if args.namespace else file_namespace(f)) for f in files]
+        if args.namespace:
+            check_namespace(args.namespace[0], "--namespace")
+    except (SpecError, InvalidNamespace, TransferError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    start = time.perf_counter()
-    try:
-        counts = import_file(backend, cfg, args.src, describe(cfg), args.resume, args.batch)
-    except (TransferError, BackendError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        backend.close()
-    seconds = time.perf_counter() - start
-    print(
-        f"imported into {describe(cfg)}: {counts.created} created, {counts.existing} existing, "
-        f"{counts.consolidated} marked consolidated, {counts.skipped} skipped (resume) "
-        f"in {seconds:.1f} s"
-    )
+
+    def work(backend: VaultBackend, own: VaultConfig, ns: str, src: Path) -> str:
+        counts = import_file(backend, own, src, describe(own), args.resume, args.batch)
+        return (
+            f"imported {src.name} into {describe(own)}: {counts.created} created, "
+            f"{counts.existing} existing, {counts.consolidated} marked consolidated, "
+            f"{counts.skipped} skipped (resume)"
+        )
+
+    return _per_namespace(cfg, [(ns, src) for src, ns in plan], work)
+
+
+def _per_namespace(
+    cfg: VaultConfig,
+    jobs: list[tuple[str, Path]],
+    work: Callable[[VaultBackend, VaultConfig, str, Path], str],
+) -> int:
+    """Run ``work`` on each (namespace, file) with the namespace's store open; one line each,
+    naming the namespace. Exit 2 when a store cannot be opened, 1 when the work fails."""
+    for ns, path in jobs:
+        own = namespace_config(cfg, ns)
+        start = time.perf_counter()
+        try:
+            backend = open_backend(own)
+        except BackendError as exc:
+            print(f"error: namespace {ns}: {exc}", file=sys.stderr)
+            return 2
+        try:
+            done = work(backend, own, ns, path)
+        except (TransferError, BackendError, OSError) as exc:
+            print(f"error: namespace {ns}: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            backend.close()
+        print(f"namespace {ns}: {done} in {time.perf_counter() - start:.1f} s")
     return 0
 
 
