@@ -4,14 +4,18 @@ and learner state come back as they were, and a namespace the backup does not ho
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import psycopg
 
 from mcp_services.common.config import load_config
 from mcp_services.common.namespaces import DEFAULT
 from mcp_services.episodic_vault.backends import open_backend
-from mcp_services.episodic_vault.namespaces import namespace_config
+from mcp_services.episodic_vault.namespaces import namespace_config, postgres_schema
 from mcp_services.ops.transfer import iter_backend
 from tests.conftest import service_environ
+from tests.episodic_vault.test_backend_contract import POSTGRES_DSN
 from tests.ops.runner import ops
 from tests.ops.test_backup import N, _populate
 
@@ -108,3 +112,52 @@ def test_restore_with_force_replaces_each_namespace_and_leaves_others_alone(
     assert _files(root / "graphs" / "namespaces" / "bob") == _files(
         tmp_path / "src" / "graphs" / "namespaces" / "bob"
     )
+
+
+def _only_the_vault_names_namespaces(root: Path) -> None:
+    """Remove the graph, pruner and learner directories of other namespaces under root."""
+    for where in [p for p in root.rglob("namespaces") if p.is_dir()]:
+        shutil.rmtree(where)
+
+
+def test_a_redis_vault_backs_up_every_namespace_and_postgres_asks_for_unnamed_ones(
+    tmp_path: Path, redis_prefix: str, pg_schema: str
+) -> None:
+    """Redis: bob's keys are found and his episodes restored into bob's keys of a fresh prefix.
+    PostgreSQL: a schema of a namespace nothing else names refuses the backup, naming the
+    schema and --namespace; with --namespace bob his episodes are in the backup."""
+    src = service_environ(
+        tmp_path / "src", VAULT_BACKEND="redis", VAULT_REDIS_KEY_PREFIX=redis_prefix
+    )
+    for ns in (DEFAULT, "bob"):
+        _populate(src, ns)
+    _only_the_vault_names_namespaces(tmp_path / "src")
+    out = tmp_path / "redis-backup"
+    made = ops(src, "backup", "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    assert "namespace bob: vault    1 file(s)" in made.stdout
+    dst = service_environ(
+        tmp_path / "dst", VAULT_BACKEND="redis", VAULT_REDIS_KEY_PREFIX=f"{redis_prefix}copy:"
+    )
+    done = ops(dst, "restore", "--from", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"namespace bob: vault: {N} episodes" in done.stdout
+    for ns in (DEFAULT, "bob"):
+        assert _episodes(dst, ns) == _episodes(src, ns)
+
+    pg = service_environ(tmp_path / "pg", VAULT_BACKEND="postgres", VAULT_POSTGRES_SCHEMA=pg_schema)
+    bob_schema = postgres_schema(pg_schema, "bob")
+    try:
+        for ns in (DEFAULT, "bob"):
+            _populate(pg, ns)
+        _only_the_vault_names_namespaces(tmp_path / "pg")
+        refused = ops(pg, "backup", "--out", str(tmp_path / "pg-1"))
+        assert refused.returncode == 1 and bob_schema in refused.stderr
+        assert "--namespace NS" in refused.stderr
+        named = ops(pg, "backup", "--out", str(tmp_path / "pg-2"), "--namespace", "bob")
+        assert named.returncode == 0, named.stderr
+        manifest = json.loads((tmp_path / "pg-2" / "manifest.json").read_text())
+        assert manifest["namespaces"]["bob"]["vault"]["episodes"] == N
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{bob_schema}" CASCADE')
