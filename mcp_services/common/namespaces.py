@@ -54,12 +54,19 @@ def check_namespace(name: str, where: str = HEADER) -> str:
 
 
 def namespace_of(metadata: Iterable[tuple[str, Any]] | None) -> str:
-    """The namespace a call's metadata names (``default`` when it names none)."""
-    for key, value in metadata or ():
-        if key == HEADER:
-            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-            return check_namespace(text)
-    return DEFAULT
+    """The namespace a call's metadata names (``default`` when it names none).
+
+    The header must come at most once: with two, a proxy or another reader could take the other
+    one than this service does, so the call is refused rather than one of them chosen.
+    """
+    names = [
+        value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        for key, value in metadata or ()
+        if key == HEADER
+    ]
+    if len(names) > 1:
+        raise InvalidNamespace(f"{HEADER}: sent {len(names)} times; send it once")
+    return check_namespace(names[0]) if names else DEFAULT
 
 
 def namespace_metadata(namespace: str) -> tuple[tuple[str, str], ...]:

@@ -161,6 +161,21 @@ class TestRefusals:
         data = Path(v.settings.vault.sqlite.path).parent
         assert not (data / "namespaces").exists()
 
+    def test_the_header_sent_twice_is_refused(self, start_vault: VaultFactory) -> None:
+        """Two x-tori-namespace values are INVALID_ARGUMENT (never one of them picked, which a
+        proxy might pick differently), and nothing is stored in either namespace."""
+        v = start_vault(vault={"backend": "sqlite", "embedding_dim": 8})
+        with pytest.raises(grpc.RpcError) as err:
+            v.stub.PutEpisode(
+                pb.PutEpisodeRequest(episode=episode(1, "x")),
+                metadata=((HEADER, "alice"), (HEADER, "bob")),
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "sent 2 times" in (err.value.details() or "")
+        assert v.count() == 0
+        data = Path(v.settings.vault.sqlite.path).parent
+        assert not (data / "namespaces").exists()
+
 
 class TestStorage:
     def test_a_namespace_survives_a_restart_beside_the_default_store(
