@@ -295,8 +295,10 @@ class NamespaceUnits(Generic[U]):
 
 
 def quiet_bus(settings: Settings, service: str) -> EventBus:
-    """An event bus that publishes nothing: a non-default namespace's units announce nothing
-    (the events carry no namespace, so the default namespace's consumers would act on them)."""
+    """An event bus that publishes nothing: a non-default namespace's pruner and learner units
+    announce nothing (their events carry no namespace, so the default namespace's consumers
+    would act on them; consolidation.completed, which names its namespace, goes on the real
+    bus)."""
     return EventBus(settings.redis.model_copy(update={"url": ""}), service, CollectorRegistry())
 
 

@@ -35,6 +35,7 @@ from ulid import ULID
 
 from mcp_services.common.config_schema import SleepSchedulerConfig
 from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED, EventBus, new_header
+from mcp_services.common.namespaces import DEFAULT
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.sleep_scheduler.cycle import CycleOutput, run_cycle
 from mcp_services.sleep_scheduler.domain import ConsolidationConfig, CycleStats
@@ -200,8 +201,10 @@ class Consolidator:
         knobs: Knobs,
         executor: Executor,
         service_name: str = "sleep-scheduler",
+        namespace: str = DEFAULT,
     ) -> None:
         self.store = store
+        self.namespace = namespace  # named in consolidation.completed
         self.vault = vault
         self.lease = lease
         self.bus = bus
@@ -452,6 +455,7 @@ class Consolidator:
                 graph_version=stored.meta.version,
                 episodes_processed=job.episodes,
                 energy_delta=s.energy_delta,
+                namespace=self.namespace,
             ),
         )
         log.info(

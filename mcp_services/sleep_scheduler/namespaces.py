@@ -4,10 +4,10 @@ A namespace's **unit** is what the scheduler keeps for it: a graph store, a vaul
 reads and marks that namespace's episodes (x-tori-namespace on every call), a consolidator with
 knobs of its own (auto-tuning one namespace never moves another's T0 or eta), a lease of its own,
 its job list and its schedule. The default namespace's unit is the service's own (today's graph
-directory, metrics, cron, pressure trigger, config reload, events), so a deployment with one
-namespace behaves as before. Another namespace ``ns`` keeps its graph under
-``<graph dir>/namespaces/<ns>/`` and is made at its first call; its cycles publish no events (the
-pruner and learner serve the default namespace only) and its metrics are not exported (series per
+directory, metrics, cron, pressure trigger, config reload), so a deployment with one namespace
+behaves as before. Another namespace ``ns`` keeps its graph under ``<graph dir>/namespaces/<ns>/``
+and is made at its first call; its cycles publish ``consolidation.completed`` naming ``ns`` (the
+pruner prunes that namespace's graph after it) and its metrics are not exported (series per
 tenant would be unbounded and could name tenants to every scraper).
 
 common.namespaces.NamespaceUnits answers each RPC from the calling namespace's unit.
@@ -25,7 +25,8 @@ from prometheus_client import CollectorRegistry
 
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config_schema import Settings
-from mcp_services.common.namespaces import NamespaceUnits, namespace_dir, quiet_bus
+from mcp_services.common.event_bus import EventBus
+from mcp_services.common.namespaces import NamespaceUnits, namespace_dir
 from mcp_services.common.stream_limits import StreamLimits
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
 from mcp_services.sleep_scheduler.consolidator import Consolidator, Knobs
@@ -73,10 +74,12 @@ def scheduler_units(
     io: Executor,
     numerics: Executor,
     streams: StreamLimits,
+    bus: EventBus,
 ) -> NamespaceUnits[SchedulerUnit]:
     """The scheduler's units: ``default`` (the service's own), the others made at first call.
     ``streams`` is the service's one set of CommitGraph bounds, shared by every unit (the cap on
-    concurrent streams is per service, not per namespace)."""
+    concurrent streams is per service, not per namespace); ``bus`` the service's event bus, on
+    which each unit's consolidation.completed names its namespace."""
     cfg = settings.sleep_scheduler
 
     def make(namespace: str) -> SchedulerUnit:
@@ -86,10 +89,11 @@ def scheduler_units(
             store,
             vault,
             Lease(settings.redis, cfg.lease_ttl_s, f"{LEASE_KEY}:{namespace}"),
-            quiet_bus(settings, "sleep-scheduler"),
+            bus,
             SleepMetrics(CollectorRegistry()),
             Knobs.of(cfg),
             numerics,
+            namespace=namespace,
         )
         scheduler = Scheduler(consolidator)
         servicer = servicer_of(

@@ -190,6 +190,7 @@ class SleepSchedulerService:
             self._io,
             self._numerics,
             self._commit_streams,
+            self._ctx.bus,
         )
         add_scoped_servicer(
             sleep_pb2_grpc.add_SleepSchedulerServicer_to_server,

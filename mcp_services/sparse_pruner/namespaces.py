@@ -3,10 +3,12 @@
 A namespace's **unit** is a scheduler client that reads and commits that namespace's graph only
 (x-tori-namespace on every call), a pruning engine with knobs of its own, its backups under
 ``<backup dir>/namespaces/<ns>/``, its jobs and its schedule. The default namespace's unit is the
-service's own (today's backup directory, metrics, schedule, the prune after each consolidation,
-config reload), so one namespace behaves as before. Another namespace's unit is made at its first
-call; it prunes when asked (memory.prune, TriggerPruning, SchedulePruning), publishes no events
-and exports no metrics (series per tenant would be unbounded and would name tenants).
+service's own (today's backup directory, metrics, schedule, config reload), so one namespace
+behaves as before. Another namespace's unit is made at its first call or at the first
+consolidation.completed event naming it; it prunes when asked (memory.prune, TriggerPruning,
+SchedulePruning) and after each consolidation of its namespace (:class:`ConsolidationRouter`),
+publishes no events and exports no metrics (series per tenant would be unbounded and would name
+tenants).
 """
 
 from __future__ import annotations
@@ -14,19 +16,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config_schema import Settings
-from mcp_services.common.namespaces import NamespaceUnits, namespace_dir, quiet_bus
+from mcp_services.common.namespaces import (
+    DEFAULT,
+    InvalidNamespace,
+    NamespaceUnits,
+    TooManyNamespaces,
+    check_namespace,
+    namespace_dir,
+    quiet_bus,
+)
+from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2
 from mcp_services.sparse_pruner.backups import BackupStore
 from mcp_services.sparse_pruner.engine import PruningEngine
 from mcp_services.sparse_pruner.knobs import Knobs
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
-from mcp_services.sparse_pruner.schedule import Schedule
+from mcp_services.sparse_pruner.schedule import ConsolidationTrigger, Schedule
 from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
 from mcp_services.sparse_pruner.servicer import SparsePrunerServicer
+
+log = structlog.get_logger(__name__)
 
 MAX_NAMESPACES = 256
 SERVICE = pruner_pb2.DESCRIPTOR.services_by_name["SparsePruner"]
@@ -40,11 +55,13 @@ class PrunerUnit:
     engine: PruningEngine
     schedule: Schedule
     servicer: SparsePrunerServicer
+    trigger: ConsolidationTrigger
 
     async def start(self) -> None:
         pass  # nothing to load: its stores opened when it was made
 
     async def close(self) -> None:
+        await self.trigger.stop()
         await self.schedule.stop()
         await self.engine.close()
         await self.client.close()
@@ -64,7 +81,8 @@ def pruner_unit(settings: Settings, backups: Path, namespace: str) -> PrunerUnit
         auto_tune_cooldown_s=cfg.auto_tune_cooldown_s,
     )
     schedule = Schedule(engine, 0.0, cfg.schedule_dry_run)
-    return PrunerUnit(client, engine, schedule, SparsePrunerServicer(engine, schedule))
+    servicer = SparsePrunerServicer(engine, schedule)
+    return PrunerUnit(client, engine, schedule, servicer, ConsolidationTrigger(engine))
 
 
 def pruner_units(
@@ -74,3 +92,24 @@ def pruner_units(
     return NamespaceUnits(
         SERVICE, default, lambda ns: pruner_unit(settings, backups, ns), MAX_NAMESPACES
     )
+
+
+class ConsolidationRouter:
+    """Hands each consolidation.completed event to the trigger of the namespace it names (none:
+    the default, as a scheduler before namespaces sends), so a consolidation prunes that
+    namespace's graph only. An event naming no valid namespace, or one beyond the pruner's
+    namespace limit, is logged and dropped: an event is a trigger, never the source of truth."""
+
+    def __init__(self, units: NamespaceUnits[PrunerUnit]) -> None:
+        self._units = units
+
+    async def on_event(self, channel: str, event: Message) -> None:
+        if not isinstance(event, events_pb2.ConsolidationCompleted):
+            return
+        try:
+            namespace = check_namespace(event.namespace or DEFAULT, "consolidation event")
+            unit = self._units.open(namespace)
+        except (InvalidNamespace, TooManyNamespaces) as exc:
+            log.warning("consolidation_event_dropped", job=event.job_id, reason=str(exc))
+            return
+        await unit.trigger.on_event(channel, event)

@@ -27,7 +27,7 @@ from mcp_services.sparse_pruner.backups import BackupStore
 from mcp_services.sparse_pruner.engine import PruningEngine
 from mcp_services.sparse_pruner.knobs import KnobError, Knobs
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
-from mcp_services.sparse_pruner.namespaces import PrunerUnit, pruner_units
+from mcp_services.sparse_pruner.namespaces import ConsolidationRouter, PrunerUnit, pruner_units
 from mcp_services.sparse_pruner.schedule import ConsolidationTrigger, Schedule
 from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
 from mcp_services.sparse_pruner.servicer import SparsePrunerServicer
@@ -64,8 +64,9 @@ class SparsePrunerService:
         self.trigger = ConsolidationTrigger(self.engine)
         # One pruner per namespace, each over its namespace's graph; the default is this one.
         servicer = SparsePrunerServicer(self.engine, self.schedule)
-        default = PrunerUnit(self.client, self.engine, self.schedule, servicer)
+        default = PrunerUnit(self.client, self.engine, self.schedule, servicer, self.trigger)
         self._units = pruner_units(settings, backup_root(settings), default)
+        self._router = ConsolidationRouter(self._units)
 
     def register(self, server: grpc.aio.Server) -> None:
         add_scoped_servicer(
@@ -77,7 +78,7 @@ class SparsePrunerService:
 
     async def start(self) -> None:
         self.schedule.start()
-        self._bus.subscribe([CONSOLIDATION_COMPLETED], self.trigger.on_event)
+        self._bus.subscribe([CONSOLIDATION_COMPLETED], self._router.on_event)
 
     async def stop(self) -> None:
         await self._units.close()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btori/events/v1/events.proto\x12\x0etori.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x0b\x45ventHeader\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\nemitted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esource_service\x18\x03 \x01(\t\"\xd6\x01\n\rEpisodeStored\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tori.events.v1.EventHeader\x12\x12\n\nepisode_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x13\n\x0bsource_type\x18\x06 \x01(\t\x12\x15\n\rconcept_count\x18\x07 \x01(\x05\x12\x0e\n\x06\x65nergy\x18\x08 \x01(\x01\"\x9e\x01\n\x16\x43onsolidationCompleted\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tori.events.v1.EventHeader\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x15\n\rgraph_version\x18\x03 \x01(\x03\x12\x1a\n\x12\x65pisodes_processed\x18\x04 \x01(\x05\x12\x14\n\x0c\x65nergy_delta\x18\x05 \x01(\x01\"\xab\x01\n\x0bGraphPruned\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tori.events.v1.EventHeader\x12\x15\n\rgraph_version\x18\x02 \x01(\x03\x12\x14\n\x0c\x65\x64ges_before\x18\x03 \x01(\x03\x12\x13\n\x0b\x65\x64ges_after\x18\x04 \x01(\x03\x12\x16\n\x0equality_before\x18\x05 \x01(\x01\x12\x15\n\rquality_after\x18\x06 \x01(\x01\"p\n\x0cModesUpdated\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tori.events.v1.EventHeader\x12\x12\n\nmode_count\x18\x02 \x01(\x05\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x11\n\tpsi_drift\x18\x04 \x01(\x01\"q\n\x10\x43ouplingsUpdated\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tori.events.v1.EventHeader\x12\x16\n\x0e\x63oupling_count\x18\x02 \x01(\x05\x12\x18\n\x10oscillator_count\x18\x03 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btori/events/v1/events.proto\x12\x0etori.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x0b\x45ventHeader\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\nemitted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esource_service\x18\x03 \x01(\t\"\xd6\x01\n\rEpisodeStored\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tori.events.v1.EventHeader\x12\x12\n\nepisode_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x13\n\x0bsource_type\x18\x06 \x01(\t\x12\x15\n\rconcept_count\x18\x07 \x01(\x05\x12\x0e\n\x06\x65nergy\x18\x08 \x01(\x01\"\xb1\x01\n\x16\x43onsolidationCompleted\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tori.events.v1.EventHeader\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x15\n\rgraph_version\x18\x03 \x01(\x03\x12\x1a\n\x12\x65pisodes_processed\x18\x04 \x01(\x05\x12\x14\n\x0c\x65nergy_delta\x18\x05 \x01(\x01\x12\x11\n\tnamespace\x18\x06 \x01(\t\"\xab\x01\n\x0bGraphPruned\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tori.events.v1.EventHeader\x12\x15\n\rgraph_version\x18\x02 \x01(\x03\x12\x14\n\x0c\x65\x64ges_before\x18\x03 \x01(\x03\x12\x13\n\x0b\x65\x64ges_after\x18\x04 \x01(\x03\x12\x16\n\x0equality_before\x18\x05 \x01(\x01\x12\x15\n\rquality_after\x18\x06 \x01(\x01\"p\n\x0cModesUpdated\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tori.events.v1.EventHeader\x12\x12\n\nmode_count\x18\x02 \x01(\x05\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x11\n\tpsi_drift\x18\x04 \x01(\x01\"q\n\x10\x43ouplingsUpdated\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tori.events.v1.EventHeader\x12\x16\n\x0e\x63oupling_count\x18\x02 \x01(\x05\x12\x18\n\x10oscillator_count\x18\x03 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,11 +37,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EPISODESTORED']._serialized_start=186
   _globals['_EPISODESTORED']._serialized_end=400
   _globals['_CONSOLIDATIONCOMPLETED']._serialized_start=403
-  _globals['_CONSOLIDATIONCOMPLETED']._serialized_end=561
-  _globals['_GRAPHPRUNED']._serialized_start=564
-  _globals['_GRAPHPRUNED']._serialized_end=735
-  _globals['_MODESUPDATED']._serialized_start=737
-  _globals['_MODESUPDATED']._serialized_end=849
-  _globals['_COUPLINGSUPDATED']._serialized_start=851
-  _globals['_COUPLINGSUPDATED']._serialized_end=964
+  _globals['_CONSOLIDATIONCOMPLETED']._serialized_end=580
+  _globals['_GRAPHPRUNED']._serialized_start=583
+  _globals['_GRAPHPRUNED']._serialized_end=754
+  _globals['_MODESUPDATED']._serialized_start=756
+  _globals['_MODESUPDATED']._serialized_end=868
+  _globals['_COUPLINGSUPDATED']._serialized_start=870
+  _globals['_COUPLINGSUPDATED']._serialized_end=983
 # @@protoc_insertion_point(module_scope)

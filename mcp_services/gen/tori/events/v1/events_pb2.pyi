@@ -109,11 +109,16 @@ class ConsolidationCompleted(_message.Message):
     GRAPH_VERSION_FIELD_NUMBER: _builtins.int
     EPISODES_PROCESSED_FIELD_NUMBER: _builtins.int
     ENERGY_DELTA_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     graph_version: _builtins.int
     """The graph version committed by the cycle."""
     episodes_processed: _builtins.int
     energy_delta: _builtins.float
+    namespace: _builtins.str
+    """The namespace whose graph the cycle committed ("" from a release before namespaces: the
+    default); a consumer acts on that namespace's data only.
+    """
     @_builtins.property
     def header(self) -> Global___EventHeader: ...
     def __init__(
@@ -124,10 +129,11 @@ class ConsolidationCompleted(_message.Message):
         graph_version: _builtins.int = ...,
         episodes_processed: _builtins.int = ...,
         energy_delta: _builtins.float = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["energy_delta", b"energy_delta", "episodes_processed", b"episodes_processed", "graph_version", b"graph_version", "header", b"header", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["energy_delta", b"energy_delta", "episodes_processed", b"episodes_processed", "graph_version", b"graph_version", "header", b"header", "job_id", b"job_id", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
