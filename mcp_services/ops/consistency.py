@@ -15,7 +15,7 @@ two fleets, e.g. an original and its restored backup. Exit codes: 0 consistent, 
 
 Every namespace is checked unless ``--namespace NS`` picks some: a check is asked "is my data
 consistent", and a tenant left out would pass unseen. Each line of output starts with
-``namespace <ns>:``; with more than one namespace a last line gives the verdict over all. Two
+``namespace <ns>:`` but the last, the verdict over all (``consistent`` or ``NOT consistent``). Two
 backends' namespaces are those either store lists (a PostgreSQL store lists none: name them);
 one held by one side only is a difference. With ``--services`` the namespaces are those the fleet
 holds (ops.fleet_namespaces), and ``--json`` keeps the default's report at the top with the
@@ -196,8 +196,8 @@ def run_services(args: argparse.Namespace) -> int:
     else:
         for ns, report in reports.items():
             print("\n".join(f"namespace {ns}: {line}" for line in report.lines()))
-        if len(reports) > 1:
-            print("consistent" if code == 0 else f"NOT consistent (exit {code})")
+        # The verdict over every namespace, last as before namespaces (scripts read that line).
+        print("consistent" if code == 0 else f"NOT consistent (exit {code})")
     return code
 
 
@@ -260,8 +260,7 @@ def run(args: argparse.Namespace) -> int:
     for ns, report in reports.items():
         print("\n".join(f"namespace {ns}: {line}" for line in report.lines()))
     consistent = all(r.consistent for r in reports.values())
-    if len(reports) > 1:
-        print("consistent" if consistent else "NOT consistent")
+    print("consistent" if consistent else "NOT consistent")  # over every namespace, last
     return 0 if consistent else 1
 
 

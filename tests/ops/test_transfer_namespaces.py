@@ -128,7 +128,8 @@ class TestOneNamespace:
             "--namespace", "bob",
         )  # fmt: skip
         assert verified.returncode == 0, verified.stdout
-        assert all(line.startswith("namespace bob: ") for line in verified.stdout.splitlines())
+        *lines, verdict = verified.stdout.splitlines()
+        assert all(line.startswith("namespace bob: ") for line in lines) and verdict == "consistent"
 
     def test_a_header_naming_a_path_is_refused_before_anything_is_written(
         self, source: str, tmp_path: Path
