@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, replace
 
 from mcp_services.common.config_schema import SparsePrunerConfig
+from mcp_services.common.errors import InputError
 from mcp_services.sparse_pruner.domain import PruneSettings
 
 # lam = TAU_UNIT * tau * lambda_max; see the module docstring.
@@ -31,7 +32,7 @@ TAU_UNIT = 100.0
 TAU_MAX = 1.0 / TAU_UNIT
 
 
-class KnobError(ValueError):
+class KnobError(InputError):
     """A knob is out of range; the message names it and says what is allowed."""
 
 

@@ -3,7 +3,7 @@
 INVALID_ARGUMENT names the field and the fix and changes nothing; NOT_FOUND for an unknown job or
 backup; FAILED_PRECONDITION for cancelling a finished job or restoring a backup onto another
 graph, or a rollback that kept conflicting; RESOURCE_EXHAUSTED while a job runs; UNAVAILABLE when
-the SleepScheduler does not answer.
+the SleepScheduler does not answer (ERRORS below; anything else is INTERNAL).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from typing import NoReturn
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from mcp_services.common.rpc import ErrorMap, Status, abort, errors
+from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
 from mcp_services.sparse_pruner.backups import BackupCorrupt, BackupInfo, BackupNotFound
 from mcp_services.sparse_pruner.engine import (
@@ -57,15 +57,27 @@ _STATES = {
 }
 
 
-async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> NoReturn:
-    await context.abort(code, msg)
-    raise AssertionError("context.abort returned")  # abort always raises
-
-
-def _ts(ms: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+ERRORS = ErrorMap(
+    {
+        JobBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        JobNotFound: Status(grpc.StatusCode.NOT_FOUND, "job_id: no job {exc}"),
+        JobFinished: grpc.StatusCode.FAILED_PRECONDITION,
+        BackupNotFound: Status(
+            grpc.StatusCode.NOT_FOUND,
+            "backup_id: no backup {exc} (see ListBackups; old ones are dropped by "
+            "backup_retention)",
+        ),
+        BackupCorrupt: grpc.StatusCode.DATA_LOSS,
+        RollbackImpossible: grpc.StatusCode.FAILED_PRECONDITION,
+        SchedulerUnavailable: Status(grpc.StatusCode.UNAVAILABLE, "{exc}; retry when it is back"),
+        VersionGone: grpc.StatusCode.NOT_FOUND,
+        VersionConflict: Status(grpc.StatusCode.FAILED_PRECONDITION, "{exc}; try again"),
+        SchedulerError: grpc.StatusCode.INTERNAL,
+    }
+)
+# Run options arrive under `options` in TriggerPruning and PreviewPruning.
+_OPTIONS = errors({KnobError: Status(_INVALID, "options.{exc}")})
 
 
 def overrides_of(options: pruner_pb2.PruneOptions) -> RunOverrides:
@@ -88,7 +100,7 @@ def job_message(job: Job) -> pruner_pb2.PruningJob:
         state=_STATES[job.state],
         dry_run=job.dry_run,
         trigger=job.trigger,
-        created_at=_ts(job.created_at_ms),
+        created_at=timestamp_of_ms(job.created_at_ms),
         base_version=job.base_version,
         committed_version=job.committed_version,
         edges_before=job.edges_before,
@@ -104,7 +116,7 @@ def job_message(job: Job) -> pruner_pb2.PruningJob:
         quality_stderr=job.quality_stderr,
     )
     if job.finished_at_ms:
-        msg.finished_at.CopyFrom(_ts(job.finished_at_ms))
+        msg.finished_at.CopyFrom(timestamp_of_ms(job.finished_at_ms))
     if job.solver is not None:
         s = job.solver
         msg.solver.CopyFrom(
@@ -127,7 +139,7 @@ def backup_message(info: BackupInfo) -> pruner_pb2.Backup:
         graph_version=info.graph_version,
         pruned_version=info.pruned_version,
         job_id=info.job_id,
-        created_at=_ts(info.created_at_ms),
+        created_at=timestamp_of_ms(info.created_at_ms),
         concept_count=info.concept_count,
         edge_count=info.edge_count,
     )
@@ -137,19 +149,11 @@ def backup_message(info: BackupInfo) -> pruner_pb2.Backup:
 _YEAR_S = 365.0 * 24 * 3600
 
 
+@ERRORS.servicer
 class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
     def __init__(self, engine: PruningEngine, schedule: Schedule) -> None:
         self._engine = engine
         self._schedule = schedule
-
-    async def _scheduler(self, context: grpc.aio.ServicerContext, exc: SchedulerError) -> NoReturn:
-        if isinstance(exc, SchedulerUnavailable):
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"{exc}; retry when it is back")
-        if isinstance(exc, VersionGone):
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        if isinstance(exc, VersionConflict):
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{exc}; try again")
-        await _abort(context, grpc.StatusCode.INTERNAL, str(exc))
 
     def _config(self) -> pruner_pb2.PrunerConfig:
         k = self._engine.knobs
@@ -172,6 +176,7 @@ class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
     ) -> pruner_pb2.PrunerConfig:
         return self._config()
 
+    @errors({KnobError: Status(_INVALID, "{exc}; nothing was changed")})
     async def UpdateConfig(
         self, request: pruner_pb2.UpdateConfigRequest, context: grpc.aio.ServicerContext
     ) -> pruner_pb2.PrunerConfig:
@@ -181,24 +186,17 @@ class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
             "trigger_on_consolidation", "max_conflict_retries",
         )  # fmt: skip
         changes = {f: getattr(request, f) for f in fields if request.HasField(f)}  # type: ignore[arg-type]
-        try:
-            knobs = self._engine.knobs.updated(**changes)
-        except KnobError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{exc}; nothing was changed")
+        knobs = self._engine.knobs.updated(**changes)
         self._engine.set_knobs(knobs)
         return self._config()
 
+    @_OPTIONS
     async def TriggerPruning(
         self, request: pruner_pb2.TriggerPruningRequest, context: grpc.aio.ServicerContext
     ) -> pruner_pb2.PruningJob:
-        try:
-            job = self._engine.submit(
-                "rpc", request.dry_run, overrides_of(request.options), request.reason
-            )
-        except KnobError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"options.{exc}")
-        except JobBusy as exc:
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        job = self._engine.submit(
+            "rpc", request.dry_run, overrides_of(request.options), request.reason
+        )
         if request.background:
             return job_message(job)
         try:
@@ -212,25 +210,14 @@ class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
     async def GetPruningStatus(
         self, request: pruner_pb2.GetPruningStatusRequest, context: grpc.aio.ServicerContext
     ) -> pruner_pb2.PruningJob:
-        try:
-            return job_message(self._engine.get(request.job_id))
-        except JobNotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"job_id: no job {exc}")
+        return job_message(self._engine.get(request.job_id))
 
     async def CancelPruning(
         self, request: pruner_pb2.CancelPruningRequest, context: grpc.aio.ServicerContext
     ) -> pruner_pb2.PruningJob:
         if not request.job_id:
-            await _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, "job_id: empty; pass the job to cancel"
-            )
-        try:
-            job = self._engine.cancel(request.job_id)
-        except JobNotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"job_id: no job {exc}")
-        except JobFinished as exc:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        return job_message(job)
+            await abort(context, _INVALID, "job_id: empty; pass the job to cancel")
+        return job_message(self._engine.cancel(request.job_id))
 
     async def GetPruningStats(
         self, request: pruner_pb2.GetPruningStatsRequest, context: grpc.aio.ServicerContext
@@ -262,44 +249,41 @@ class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
         self, request: pruner_pb2.SchedulePruningRequest, context: grpc.aio.ServicerContext
     ) -> pruner_pb2.ScheduleInfo:
         if not (math.isfinite(request.interval_s) and 0.0 <= request.interval_s <= _YEAR_S):
-            await _abort(
+            await abort(
                 context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+                _INVALID,
                 f"interval_s: must be seconds in [0, {_YEAR_S:.0f}] (0: off; at most a year), "
                 f"got {request.interval_s}",
             )
         self._schedule.set(request.interval_s, request.dry_run)
         info = pruner_pb2.ScheduleInfo(interval_s=request.interval_s, dry_run=request.dry_run)
         if self._schedule.next_run_ms:
-            info.next_run_at.CopyFrom(_ts(self._schedule.next_run_ms))
+            info.next_run_at.CopyFrom(timestamp_of_ms(self._schedule.next_run_ms))
         return info
 
     async def GetEdgeUsage(
         self, request: pruner_pb2.GetEdgeUsageRequest, context: grpc.aio.ServicerContext
     ) -> pruner_pb2.GetEdgeUsageResponse:
         if request.graph_version < 0:
-            await _abort(
+            await abort(
                 context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+                _INVALID,
                 f"graph_version: {request.graph_version} is negative; 0 reads the latest",
             )
         if not 0 <= request.limit <= MAX_LIST:
-            await _abort(
+            await abort(
                 context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+                _INVALID,
                 f"limit: must be in [0, {MAX_LIST}] (0: {DEFAULT_USAGE_LIMIT}), got "
                 f"{request.limit}",
             )
-        try:
-            graph = await self._engine.client.read_graph(request.graph_version)
-        except SchedulerError as exc:
-            await self._scheduler(context, exc)
+        graph = await self._engine.client.read_graph(request.graph_version)
         concept: int | None = None
         if request.concept_id:
             try:
                 concept = graph.concept_ids.index(request.concept_id)
             except ValueError:
-                await _abort(
+                await abort(
                     context,
                     grpc.StatusCode.NOT_FOUND,
                     f"concept_id: {request.concept_id!r} is not in graph version {graph.version}",
@@ -332,25 +316,20 @@ class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
             ],
         )
 
+    @_OPTIONS
     async def PreviewPruning(
         self, request: pruner_pb2.PreviewPruningRequest, context: grpc.aio.ServicerContext
     ) -> pruner_pb2.PruningPreview:
         if not 0 <= request.limit <= MAX_LIST:
-            await _abort(
+            await abort(
                 context,
-                grpc.StatusCode.INVALID_ARGUMENT,
+                _INVALID,
                 f"limit: must be in [0, {MAX_LIST}] (0: {DEFAULT_PREVIEW_LIMIT}), got "
                 f"{request.limit}",
             )
         overrides = overrides_of(request.options)
-        try:
-            settings = run_settings(self._engine.knobs, overrides)
-        except KnobError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"options.{exc}")
-        try:
-            graph = await self._engine.client.read_graph(0)
-        except SchedulerError as exc:
-            await self._scheduler(context, exc)
+        run_settings(self._engine.knobs, overrides)  # bad options fail before the graph is read
+        graph = await self._engine.client.read_graph(0)
         settings = run_settings(self._engine.knobs, overrides, seed=graph.version)
         result = await self._engine.run_numerics(compute, graph, settings, lambda: False)
         job = Job("preview", "preview", True, overrides)
@@ -391,21 +370,7 @@ class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
     async def RollbackPruning(
         self, request: pruner_pb2.RollbackPruningRequest, context: grpc.aio.ServicerContext
     ) -> pruner_pb2.RollbackPruningResponse:
-        try:
-            info, version = await self._engine.rollback(request.backup_id, request.reason)
-        except BackupNotFound as exc:
-            await _abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                f"backup_id: no backup {exc} (see ListBackups; old ones are dropped by "
-                "backup_retention)",
-            )
-        except BackupCorrupt as exc:
-            await _abort(context, grpc.StatusCode.DATA_LOSS, str(exc))
-        except RollbackImpossible as exc:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except SchedulerError as exc:
-            await self._scheduler(context, exc)
+        info, version = await self._engine.rollback(request.backup_id, request.reason)
         return pruner_pb2.RollbackPruningResponse(
             backup=backup_message(info), restored_version=version
         )
