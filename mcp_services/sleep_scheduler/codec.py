@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-from google.protobuf.timestamp_pb2 import Timestamp
 from numpy.typing import NDArray
 
+from mcp_services.common.errors import InputError
+from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
 from mcp_services.sleep_scheduler.domain import (
     ConceptActivation,
@@ -31,14 +32,8 @@ _CHUNK_ID_BYTES = 2 << 20
 _CHUNK_PROTO_ENTRIES = 262_144
 
 
-class BadRequest(ValueError):
+class BadRequest(InputError):
     """A request field is malformed; the message names it and the fix."""
-
-
-def timestamp_of_ms(ms: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
 
 
 def header_of_meta(meta: GraphMeta) -> sleep_pb2.GraphHeader:

@@ -2,7 +2,8 @@
 
 Store and numerics run on worker threads; the event loop only moves messages. Status codes:
 INVALID_ARGUMENT (a field, named), NOT_FOUND (version not retained), FAILED_PRECONDITION (commit
-against a stale base), UNAVAILABLE (storage failed).
+against a stale base), UNAVAILABLE (storage failed): ERRORS below, which the servicer runs its RPCs
+in (anything unmapped is INTERNAL).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 import grpc
 import numpy as np
 import structlog
 
+from mcp_services.common.rpc import ErrorMap, abort
 from mcp_services.common.stream_limits import StreamLimits, StreamRefused
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
 from mcp_services.sleep_scheduler.codec import (
@@ -43,9 +45,21 @@ DEFAULT_MAX_SWEEPS = 100
 MAX_SWEEPS = 10_000
 
 
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> NoReturn:
-    await context.abort(code, msg)
-    raise AssertionError("context.abort returned")  # abort always raises
+
+class GraphStorageFailed(Exception):
+    """The graph store's disk failed (an OSError); the message names the directory to check."""
+
+
+# The graph RPCs' errors (BadRequest is an InputError: INVALID_ARGUMENT by default).
+ERRORS = ErrorMap(
+    {
+        InvalidGraph: grpc.StatusCode.INVALID_ARGUMENT,
+        VersionNotFound: grpc.StatusCode.NOT_FOUND,
+        VersionConflict: grpc.StatusCode.FAILED_PRECONDITION,
+        GraphStorageFailed: grpc.StatusCode.UNAVAILABLE,
+        StreamRefused: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 
 class GraphRpcs:
@@ -60,26 +74,16 @@ class GraphRpcs:
         # a draft is held in memory until the stream ends, so each one and their number are capped.
         self._streams = streams or StreamLimits(4, 1 << 30, "sleep_scheduler")
 
-    async def call(
-        self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: object
-    ) -> T:
-        """``fn(*args)`` on a worker thread, store errors mapped to status codes."""
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on a worker thread; a disk failure is GraphStorageFailed."""
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
-        except (BadRequest, InvalidGraph) as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except VersionNotFound as exc:
-            await abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        except VersionConflict as exc:
-            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except OSError as exc:
             log.error("graph_storage_failed", error=str(exc))
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                f"graph storage failed ({exc}); check the disk under {self.store.root}",
-            )
+            raise GraphStorageFailed(
+                f"graph storage failed ({exc}); check the disk under {self.store.root}"
+            ) from exc
 
     async def _version(self, context: grpc.aio.ServicerContext, version: int) -> StoredGraph:
         if version < 0:
@@ -88,17 +92,13 @@ class GraphRpcs:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"version={version} is negative: use 0 for the latest or a listed version",
             )
-        return await self.call(context, self.store.read, version)
+        return await self.call(self.store.read, version)
 
     async def read_graph(
         self, request: sleep_pb2.ReadGraphRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[sleep_pb2.GraphChunk]:
         stored = await self._version(context, request.version)
-        try:
-            chunks = list(graph_chunks(stored, request.chunk_edges))
-        except BadRequest as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        for chunk in chunks:
+        for chunk in list(graph_chunks(stored, request.chunk_edges)):
             yield chunk
 
     async def commit_graph(
@@ -107,22 +107,17 @@ class GraphRpcs:
         context: grpc.aio.ServicerContext,
     ) -> sleep_pb2.CommitGraphResponse:
         draft = GraphDraft()
-        try:
-            with self._streams.open() as budget:
-                async for chunk in request_iterator:
-                    budget.charge(chunk.ByteSize())
-                    draft.add(chunk)
-        except BadRequest as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except StreamRefused as exc:
-            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        with self._streams.open() as budget:
+            async for chunk in request_iterator:
+                budget.charge(chunk.ByteSize())
+                draft.add(chunk)
         if draft.header is None:
             await abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the stream carried no GraphChunk: send at least one chunk with the header",
             )
-        stored = await self.call(context, self._commit, draft)
+        stored = await self.call(self._commit, draft)
         log.info(
             "graph_committed",
             version=stored.meta.version,
@@ -176,7 +171,7 @@ class GraphRpcs:
     async def list_versions(
         self, context: grpc.aio.ServicerContext
     ) -> sleep_pb2.ListGraphVersionsResponse:
-        metas = await self.call(context, self.store.list_meta)
+        metas = await self.call(self.store.list_meta)
         return sleep_pb2.ListGraphVersionsResponse(
             versions=[sleep_pb2.GraphVersionInfo(header=header_of_meta(m)) for m in metas]
         )
@@ -185,15 +180,12 @@ class GraphRpcs:
         self, request: sleep_pb2.GetGraphStatsRequest, context: grpc.aio.ServicerContext
     ) -> sleep_pb2.GraphStats:
         stored = await self._version(context, request.version)
-        return await self.call(context, graph_stats, stored)
+        return await self.call(graph_stats, stored)
 
     async def complete(
         self, request: sleep_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> sleep_pb2.CompleteResponse:
-        try:
-            cue = cue_of_request(request)
-        except BadRequest as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        cue = cue_of_request(request)
         if not 0 <= request.max_sweeps <= MAX_SWEEPS:
             await abort(
                 context,
@@ -203,7 +195,7 @@ class GraphRpcs:
             )
         stored = await self._version(context, request.version)
         sweeps = request.max_sweeps or DEFAULT_MAX_SWEEPS
-        return await self.call(context, _complete, stored, cue, sweeps)
+        return await self.call(_complete, stored, cue, sweeps)
 
 
 def _complete(

@@ -11,10 +11,10 @@ import math
 import grpc
 import structlog
 
+from mcp_services.common.rpc import abort
+from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
-from mcp_services.sleep_scheduler.codec import timestamp_of_ms
 from mcp_services.sleep_scheduler.consolidator import Busy, Consolidator, Job, JobNotFound
-from mcp_services.sleep_scheduler.graph_servicer import abort
 from mcp_services.sleep_scheduler.lease import LeaseUnavailable
 from mcp_services.sleep_scheduler.triggers import Scheduler, ScheduleSpec
 from mcp_services.sleep_scheduler.vault_client import Selection

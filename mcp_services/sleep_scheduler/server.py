@@ -25,7 +25,7 @@ from mcp_services.common.server import Context, StartupError, run
 from mcp_services.common.stream_limits import StreamLimits
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.sleep_scheduler.consolidator import Consolidator, Knobs
-from mcp_services.sleep_scheduler.graph_servicer import GraphRpcs
+from mcp_services.sleep_scheduler.graph_servicer import ERRORS, GraphRpcs
 from mcp_services.sleep_scheduler.graph_store import GraphStore
 from mcp_services.sleep_scheduler.jobs_servicer import JobRpcs
 from mcp_services.sleep_scheduler.lease import Lease
@@ -59,6 +59,7 @@ def graph_dir(settings: Settings) -> Path:
     return resolve_path(cfg.graph_dir or Path(settings.paths.var_dir) / "graphs")
 
 
+@ERRORS.servicer
 class SleepSchedulerServicer(sleep_pb2_grpc.SleepSchedulerServicer):
     def __init__(self, graphs: GraphRpcs, jobs: JobRpcs) -> None:
         self._graphs = graphs
@@ -115,7 +116,7 @@ class SleepSchedulerServicer(sleep_pb2_grpc.SleepSchedulerServicer):
     async def GetReplayStats(
         self, request: sleep_pb2.GetReplayStatsRequest, context: grpc.aio.ServicerContext
     ) -> sleep_pb2.ReplayStats:
-        return await self._graphs.call(context, self._jobs.replay_stats)
+        return await self._graphs.call(self._jobs.replay_stats)
 
     async def UpdateConfig(
         self, request: sleep_pb2.UpdateConfigRequest, context: grpc.aio.ServicerContext
