@@ -25,16 +25,16 @@ import contextlib
 import os
 import socket
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from enum import Enum
 
 import structlog
-from ulid import ULID
 
+from mcp_services.common import jobs
 from mcp_services.common.config_schema import SleepSchedulerConfig
 from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED, EventBus, new_header
+from mcp_services.common.jobs import JobBusy, JobCancelled, JobRegistry, JobState
 from mcp_services.common.namespaces import DEFAULT
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.sleep_scheduler.cycle import CycleOutput, run_cycle
@@ -53,29 +53,8 @@ from mcp_services.sleep_scheduler.vault_client import (
 
 log = structlog.get_logger(__name__)
 
-HISTORY = 50
 COMMIT_ATTEMPTS = 3
 MARK_ATTEMPTS = 4
-
-
-class JobState(Enum):
-    PENDING = 1
-    RUNNING = 2
-    SUCCEEDED = 3
-    FAILED = 4
-    CANCELLED = 5
-
-
-class Busy(Exception):
-    """Another consolidation holds the lease (here or on another replica)."""
-
-
-class JobNotFound(KeyError):
-    """No job with that id is remembered."""
-
-
-class _Cancelled(Exception):
-    """Raised inside the cycle's epoch hook to stop it."""
 
 
 @dataclass
@@ -121,16 +100,14 @@ class Knobs:
         )
 
 
-@dataclass
-class Job:
-    """A consolidation job and its figures (what GetConsolidationStatus reports)."""
+@dataclass(kw_only=True, eq=False)
+class Job(jobs.Job):
+    """A consolidation job and its figures (what GetConsolidationStatus reports).
 
-    job_id: str
-    trigger: str
+    ``message`` is the error (or the cancel reason) of a job that did not succeed.
+    """
+
     selection: Selection
-    state: JobState = JobState.PENDING
-    phase: str = "pending"
-    progress: float = 0.0
     temperature: float = 0.0
     episodes: int = 0
     prototypes: int = 0
@@ -146,29 +123,18 @@ class Job:
     base_version: int = 0
     t0: float = 0.0
     eta: float = 0.0
-    error: str = ""
-    started_ms: int = 0
-    finished_ms: int = 0
     tuning: list[str] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     prototypes_faded: int = 0
     episodes_unassigned: int = 0
-    cancel_reason: str = ""
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
     def epoch_hook(self, epoch: int, max_epochs: int, temperature: float) -> None:
-        """Called on the worker thread after each sleep epoch."""
-        self.epochs = epoch
-        self.temperature = temperature
+        """Called on the worker thread after each sleep epoch: report, then stop if cancelled."""
         # Reading and merging are the first 10%, committing and marking the last 10%.
-        self.progress = 0.1 + 0.8 * min(1.0, epoch / max_epochs)
-        if self.cancel_reason:
-            raise _Cancelled(self.cancel_reason)
+        progress = 0.1 + 0.8 * min(1.0, epoch / max_epochs)
+        self.update(epochs=epoch, temperature=temperature, progress=progress)
+        self.cancel_token.check()
 
 
 @dataclass
@@ -179,6 +145,13 @@ class Totals:
     last_energy_delta: float = 0.0
     last_settle_loops: int = 0
     deltas: deque[float] = field(default_factory=lambda: deque(maxlen=8))
+
+
+def _busy(job: Job) -> str:
+    return (
+        f"consolidation job {job.job_id} is {job.state.value}: wait for it to finish "
+        "(GetConsolidationStatus) and start again"
+    )
 
 
 def _inactive_note(n: int) -> str:
@@ -213,7 +186,7 @@ class Consolidator:
         self._executor = executor
         self._service = service_name
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
-        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self.jobs: JobRegistry[Job] = JobRegistry("consolidation", _busy)
         self.totals = Totals()
         self.metrics.t0.set(knobs.t0)
         self.metrics.eta.set(knobs.eta)
@@ -222,70 +195,53 @@ class Consolidator:
 
     @property
     def running(self) -> Job | None:
-        for job in reversed(self.jobs.values()):
-            if not job.done:
-                return job
-        return None
+        return self.jobs.running(self.namespace)
 
     async def start(self, selection: Selection, trigger: str, wait: bool) -> Job:
         """Take the lease and start a job; with ``wait`` return once it has finished.
 
         Raises:
-            Busy: when a consolidation is running here or on another replica.
+            JobBusy: when a consolidation is running here or on another replica.
             LeaseUnavailable: when Redis cannot be reached to take the lease.
         """
-        job_id = str(ULID())
-        if not await self.lease.acquire(f"{self.replica}:{job_id}"):
+        job = Job(trigger=trigger or "unspecified", selection=selection)
+        # The lease first: it is what keeps one consolidation across replicas (the registry's
+        # single-flight only sees this one), and a busy fleet answers before any job exists.
+        if not await self.lease.acquire(f"{self.replica}:{job.job_id}"):
             holder = await self.lease.holder() if self.lease.distributed else None
             running = self.running
             who = f"job {running.job_id} here" if running else f"holder {holder or 'unknown'}"
-            raise Busy(
+            raise JobBusy(
                 f"another consolidation is running ({who}): wait for it to finish "
-                "(GetConsolidationStatus) and start again"
+                "(GetConsolidationStatus) and start again",
+                running,
             )
-        job = Job(job_id, trigger or "unspecified", selection)
-        job.started_ms = time.time_ns() // 1_000_000
-        self.jobs[job_id] = job
-        while len(self.jobs) > HISTORY:
-            self.jobs.popitem(last=False)
-        job.task = asyncio.create_task(self._run(job), name=f"consolidation-{job_id}")
+        try:
+            self.jobs.start(job, self._run, key=self.namespace)
+        except JobBusy:
+            await self.lease.release()
+            raise
         if wait:
+            assert job.task is not None
             # Shielded: a caller that gives up does not cancel the cycle (cancel it explicitly).
             await asyncio.shield(job.task)
         return job
 
-    def get(self, job_id: str) -> Job:
-        """The job ``job_id`` (empty: the newest).
+    async def cancel(self, job_id: str, reason: str = "cancelled by request") -> Job:
+        """Ask ``job_id`` to stop; returns it once stopped (or after 10 s, still stopping).
 
         Raises:
-            JobNotFound: if no such job is remembered.
+            JobNotFound: no such job is remembered.
         """
-        if not job_id:
-            if not self.jobs:
-                raise JobNotFound("no consolidation has run yet: start one first")
-            return next(reversed(self.jobs.values()))
-        try:
-            return self.jobs[job_id]
-        except KeyError:
-            raise JobNotFound(
-                f"no job {job_id!r}: this replica remembers its last {HISTORY} jobs"
-            ) from None
-
-    async def cancel(self, job_id: str, reason: str = "cancelled by request") -> Job:
-        """Ask ``job_id`` to stop; returns it once stopped (or after 10 s, still stopping)."""
-        job = self.get(job_id)
-        if not job.done:
-            job.cancel_reason = reason
-            if job.task is not None:
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(job.task), 10.0)
-        return job
+        job = self.jobs.get(job_id)
+        if job.finished:
+            return job
+        job.request_cancel(reason)
+        return await self.jobs.stopped(job)
 
     async def close(self) -> None:
         """Stop the running job (if any) and give the lease back."""
-        job = self.running
-        if job is not None:
-            await self.cancel(job.job_id, "service stopping")
+        await self.jobs.close("service stopping")
         await self.lease.close()
 
     # -- the cycle --------------------------------------------------------------------------
@@ -296,12 +252,11 @@ class Consolidator:
         watcher = asyncio.create_task(self._watch_lease(job, lost), name="lease-watch")
         t_start = time.perf_counter()
         outcome = "failed"
+        state, message = JobState.FAILED, ""
         try:
-            job.state = JobState.RUNNING
-            job.phase = "reading"
+            job.start_running("reading")
             batch = await self.vault.select(job.selection)
-            job.episodes = len(batch.ids)
-            job.progress = 0.05
+            job.update(episodes=len(batch.ids), progress=0.05)
             if not batch.ids:
                 latest = self.store.latest_version()
                 if batch.inactive and latest:
@@ -310,24 +265,28 @@ class Consolidator:
                     # empty cycles. Before the first graph there is no version to mark them with.
                     await self._mark(job, batch, latest)
                     job.notes = [_inactive_note(len(batch.inactive))]
-                job.phase, job.progress, job.state = "done", 1.0, JobState.SUCCEEDED
-                outcome = "empty"
+                job.update(phase="done", progress=1.0)
+                state, outcome = JobState.SUCCEEDED, "empty"
                 log.info("consolidation_empty", job_id=job.job_id, trigger=job.trigger)
                 return
             out, stored = await self._cycle_and_commit(job, batch)
-            job.phase = "marking"
-            job.progress = 0.95
+            job.update(phase="marking", progress=0.95)
             await self._mark(job, batch, stored.meta.version)
             self._finish(job, out, stored, batch)
-            outcome = "succeeded"
-        except _Cancelled as exc:
-            job.state, job.error, outcome = JobState.CANCELLED, str(exc), "cancelled"
+            state, outcome = JobState.SUCCEEDED, "succeeded"
+        except JobCancelled as exc:
+            state, message, outcome = JobState.CANCELLED, str(exc), "cancelled"
             log.warning("consolidation_cancelled", job_id=job.job_id, reason=str(exc))
+        except asyncio.CancelledError:
+            # The task itself was cancelled (close() after its wait ran out).
+            state, message = JobState.CANCELLED, job.cancel_token.reason or "task cancelled"
+            outcome = "cancelled"
+            raise
         except (VaultUnavailable, LeaseUnavailable, VersionConflict, OSError) as exc:
-            job.state, job.error = JobState.FAILED, str(exc)
+            state, message = JobState.FAILED, str(exc)
             log.error("consolidation_failed", job_id=job.job_id, error=str(exc))
         except Exception as exc:
-            job.state, job.error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
+            state, message = JobState.FAILED, f"{type(exc).__name__}: {exc}"
             log.exception("consolidation_crashed", job_id=job.job_id)
         finally:
             keeper.cancel()
@@ -336,17 +295,18 @@ class Consolidator:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
             await self.lease.release()
-            job.finished_ms = time.time_ns() // 1_000_000
-            if job.state is JobState.SUCCEEDED:
+            if state is JobState.SUCCEEDED:
                 job.phase = "done"
             self.metrics.ops.labels(outcome, job.trigger).inc()
             self.metrics.seconds.observe(time.perf_counter() - t_start)
             if outcome in ("failed", "cancelled"):
                 self.totals.failed += 1
+            # Last: whoever sees the job finished also sees the lease free and the figures counted.
+            job.finish(state, message)
 
     async def _watch_lease(self, job: Job, lost: asyncio.Event) -> None:
         await lost.wait()
-        job.cancel_reason = job.cancel_reason or "the consolidation lease was lost (Redis away?)"
+        job.request_cancel("the consolidation lease was lost (Redis away?)")
 
     async def _cycle_and_commit(
         self, job: Job, batch: EpisodeBatch
@@ -354,17 +314,13 @@ class Consolidator:
         loop = asyncio.get_running_loop()
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             base = await loop.run_in_executor(self._executor, self.store.read, 0)
-            job.base_version = base.meta.version
             cfg = self.knobs.cycle_config(seed=self.totals.cycles + attempt)
-            job.t0, job.eta = cfg.t0, cfg.eta
-            job.phase = "sleeping"
+            job.update(base_version=base.meta.version, t0=cfg.t0, eta=cfg.eta, phase="sleeping")
             out = await loop.run_in_executor(
                 self._executor, run_cycle, base, batch.activations, cfg, job.epoch_hook
             )
-            if job.cancel_reason:
-                raise _Cancelled(job.cancel_reason)
-            job.phase = "committing"
-            job.progress = 0.9
+            job.cancel_token.check()
+            job.update(phase="committing", progress=0.9)
             try:
                 stored = await loop.run_in_executor(
                     self._executor,
@@ -429,7 +385,6 @@ class Consolidator:
         job.prototypes_faded = s.prototypes_faded
         job.episodes_unassigned = s.episodes_unassigned
         job.progress = 1.0
-        job.state = JobState.SUCCEEDED
         t = self.totals
         t.cycles += 1
         t.episodes += job.episodes

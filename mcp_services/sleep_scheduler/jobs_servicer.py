@@ -11,10 +11,11 @@ import math
 import grpc
 import structlog
 
+from mcp_services.common.jobs import JobBusy, JobNotFound, JobState
 from mcp_services.common.rpc import abort
 from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
-from mcp_services.sleep_scheduler.consolidator import Busy, Consolidator, Job, JobNotFound
+from mcp_services.sleep_scheduler.consolidator import Consolidator, Job
 from mcp_services.sleep_scheduler.lease import LeaseUnavailable
 from mcp_services.sleep_scheduler.triggers import Scheduler, ScheduleSpec
 from mcp_services.sleep_scheduler.vault_client import Selection
@@ -23,11 +24,22 @@ log = structlog.get_logger(__name__)
 
 UPDATABLE = ("t0", "eta", "auto_tune", "pressure_threshold")
 
+_STATES = {
+    JobState.PENDING: sleep_pb2.JOB_STATE_PENDING,
+    JobState.RUNNING: sleep_pb2.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: sleep_pb2.JOB_STATE_SUCCEEDED,
+    # A consolidation never refuses; were one to, it committed nothing: failed, to a client.
+    JobState.REFUSED: sleep_pb2.JOB_STATE_FAILED,
+    JobState.FAILED: sleep_pb2.JOB_STATE_FAILED,
+    JobState.CANCELLED: sleep_pb2.JOB_STATE_CANCELLED,
+}
 
-def job_to_proto(job: Job) -> sleep_pb2.ConsolidationJob:
+
+def job_to_proto(live: Job) -> sleep_pb2.ConsolidationJob:
+    job = live.snapshot()  # one instant: the worker thread updates the live job per epoch
     out = sleep_pb2.ConsolidationJob(
         job_id=job.job_id,
-        state=job.state.value,  # type: ignore[arg-type]
+        state=_STATES[job.state],
         trigger=job.trigger,
         progress=job.progress,
         phase=job.phase,
@@ -46,18 +58,17 @@ def job_to_proto(job: Job) -> sleep_pb2.ConsolidationJob:
         base_version=job.base_version,
         t0=job.t0,
         eta=job.eta,
-        error=job.error,
+        error=job.message,
         tuning=job.tuning,
         notes=job.notes,
         prototypes_faded=job.prototypes_faded,
         episodes_unassigned=job.episodes_unassigned,
         advice=job.advice,
     )
-    if job.started_ms:
-        out.started_at.CopyFrom(timestamp_of_ms(job.started_ms))
+    out.started_at.CopyFrom(timestamp_of_ms(job.created_ms))
     if job.finished_ms:
         out.finished_at.CopyFrom(timestamp_of_ms(job.finished_ms))
-        out.duration_s = (job.finished_ms - job.started_ms) / 1000.0
+        out.duration_s = (job.finished_ms - job.created_ms) / 1000.0
     return out
 
 
@@ -99,7 +110,7 @@ class JobRpcs:
         selection = await self._selection(request.selection, context)
         try:
             job = await self.c.start(selection, request.trigger or "rpc", request.wait)
-        except Busy as exc:
+        except JobBusy as exc:
             await abort(context, grpc.StatusCode.ABORTED, str(exc))
         except LeaseUnavailable as exc:
             await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
@@ -109,7 +120,7 @@ class JobRpcs:
         self, request: sleep_pb2.GetConsolidationStatusRequest, context: grpc.aio.ServicerContext
     ) -> sleep_pb2.ConsolidationJob:
         try:
-            return job_to_proto(self.c.get(request.job_id))
+            return job_to_proto(self.c.jobs.get(request.job_id))
         except JobNotFound as exc:
             await abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
 
@@ -136,7 +147,7 @@ class JobRpcs:
             last_settle_loops=t.last_settle_loops,
             graph_version=latest.meta.version,
             prototype_count=int(latest.prototypes.shape[0]),
-            recent=[job_to_proto(j) for j in list(reversed(self.c.jobs.values()))[:20]],
+            recent=[job_to_proto(j) for j in self.c.jobs.recent(20)],
         )
 
     def config(self) -> sleep_pb2.SchedulerConfig:

@@ -25,7 +25,8 @@ from croniter import croniter  # type: ignore[import-untyped]
 from google.protobuf.message import Message
 
 from mcp_services.common.event_bus import EPISODE_STORED, EventBus
-from mcp_services.sleep_scheduler.consolidator import Busy, Consolidator
+from mcp_services.common.jobs import JobBusy
+from mcp_services.sleep_scheduler.consolidator import Consolidator
 from mcp_services.sleep_scheduler.lease import LeaseUnavailable
 from mcp_services.sleep_scheduler.vault_client import Selection, VaultUnavailable
 
@@ -35,7 +36,7 @@ log = structlog.get_logger(__name__)
 async def _try_start(consolidator: Consolidator, selection: Selection, trigger: str) -> bool:
     try:
         job = await consolidator.start(selection, trigger, wait=False)
-    except (Busy, LeaseUnavailable) as exc:
+    except (JobBusy, LeaseUnavailable) as exc:
         log.info("trigger_skipped", trigger=trigger, reason=str(exc))
         return False
     log.info("trigger_started", trigger=trigger, job_id=job.job_id)

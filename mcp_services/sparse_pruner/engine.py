@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -27,16 +26,15 @@ from typing import TypeVar
 import numpy as np
 import scipy.sparse as sp
 import structlog
-from ulid import ULID
 
 from mcp_services.common.event_bus import GRAPH_PRUNED, EventBus, new_header
+from mcp_services.common.jobs import JobRegistry, JobState
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.sparse_pruner.backups import BackupInfo, BackupStore
 from mcp_services.sparse_pruner.domain import SolveCancelled, tuned_tau, weekly_growth
 from mcp_services.sparse_pruner.jobs import (
     Computation,
     Job,
-    JobState,
     compute,
     plan_reason,
     record,
@@ -57,8 +55,6 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 SERVICE = "sparse-pruner"
-# Finished jobs kept for GetPruningStatus.
-_JOB_HISTORY = 200
 # How a job came to run, for messages about it (by Job.trigger).
 STARTED_BY = {
     "consolidation": "started automatically after the last consolidation",
@@ -71,18 +67,6 @@ _WEEK_MS = 7 * 86_400_000
 
 class RollbackImpossible(Exception):
     """The backup cannot be restored onto the current graph; the message says why."""
-
-
-class JobBusy(Exception):
-    """A pruning job is already running; the message names it."""
-
-
-class JobNotFound(KeyError):
-    """No job with that id (or none yet)."""
-
-
-class JobFinished(Exception):
-    """The job already finished and cannot be cancelled."""
 
 
 @dataclass(frozen=True)
@@ -116,9 +100,8 @@ class PruningEngine:
         self._cooldown_s = auto_tune_cooldown_s
         self._last_tune = -math.inf
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pruner-numerics")
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._active: Job | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        # One job at a time per engine (an engine serves one namespace).
+        self._jobs: JobRegistry[Job] = JobRegistry("pruning", _busy)
         self.counts = {"total": 0, "committed": 0, "refused": 0, "failed": 0, "conflicts": 0}
         self.pruned_edges_total = 0
         self.last_version = 0
@@ -129,47 +112,29 @@ class PruningEngine:
     # ---- jobs ---------------------------------------------------------------------------------
 
     def submit(self, trigger: str, dry_run: bool, overrides: RunOverrides, reason: str = "") -> Job:
-        """Create a job and start it in the background; :class:`JobBusy` if one is running.
+        """Create a job and start it in the background.
 
         Overrides are validated here (``KnobError``), before any job exists.
+
+        Raises:
+            JobBusy: a job is running.
         """
         run_settings(self.knobs, overrides)
-        if self._active is not None:
-            busy = self._active
-            raise JobBusy(
-                f"pruning job {busy.job_id} ({STARTED_BY.get(busy.trigger, busy.trigger)}) is "
-                f"{busy.state.value} and jobs run one at a time: wait for it "
-                "(GetPruningStatus) or cancel it (CancelPruning)"
-            )
-        job = Job(str(ULID()), trigger, dry_run, overrides, reason)
-        self._remember(job)
-        self._active = job
-        task = asyncio.create_task(self._run(job), name=f"pruning-{job.job_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return job
+        job = Job(trigger=trigger, dry_run=dry_run, overrides=overrides, reason=reason)
+        return self._jobs.start(job, self._run)
 
     async def wait(self, job: Job) -> Job:
         """Wait until ``job`` has finished."""
-        await job.done.wait()
+        await job.wait()
         return job
 
     def get(self, job_id: str) -> Job:
-        if not job_id:
-            if not self._jobs:
-                raise JobNotFound("no pruning job has run yet")
-            return next(reversed(self._jobs.values()))
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise JobNotFound(job_id) from None
+        """The job ``job_id`` (empty: the newest); JobNotFound if not remembered."""
+        return self._jobs.get(job_id)
 
     def cancel(self, job_id: str) -> Job:
-        job = self.get(job_id)
-        if job.state.finished:
-            raise JobFinished(f"job {job.job_id} already {job.state.value}; nothing to cancel")
-        job.cancel_requested.set()
-        return job
+        """Ask the job to stop; JobNotFound, or JobFinished if it already has."""
+        return self._jobs.cancel(job_id, "cancelled by request")
 
     async def run_numerics(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` on the numerics thread (serialised with running jobs)."""
@@ -178,26 +143,15 @@ class PruningEngine:
     @property
     def active(self) -> Job | None:
         """The running job, if any."""
-        return self._active
+        return self._jobs.running()
 
     async def close(self) -> None:
-        for job in list(self._jobs.values()):
-            job.cancel_requested.set()
-        for task in list(self._tasks):
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout=10.0)
-            except (TimeoutError, asyncio.CancelledError):
-                task.cancel()
+        await self._jobs.close("service stopping")
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def _remember(self, job: Job) -> None:
-        self._jobs[job.job_id] = job
-        while len(self._jobs) > _JOB_HISTORY:
-            self._jobs.popitem(last=False)
 
     async def _run(self, job: Job) -> None:
         started = time.perf_counter()
-        job.state = JobState.RUNNING
+        job.start_running()
         try:
             await self._attempts(job)
         except SolveCancelled:
@@ -206,7 +160,6 @@ class PruningEngine:
             log.exception("pruning_job_failed", job_id=job.job_id)
             job.finish(JobState.FAILED, str(exc) or type(exc).__name__)
         finally:
-            self._active = None
             self.counts["total"] += 1
             outcome = job.state.value
             if job.state is JobState.SUCCEEDED and not job.dry_run:
@@ -234,7 +187,7 @@ class PruningEngine:
         loop = asyncio.get_running_loop()
         await self._maybe_auto_tune()
         for attempt in range(self.knobs.max_conflict_retries + 1):
-            if job.cancel_requested.is_set():
+            if job.cancel_token.is_set():
                 raise SolveCancelled("cancelled")
             base = await self.client.read_graph(0)
             job.base_version = base.version
@@ -242,7 +195,7 @@ class PruningEngine:
             settings = run_settings(self.knobs, job.overrides, seed=base.version)
             requested = job.overrides.tau if job.overrides.tau is not None else self.knobs.tau
             result: Computation = await loop.run_in_executor(
-                self._executor, compute, base, settings, job.cancel_requested.is_set
+                self._executor, compute, base, settings, job.cancel_token.is_set
             )
             record(job, result, requested)
             self._observe_solve(job)
@@ -253,7 +206,7 @@ class PruningEngine:
             if job.dry_run:
                 job.finish(JobState.SUCCEEDED, f"dry run: would commit {summary(result.plan)}")
                 return
-            if job.cancel_requested.is_set():
+            if job.cancel_token.is_set():
                 raise SolveCancelled("cancelled")
             assert result.pruned is not None
             backup = await loop.run_in_executor(None, self.backups.save, base, 0, job.job_id)
@@ -419,6 +372,14 @@ class PruningEngine:
         self.knobs = knobs
         self.backups.retention = knobs.backup_retention
         self.metrics.tau.set(knobs.tau)
+
+
+def _busy(job: Job) -> str:
+    return (
+        f"pruning job {job.job_id} ({STARTED_BY.get(job.trigger, job.trigger)}) is "
+        f"{job.state.value} and jobs run one at a time: wait for it "
+        "(GetPruningStatus) or cancel it (CancelPruning)"
+    )
 
 
 def _restorable(saved: GraphSnapshot, latest: GraphSnapshot) -> GraphSnapshot:

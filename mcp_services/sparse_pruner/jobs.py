@@ -8,31 +8,16 @@ a job is and what one computation returns.
 
 from __future__ import annotations
 
-import asyncio
-import enum
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from mcp_services.common import jobs
 from mcp_services.sparse_pruner.domain import PruneSettings, PruningPlan, plan_pruning
 from mcp_services.sparse_pruner.knobs import RunOverrides, operator_tau
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot, from_pm1, to_pm1
-
-
-class JobState(enum.Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    REFUSED = "refused"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (JobState.PENDING, JobState.RUNNING)
 
 
 @dataclass(frozen=True)
@@ -48,18 +33,14 @@ class SolverFigures:
     seconds: float
 
 
-@dataclass
-class Job:
-    """One pruning run, as GetPruningStatus reports it. Mutated only by the engine."""
+@dataclass(kw_only=True, eq=False)
+class Job(jobs.Job):
+    """One pruning run, as GetPruningStatus reports it. Mutated only by the engine (on the loop;
+    the numerics thread only reads the cancel token)."""
 
-    job_id: str
-    trigger: str
     dry_run: bool
     overrides: RunOverrides
     reason: str = ""
-    state: JobState = JobState.PENDING
-    created_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-    finished_at_ms: int = 0
     base_version: int = 0
     committed_version: int = 0
     edges_before: int = 0
@@ -72,16 +53,7 @@ class Job:
     solver: SolverFigures | None = None
     conflict_retries: int = 0
     backup_id: str = ""
-    message: str = ""
     prototypes_checked: int = 0
-    cancel_requested: threading.Event = field(default_factory=threading.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def finish(self, state: JobState, message: str) -> None:
-        self.state = state
-        self.message = message
-        self.finished_at_ms = int(time.time() * 1000)
-        self.done.set()
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ import time
 import structlog
 from google.protobuf.message import Message
 
+from mcp_services.common.jobs import JobBusy
 from mcp_services.gen.tori.events.v1 import events_pb2
-from mcp_services.sparse_pruner.engine import JobBusy, PruningEngine
+from mcp_services.sparse_pruner.engine import PruningEngine
 from mcp_services.sparse_pruner.knobs import RunOverrides
 
 log = structlog.get_logger(__name__)
@@ -99,7 +100,7 @@ class ConsolidationTrigger:
 
     async def _after_current(self) -> None:
         while (job := self._engine.active) is not None:
-            await job.done.wait()
+            await job.wait()
         if self._pending:
             self._pending = False
             self._start()

@@ -14,20 +14,17 @@ import math
 
 import grpc
 
+from mcp_services.common.jobs import JobBusy, JobFinished, JobNotFound, JobState
 from mcp_services.common.rpc import ErrorMap, Status, abort, errors
 from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
 from mcp_services.sparse_pruner.backups import BackupCorrupt, BackupInfo, BackupNotFound
 from mcp_services.sparse_pruner.engine import (
-    JobBusy,
-    JobFinished,
-    JobNotFound,
     PruningEngine,
     RollbackImpossible,
 )
 from mcp_services.sparse_pruner.jobs import (
     Job,
-    JobState,
     compute,
     plan_reason,
     record,
@@ -61,7 +58,7 @@ _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 ERRORS = ErrorMap(
     {
         JobBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
-        JobNotFound: Status(grpc.StatusCode.NOT_FOUND, "job_id: no job {exc}"),
+        JobNotFound: Status(grpc.StatusCode.NOT_FOUND, "job_id: {exc}"),
         JobFinished: grpc.StatusCode.FAILED_PRECONDITION,
         BackupNotFound: Status(
             grpc.StatusCode.NOT_FOUND,
@@ -100,7 +97,7 @@ def job_message(job: Job) -> pruner_pb2.PruningJob:
         state=_STATES[job.state],
         dry_run=job.dry_run,
         trigger=job.trigger,
-        created_at=timestamp_of_ms(job.created_at_ms),
+        created_at=timestamp_of_ms(job.created_ms),
         base_version=job.base_version,
         committed_version=job.committed_version,
         edges_before=job.edges_before,
@@ -115,8 +112,8 @@ def job_message(job: Job) -> pruner_pb2.PruningJob:
         prototypes_checked=job.prototypes_checked,
         quality_stderr=job.quality_stderr,
     )
-    if job.finished_at_ms:
-        msg.finished_at.CopyFrom(timestamp_of_ms(job.finished_at_ms))
+    if job.finished_ms:
+        msg.finished_at.CopyFrom(timestamp_of_ms(job.finished_ms))
     if job.solver is not None:
         s = job.solver
         msg.solver.CopyFrom(
@@ -332,7 +329,7 @@ class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
         graph = await self._engine.client.read_graph(0)
         settings = run_settings(self._engine.knobs, overrides, seed=graph.version)
         result = await self._engine.run_numerics(compute, graph, settings, lambda: False)
-        job = Job("preview", "preview", True, overrides)
+        job = Job(job_id="preview", trigger="preview", dry_run=True, overrides=overrides)
         requested = overrides.tau if overrides.tau is not None else self._engine.knobs.tau
         record(job, result, requested)
         plan = result.plan
