@@ -11,8 +11,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from mcp_services.common.errors import InputError
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
 from mcp_services.koopman_learner.domain import DmdModel, describe_modes
@@ -33,7 +33,7 @@ MAX_CONCEPT_ID_LEN = 256
 STABILITY_TOLERANCE = 1e-9
 
 
-class InvalidInput(ValueError):
+class InvalidInput(InputError):
     """A request field is malformed: `field` names it, the message says the fix."""
 
     def __init__(self, field: str, problem: str) -> None:
@@ -41,7 +41,7 @@ class InvalidInput(ValueError):
         self.field = field
 
 
-class TooLarge(ValueError):
+class TooLarge(Exception):
     """A request beyond a configured limit (RESOURCE_EXHAUSTED)."""
 
 
@@ -254,14 +254,6 @@ def activity_from_episode(episode: episodic_pb2.Episode) -> EpisodeActivity:
         )
     except InvalidInput:
         return EpisodeActivity(episode.seq, source, (), False)
-
-
-def timestamp(unix_s: float) -> Timestamp | None:
-    if unix_s <= 0:
-        return None
-    ts = Timestamp()
-    ts.FromNanoseconds(int(unix_s * 1e9))
-    return ts
 
 
 _SCALING_KIND: dict[int, ScalingKind] = {

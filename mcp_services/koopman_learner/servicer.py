@@ -2,19 +2,23 @@
 
 Every call that changes the learner runs on the service's single numerics worker (off the event
 loop, one at a time); read calls use the learner's immutable view and never wait for an update.
-INVALID_ARGUMENT names the field; FAILED_PRECONDITION says what data is missing.
+INVALID_ARGUMENT names the field (validation raises InputError: codec.InvalidInput,
+streams.StreamError); FAILED_PRECONDITION says what data is missing; ERRORS below maps the rest.
+Any other exception, a ValueError of the numerics included, is the service's fault: INTERNAL.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 import grpc
 import numpy as np
 
+from mcp_services.common.rpc import ErrorMap, abort
+from mcp_services.common.timestamps import timestamp_of_s
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2_grpc
 from mcp_services.koopman_learner import codec
@@ -82,22 +86,14 @@ class Backend:
         raise NotImplementedError
 
 
-async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> NoReturn:
-    await context.abort(code, msg)
-    raise AssertionError("context.abort returned")  # abort always raises
-
-
-async def _guard(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
-    try:
-        return await call
-    except (codec.TooLarge, TooManyStreams) as exc:
-        await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-    except UnknownStream as exc:
-        await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
-    except NotReady as exc:
-        await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    except ValueError as exc:
-        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+ERRORS = ErrorMap(
+    {
+        codec.TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        TooManyStreams: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        UnknownStream: grpc.StatusCode.NOT_FOUND,
+        NotReady: grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
 
 
 def config_to_proto(knobs: Knobs, rank_in_force: int) -> pb.KoopmanConfig:
@@ -138,9 +134,8 @@ def couplings_to_proto(
         rate_limited=0 if outcome is None else outcome.rate_limited,
         version=view.couplings_version,
     )
-    ts = codec.timestamp(view.couplings_updated_at)
-    if ts is not None:
-        out.updated_at.CopyFrom(ts)
+    if view.couplings_updated_at > 0:
+        out.updated_at.CopyFrom(timestamp_of_s(view.couplings_updated_at))
     return out
 
 
@@ -181,6 +176,7 @@ def _check_knobs(request: pb.UpdateConfigRequest, current: Knobs) -> Knobs:
     )
 
 
+@ERRORS.servicer
 class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
     def __init__(self, backend: Backend) -> None:
         self._b = backend
@@ -194,7 +190,7 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
     ) -> View:
         view = self._view if view is None else view
         if view.model is None:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "no model yet; send ProcessActivationBatch traces with active concepts "
@@ -245,7 +241,7 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
             await self._b.after_update(result, name)
             return result, spec
 
-        result, spec = await _guard(context, named() if name else default())
+        result, spec = await (named() if name else default())
         info = codec.stream_info(name, spec, learner.knobs, streams.get(name).view)
         return pb.ProcessActivationBatchResponse(
             update=pb.UpdateSummary(
@@ -287,29 +283,23 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
             window_traces=view.window_traces,
             pending_stream_snapshots=view.pending_stream_snapshots,
         )
-        ts = codec.timestamp(view.last_update)
-        if ts is not None:
-            out.last_update.CopyFrom(ts)
+        if view.last_update > 0:
+            out.last_update.CopyFrom(timestamp_of_s(view.last_update))
         return out
 
     async def GetSpectralModes(
         self, request: pb.GetSpectralModesRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSpectralModesResponse:
         streams = self._b.streams
-        learner = await _guard(context, _ready(lambda: streams.get(request.stream)))
+        learner = streams.get(request.stream)
         view = await self._model_or_abort(context, learner.view)
         model = view.model
         assert model is not None
         knobs = learner.knobs
         spec = streams.spec(request.stream)
         unit_s = spec.unit_s if spec is not None else 1.0
-        summaries, total = await _guard(
-            context,
-            _ready(
-                lambda: codec.select_modes_for_request(
-                    model, request, horizon=view.horizon, min_persistence=knobs.min_persistence
-                )
-            ),
+        summaries, total = codec.select_modes_for_request(
+            model, request, horizon=view.horizon, min_persistence=knobs.min_persistence
         )
         out = pb.GetSpectralModesResponse(
             modes=[codec.mode_to_proto(s, unit_s=unit_s) for s in summaries],
@@ -324,23 +314,22 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
             time_unit=spec.time_unit if spec is not None else "s",
             min_persistence=knobs.min_persistence,
         )
-        ts = codec.timestamp(view.fitted_at)
-        if ts is not None:
-            out.fitted_at.CopyFrom(ts)
+        if view.fitted_at > 0:
+            out.fitted_at.CopyFrom(timestamp_of_s(view.fitted_at))
         return out
 
     async def UpdateOscillatorCouplings(
         self, request: pb.UpdateOscillatorCouplingsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateOscillatorCouplingsResponse:
         if request.limit < 0 or request.limit > 100_000:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"limit is {request.limit}; give 0 (1000) to 100000",
             )
         strength = request.strength if request.HasField("strength") else 1.0
         if not math.isfinite(strength) or strength < 0:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"strength is {strength}; give a finite number >= 0 (1 is the default rule)",
@@ -352,7 +341,7 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
             await self._b.after_couplings(outcome)
             return outcome
 
-        outcome = await _guard(context, work())
+        outcome = await work()
         limit = request.limit or DEFAULT_COUPLING_LIMIT
         return pb.UpdateOscillatorCouplingsResponse(
             couplings=couplings_to_proto(self._view, outcome, limit)
@@ -362,7 +351,7 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
         self, request: pb.PredictActivationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictActivationsResponse:
         if not 1 <= request.steps <= MAX_PREDICT_STEPS:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"steps is {request.steps}; give 1 to {MAX_PREDICT_STEPS}",
@@ -371,14 +360,12 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
         model = view.model
         assert model is not None
         if model.rank == 0:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "the L1 selection kept no mode; lower l1_strength (UpdateConfig) to predict",
             )
-        x0, ignored = await _guard(
-            context, _ready(lambda: codec.state_vector(request.state, model.concept_ids))
-        )
+        x0, ignored = codec.state_vector(request.state, model.concept_ids)
         trajectory = await self._b.run(lambda: predict(model, x0, request.steps))
         return pb.PredictActivationsResponse(
             concept_ids=list(model.concept_ids),
@@ -448,15 +435,14 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
             l1_strength=knobs.l1_strength,
             streams=codec.stream_digests(self._b.streams),
         )
-        ts = codec.timestamp(view.last_update)
-        if ts is not None:
-            out.last_update.CopyFrom(ts)
+        if view.last_update > 0:
+            out.last_update.CopyFrom(timestamp_of_s(view.last_update))
         return out
 
     async def UpdateConfig(
         self, request: pb.UpdateConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.KoopmanConfig:
-        knobs = await _guard(context, _ready(lambda: _check_knobs(request, self._b.learner.knobs)))
+        knobs = _check_knobs(request, self._b.learner.knobs)
         await self._b.set_knobs(knobs)
         return config_to_proto(knobs, self._view.rank_in_force)
 
@@ -466,7 +452,7 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
         learner = self._b.learner
         if request.stream:
             streams = self._b.streams
-            stream_view = await _guard(context, _ready(lambda: streams.get(request.stream).view))
+            stream_view = streams.get(request.stream).view
 
             def forget() -> None:
                 streams.forget(request.stream)
@@ -480,8 +466,3 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
         await self._b.after_reset()
         view = self._view
         return pb.ResetSystemResponse(cursor=view.cursor, model_version=view.model_version)
-
-
-async def _ready(fn: Callable[[], T]) -> T:
-    """`fn()` as an awaitable, so cheap validation shares _guard's error mapping."""
-    return fn()

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import structlog
 
+from mcp_services.common.errors import InputError
 from mcp_services.koopman_learner.domain.arrays import FloatArray
 from mcp_services.koopman_learner.domain.embedding import (
     Scaling,
@@ -70,7 +71,7 @@ ONE_CONCEPT_NOTE = (
 )
 
 
-class StreamError(ValueError):
+class StreamError(InputError):
     """A batch that contradicts its stream: `field` names the request field, the message the fix."""
 
     def __init__(self, field: str, problem: str) -> None:
