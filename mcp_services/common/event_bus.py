@@ -20,13 +20,13 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 import structlog
 from google.protobuf.message import DecodeError, Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 from ulid import ULID
 
 from mcp_services.common import metric_names as names
 from mcp_services.common.config_schema import RedisConfig
+from mcp_services.common.timestamps import timestamp_now
 from mcp_services.gen.tori.events.v1 import events_pb2
 
 EPISODE_STORED: Final = "tori.memory.episode.stored"
@@ -48,10 +48,8 @@ log = structlog.get_logger(__name__)
 
 
 def new_header(source_service: str) -> events_pb2.EventHeader:
-    ts = Timestamp()
-    ts.GetCurrentTime()
     return events_pb2.EventHeader(
-        event_id=str(ULID()), emitted_at=ts, source_service=source_service
+        event_id=str(ULID()), emitted_at=timestamp_now(), source_service=source_service
     )
 
 
