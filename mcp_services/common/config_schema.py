@@ -364,6 +364,9 @@ class SleepSchedulerConfig(_Strict):
     # ends, so bytes per stream and streams open at once are capped (RESOURCE_EXHAUSTED beyond).
     max_stream_bytes: Annotated[int, Field(ge=1024)] = 1 << 30
     max_concurrent_streams: Annotated[int, Field(ge=1, le=1024)] = 4
+    # Deadline of the vault Scan a cycle reads its episodes with (up to max_episodes of them);
+    # beyond it the cycle fails naming this key instead of waiting on a stalled vault forever.
+    vault_scan_timeout_s: PositiveFloat = 300.0
 
     @model_validator(mode="after")
     def _temperatures(self) -> SleepSchedulerConfig:

@@ -48,7 +48,9 @@ from prometheus_client import CollectorRegistry, Counter
 from mcp_services.common import metric_names as names
 from mcp_services.common.config import ConfigError, validate_tree
 from mcp_services.common.config_schema import Settings
+from mcp_services.common.periodic import Periodic
 from mcp_services.common.secrets_mask import mask_error, mask_secret
+from mcp_services.common.tasks import Spawner
 
 log = structlog.get_logger(__name__)
 
@@ -207,7 +209,9 @@ class ConfigReloader:
         self._check_declaration()
         self._stamps = self._read_stamps()
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        # The file watch and SIGHUP share one loop: a reload never runs twice at once.
+        self._watch = Periodic("config-reload", self._reload_if_due, 0.0)
+        self._sighup = False
         self._reloads = Counter(
             names.CONFIG_RELOADS.removesuffix("_total"),
             "Config reloads by outcome: applied (a live key now runs with the file's value), "
@@ -333,23 +337,27 @@ class ConfigReloader:
     def changed_on_disk(self) -> bool:
         return self._read_stamps() != self._stamps
 
-    async def _watch(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            if self.changed_on_disk():
-                await self.reload("file changed")
+    async def _reload_if_due(self) -> None:
+        if self._sighup:
+            self._sighup = False
+            await self.reload("SIGHUP")
+        elif self.changed_on_disk():
+            await self.reload("file changed")
 
-    def start(self, poll_interval_s: float) -> None:
-        """Start the file watch (when the interval is > 0) and the SIGHUP handler (main thread)."""
+    def _on_sighup(self) -> None:
+        self._sighup = True
+        self._watch.wake()
+
+    def start(self, poll_interval_s: float, tasks: Spawner) -> None:
+        """Start the file watch (every ``poll_interval_s``; 0: off) and the SIGHUP handler (main
+        thread only), as one task of ``tasks``."""
         loop = asyncio.get_running_loop()
         if threading.current_thread() is threading.main_thread():
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
-        if poll_interval_s > 0:
-            self._task = loop.create_task(self._watch(poll_interval_s))
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self._watch.interval = poll_interval_s
+        self._watch.start(tasks)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await self._watch.stop()

@@ -6,6 +6,11 @@ service and reflection. It reports SERVING once everything is up and, on SIGTERM
 `stop` event), reports NOT_SERVING, refuses new calls, lets in-flight calls finish for
 grpc.shutdown_grace_s, then closes the service's resources.
 
+Each service gets a task group (``Context.tasks``, tasks.py) that owns its background tasks:
+they are started with ``ctx.tasks.spawn(...)``, never as unowned tasks. At shutdown, after the
+service's ``stop()``, the tasks still running are cancelled and awaited for at most
+grpc.shutdown_grace_s; any still running then are logged by name (``background_tasks_stuck``).
+
 A port that is taken is an error naming the port (SO_REUSEPORT is off, so a second server never
 silently shares a port with the first).
 """
@@ -40,6 +45,7 @@ from mcp_services.common.event_bus import EventBus
 from mcp_services.common.grpc_metrics import GrpcServerMetrics, MetricsInterceptor
 from mcp_services.common.logging import configure_logging
 from mcp_services.common.reload import ConfigReloader, sections_of
+from mcp_services.common.tasks import ServiceTasks
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +75,8 @@ class Context:
     settings: Settings
     registry: CollectorRegistry
     bus: EventBus
+    # Owns the service's background tasks: spawn through it (cancelled and awaited at shutdown).
+    tasks: ServiceTasks
 
 
 ServiceFactory = Callable[[Context], Service]
@@ -172,6 +180,7 @@ async def serve(
     )
     httpd, running.metrics_port = _start_metrics(ep, registry, name)
     bus = EventBus(settings.redis, name, registry)
+    tasks = ServiceTasks(name)
     service: Service | None = None
     server: grpc.aio.Server | None = None
     try:
@@ -211,7 +220,8 @@ async def serve(
         running.grpc_port = bound
 
         await bus.start()
-        service = factory(Context(settings, registry, bus))
+        await tasks.open()
+        service = factory(Context(settings, registry, bus, tasks))
         await service.start()
         service.register(server)
         health_servicer = health.aio.HealthServicer()
@@ -238,7 +248,7 @@ async def serve(
                 registry,
                 sections=sections_of(endpoint_key),
             )
-            reloader.start(settings.config_reload.poll_interval_s)
+            reloader.start(settings.config_reload.poll_interval_s, tasks)
             running.reloader = reloader
         running.ready.set()
         await stop.wait()
@@ -252,8 +262,12 @@ async def serve(
             await running.reloader.stop()
         if server is not None:
             await server.stop(0)
-        if service is not None:
-            await service.stop()
+        try:
+            if service is not None:
+                await service.stop()
+        finally:
+            # What the service's stop() left running (and what it never stopped) ends here.
+            await tasks.close(settings.grpc.shutdown_grace_s)
         await bus.close()
         httpd.shutdown()
         httpd.server_close()

@@ -26,6 +26,7 @@ from mcp_services.common.clients import caller_key
 from mcp_services.common.config import ConfigError, load_config
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.logging import configure_logging
+from mcp_services.common.tasks import ServiceTasks
 from mcp_services.gateway.core import CALLER_SCOPE_KEY, Gateway, GatewayMCP
 from mcp_services.gateway.http_guard import with_head_timeout
 from mcp_services.gateway.keys import ANONYMOUS
@@ -194,7 +195,10 @@ async def serve_http(
         ) from exc
     running.metrics_port = int(httpd.server_address[1])
     gw.open()
-    gw.live.start()
+    # Owns the gateway's background tasks (the config watch), as the runner does a service's.
+    tasks = ServiceTasks("mcp-gateway")
+    await tasks.open()
+    gw.live.start(tasks)
     app = ApiKeyMiddleware(
         server.streamable_http_app(
             streamable_http_path=g.path, stateless_http=True, json_response=True, host=g.host
@@ -247,6 +251,7 @@ async def serve_http(
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(task, timeout=settings.grpc.shutdown_grace_s + 5)
         await gw.live.stop()
+        await tasks.close(settings.grpc.shutdown_grace_s)
         await gw.close()
         httpd.shutdown()
         httpd.server_close()
@@ -258,11 +263,14 @@ async def serve_stdio(settings: Settings) -> None:
     registry = CollectorRegistry()
     gw, server, _ = build(settings, registry)
     gw.open()
-    gw.live.start()
+    tasks = ServiceTasks("mcp-gateway")
+    await tasks.open()
+    gw.live.start(tasks)
     try:
         await server.run_stdio_async()
     finally:
         await gw.live.stop()
+        await tasks.close(settings.grpc.shutdown_grace_s)
         await gw.close()
 
 

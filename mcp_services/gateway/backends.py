@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import structlog
 
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config_schema import GatewayConfig
@@ -50,6 +51,10 @@ _CALLER_CODES = {
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+# A channel no route uses any more gets this long for its calls in flight before it closes.
+RETIRE_GRACE_S = 5.0
+
+log = structlog.get_logger(__name__)
 
 
 class ServiceError(Exception):
@@ -136,6 +141,8 @@ class ServiceClients:
         self._metrics = metrics
         self._clients = clients
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # Channels closing after retain(): kept so close() can wait for them.
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         ch = self._channels.get(target)
@@ -151,12 +158,25 @@ class ServiceClients:
         live = {t.of(k) for t in targets for k in SERVICE_NAMES}
         for target in [t for t in self._channels if t not in live]:
             ch = self._channels.pop(target)
-            asyncio.get_running_loop().create_task(ch.close(grace=5.0))
+            # retain() runs in a reload hook, which cannot await: the close is a task, kept.
+            task = asyncio.get_running_loop().create_task(
+                ch.close(grace=RETIRE_GRACE_S), name=f"retire-channel-{target}"
+            )
+            self._retiring.add(task)
+            task.add_done_callback(self._retired)
+
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("gateway_channel_close_failed", task=task.get_name(), error=str(exc))
 
     async def close(self) -> None:
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
+        if self._retiring:
+            # Each ends within its grace; the margin covers the close itself.
+            await asyncio.wait(set(self._retiring), timeout=RETIRE_GRACE_S + 1.0)
 
     async def call(
         self,

@@ -22,6 +22,8 @@ from pydantic import ValidationError
 
 from mcp_services.common.config import ConfigError, deep_merge, format_validation_error
 from mcp_services.common.config_schema import GatewayConfig, Settings
+from mcp_services.common.periodic import Periodic
+from mcp_services.common.tasks import Spawner
 from mcp_services.gateway.keys import KeyConfigError, KeyStore, load_keys
 from mcp_services.gateway.metrics import GatewayMetrics
 from mcp_services.gateway.routing import Route, Targets, targets_for
@@ -110,7 +112,7 @@ class LiveConfig:
         self.current = build_snapshot(settings)  # a bad start is an error, not a fallback
         self._stamps = self._read_stamps()
         self._publish()
-        self._task: asyncio.Task[None] | None = None
+        self._watch = Periodic("gateway-config-watch", self._reload_if_changed, 0.0)
         self.on_change: list[Any] = []
 
     def _files(self) -> list[str]:
@@ -152,16 +154,15 @@ class LiveConfig:
     def changed(self) -> bool:
         return self._read_stamps() != self._stamps
 
-    async def _watch(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            if self.changed():
-                self.reload()
+    async def _reload_if_changed(self) -> None:
+        if self.changed():
+            self.reload()
 
-    def start(self) -> None:
-        """Watch the files from the running loop (and reload on SIGHUP where signals allow)."""
+    def start(self, tasks: Spawner) -> None:
+        """Watch the files as a task of ``tasks`` (and reload on SIGHUP where signals allow)."""
         loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._watch(self.current.cfg.reload_interval_s))
+        self._watch.interval = self.current.cfg.reload_interval_s
+        self._watch.start(tasks)
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             import signal
             import threading
@@ -170,8 +171,4 @@ class LiveConfig:
                 loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._watch.stop()

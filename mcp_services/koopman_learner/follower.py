@@ -5,12 +5,11 @@ cursor, `scan_batch` episodes at a time; each chunk is learnt (off the event loo
 with the new cursor saved before the next chunk is read. It then waits for an `episode.stored`
 event or `poll_interval_s`, whichever comes first, so a lost event only delays learning. While
 the vault is unreachable it backs off (up to the poll interval) and reports `connected` false.
+The loop is a Periodic (common/periodic.py) in the service's task group.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -19,6 +18,8 @@ from google.protobuf.message import Message
 
 from mcp_services.common.event_bus import EPISODE_STORED, EventBus
 from mcp_services.common.namespaces import DEFAULT, namespace_metadata
+from mcp_services.common.periodic import Periodic
+from mcp_services.common.tasks import Spawner
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.events.v1 import events_pb2
 
@@ -42,6 +43,7 @@ class VaultFollower:
         poll_interval_s: float,
         scan_batch: int,
         connect: Callable[[str], grpc.aio.Channel],
+        tasks: Spawner,
         on_lag: Callable[[int], None] = lambda lag: None,
         namespace: str = DEFAULT,
     ) -> None:
@@ -57,8 +59,13 @@ class VaultFollower:
         # The fleet's client factory in the service: the channel sends the learner's key.
         self._connect = connect
         self._on_lag = on_lag
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = tasks
+        # After a good catch-up the next look is a poll interval away; after a failure, the
+        # backoff (0.1 s doubling up to the poll interval).
+        self._wait = poll_interval_s
+        self._backoff = 0.1
+        self._loop = Periodic("kcl-vault-follower", self._follow, lambda: self._wait)
+        self._stub: episodic_pb2_grpc.EpisodicVaultStub | None = None
         self._channel: grpc.aio.Channel | None = None
         self.connected = False
         self.vault_last_seq = 0
@@ -66,35 +73,31 @@ class VaultFollower:
 
     def start(self) -> None:
         self._channel = self._connect(self._target)
+        self._stub = episodic_pb2_grpc.EpisodicVaultStub(self._channel)
         self._bus.subscribe([EPISODE_STORED], self._on_event)
-        self._task = asyncio.create_task(self._run(), name="kcl-vault-follower")
+        self._loop.wake()  # catch up at once
+        self._loop.start(self._tasks)
 
     def wake(self) -> None:
         """Look at the vault now (e.g. after a reset that rewound the cursor)."""
-        self._wake.set()
+        self._loop.wake()
 
     async def _on_event(self, channel: str, event: Message) -> None:
         if isinstance(event, events_pb2.EpisodeStored) and event.seq > self._cursor():
-            self._wake.set()
+            self._loop.wake()
 
-    async def _run(self) -> None:
-        assert self._channel is not None
-        stub = episodic_pb2_grpc.EpisodicVaultStub(self._channel)
-        backoff = 0.1
-        while True:
-            self._wake.clear()
-            try:
-                await self._catch_up(stub)
-                backoff = 0.1
-                wait = self._poll
-            except grpc.aio.AioRpcError as exc:
-                if self.connected or not self.last_error:
-                    log.warning("kcl_vault_unavailable", target=self._target, error=exc.details())
-                self.connected = False
-                self.last_error = f"vault {self._target}: {exc.code().name}: {exc.details()}"
-                wait, backoff = backoff, min(backoff * 2, self._poll)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+    async def _follow(self) -> None:
+        assert self._stub is not None
+        try:
+            await self._catch_up(self._stub)
+        except grpc.aio.AioRpcError as exc:
+            if self.connected or not self.last_error:
+                log.warning("kcl_vault_unavailable", target=self._target, error=exc.details())
+            self.connected = False
+            self.last_error = f"vault {self._target}: {exc.code().name}: {exc.details()}"
+            self._wait, self._backoff = self._backoff, min(self._backoff * 2, self._poll)
+        else:
+            self._wait, self._backoff = self._poll, 0.1
 
     async def _catch_up(self, stub: episodic_pb2_grpc.EpisodicVaultStub) -> None:
         stats = await stub.GetStats(
@@ -122,11 +125,7 @@ class VaultFollower:
         self._on_lag(max(self.vault_last_seq - self._cursor(), 0))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

@@ -60,7 +60,9 @@ def learner_units(ctx: Context, root: Path, default: LearnerUnit) -> NamespaceUn
         cfg = ctx.settings.koopman_learner
         own = cfg.model_copy(update={"data_dir": str(namespace_dir(root, namespace))})
         settings = ctx.settings.model_copy(update={"koopman_learner": own})
-        quiet = Context(settings, CollectorRegistry(), quiet_bus(ctx.settings, "koopman-learner"))
+        quiet = Context(
+            settings, CollectorRegistry(), quiet_bus(ctx.settings, "koopman-learner"), ctx.tasks
+        )
         service = service_type(quiet, namespace)  # type: ignore[call-arg]
         return LearnerUnit(service, KoopmanLearnerServicer(service))
 

@@ -147,6 +147,7 @@ class KoopmanLearnerService(Backend):
                 poll_interval_s=self._cfg.poll_interval_s,
                 scan_batch=self._cfg.scan_batch,
                 connect=lambda target: clients.aio_channel(target=target),
+                tasks=self._ctx.tasks,
                 on_lag=self._metrics.vault_lag.set,
                 namespace=self._namespace,
             )

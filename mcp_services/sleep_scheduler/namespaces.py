@@ -28,6 +28,7 @@ from mcp_services.common.config_schema import Settings
 from mcp_services.common.event_bus import EventBus
 from mcp_services.common.namespaces import NamespaceUnits, namespace_dir
 from mcp_services.common.stream_limits import StreamLimits
+from mcp_services.common.tasks import Spawner
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
 from mcp_services.sleep_scheduler.consolidator import Consolidator, Knobs
 from mcp_services.sleep_scheduler.graph_servicer import GraphRpcs
@@ -75,16 +76,22 @@ def scheduler_units(
     numerics: Executor,
     streams: StreamLimits,
     bus: EventBus,
+    tasks: Spawner,
 ) -> NamespaceUnits[SchedulerUnit]:
     """The scheduler's units: ``default`` (the service's own), the others made at first call.
     ``streams`` is the service's one set of CommitGraph bounds, shared by every unit (the cap on
     concurrent streams is per service, not per namespace); ``bus`` the service's event bus, on
-    which each unit's consolidation.completed names its namespace."""
+    which each unit's consolidation.completed names its namespace; ``tasks`` the service's task
+    group, which runs each unit's schedule."""
     cfg = settings.sleep_scheduler
 
     def make(namespace: str) -> SchedulerUnit:
         store = GraphStore(namespace_dir(root, namespace), cfg.keep_versions)
-        vault = VaultClient.of(ClientFactory.of(settings), namespace=namespace)
+        vault = VaultClient.of(
+            ClientFactory.of(settings),
+            namespace=namespace,
+            scan_timeout_s=cfg.vault_scan_timeout_s,
+        )
         consolidator = Consolidator(
             store,
             vault,
@@ -95,7 +102,7 @@ def scheduler_units(
             numerics,
             namespace=namespace,
         )
-        scheduler = Scheduler(consolidator)
+        scheduler = Scheduler(consolidator, tasks)
         servicer = servicer_of(
             GraphRpcs(store, io, streams),
             JobRpcs(consolidator, scheduler),

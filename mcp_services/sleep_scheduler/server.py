@@ -145,7 +145,9 @@ class SleepSchedulerService:
             raise StartupError(f"sleep-scheduler: cannot open the graph directory: {exc}") from exc
         self._metrics = SleepMetrics(ctx.registry)
         self._units: NamespaceUnits[SchedulerUnit] | None = None
-        self._vault = VaultClient.of(ClientFactory.of(ctx.settings))
+        self._vault = VaultClient.of(
+            ClientFactory.of(ctx.settings), scan_timeout_s=self._cfg.vault_scan_timeout_s
+        )
         self._lease = Lease(ctx.settings.redis, self._cfg.lease_ttl_s)
         self.consolidator = Consolidator(
             self._store,
@@ -156,7 +158,7 @@ class SleepSchedulerService:
             Knobs.of(self._cfg),
             self._numerics,
         )
-        self._scheduler = Scheduler(self.consolidator)
+        self._scheduler = Scheduler(self.consolidator, ctx.tasks)
         self._config_spec = self._scheduler.spec  # the schedule the config set (start())
         knobs = self.consolidator.knobs
         self._pressure = PressureWatcher(
@@ -192,6 +194,7 @@ class SleepSchedulerService:
             self._numerics,
             self._commit_streams,
             self._ctx.bus,
+            self._ctx.tasks,
         )
         add_scoped_servicer(
             sleep_pb2_grpc.add_SleepSchedulerServicer_to_server,
@@ -214,7 +217,7 @@ class SleepSchedulerService:
                 )
             )
         self._config_spec = self._scheduler.spec
-        self._pressure.start(self._ctx.bus)
+        self._pressure.start(self._ctx.bus, self._ctx.tasks)
 
     # -- config reload (common/reload.py) -------------------------------------------------------
 

@@ -7,13 +7,12 @@
 * **Schedule**: a 5-field cron expression (UTC, via croniter) or a fixed interval. A run that
   finds a cycle already going is skipped, not queued.
 
-A trigger that finds the lease taken logs it and waits for its next occasion.
+A trigger that finds the lease taken logs it and waits for its next occasion. Both run as a
+:class:`~mcp_services.common.periodic.Periodic` in the service's task group.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -26,6 +25,8 @@ from google.protobuf.message import Message
 
 from mcp_services.common.event_bus import EPISODE_STORED, EventBus
 from mcp_services.common.jobs import JobBusy
+from mcp_services.common.periodic import Periodic
+from mcp_services.common.tasks import Spawner
 from mcp_services.sleep_scheduler.consolidator import Consolidator
 from mcp_services.sleep_scheduler.lease import LeaseUnavailable
 from mcp_services.sleep_scheduler.vault_client import Selection, VaultUnavailable
@@ -58,8 +59,7 @@ class PressureWatcher:
         self._selection = selection
         self._poll_s = poll_s
         self._seen = 0
-        self._check = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._watch = Periodic("pressure-watch", self._poll, poll_s)
 
     @property
     def poll_s(self) -> float:
@@ -71,28 +71,22 @@ class PressureWatcher:
         # The wait in progress used the old interval: cut it short with a check now (what a poll
         # would do anyway), so the new interval counts from here.
         self._poll_s = value
-        self._check.set()
+        self._watch.interval = value
+        self._watch.wake()
 
-    def start(self, bus: EventBus) -> None:
+    def start(self, bus: EventBus, tasks: Spawner) -> None:
         bus.subscribe([EPISODE_STORED], self._on_event)
-        self._task = asyncio.create_task(self._loop(), name="pressure-watch")
-        self._check.set()  # look once at start: episodes may have piled up while we were down
+        self._watch.wake()  # look once at start: episodes may have piled up while we were down
+        self._watch.start(tasks)
 
     async def _on_event(self, channel: str, event: Message) -> None:
         self._seen += 1
         threshold = self._threshold()
         if threshold and self._seen >= threshold:
-            self._check.set()
+            self._watch.wake()
 
-    async def _loop(self) -> None:
-        while True:
-            if self._poll_s > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._check.wait(), self._poll_s)
-            else:
-                await self._check.wait()
-            self._check.clear()
-            await self.check()
+    async def _poll(self) -> None:
+        await self.check()
 
     async def check(self) -> bool:
         """Ask the vault and start a cycle if the pressure is reached; True if one started."""
@@ -114,10 +108,7 @@ class PressureWatcher:
         return started
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._watch.stop()
 
 
 _YEAR_S = 365.0 * 24 * 3600
@@ -160,35 +151,39 @@ class ScheduleSpec:
 
 
 class Scheduler:
-    """Runs cycles on a :class:`ScheduleSpec`; :meth:`set` replaces it at runtime."""
+    """Runs cycles on a :class:`ScheduleSpec`; :meth:`set` replaces it at runtime.
 
-    def __init__(self, consolidator: Consolidator) -> None:
+    Its loop is a task of ``tasks`` (the service's task group), started at the first active spec.
+    """
+
+    def __init__(self, consolidator: Consolidator, tasks: Spawner) -> None:
         self._c = consolidator
+        self._tasks = tasks
         self.spec = ScheduleSpec()
         self.next_run = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._timer = Periodic("consolidation-schedule", self._run, self._until_next)
+
+    def _until_next(self) -> float | None:
+        return max(0.0, self.next_run - time.time()) if self.spec.active else None
 
     def set(self, spec: ScheduleSpec) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
         self.spec = spec
         self.next_run = spec.next_after(time.time()) if spec.active else 0.0
         if spec.active:
-            self._task = asyncio.create_task(self._loop(), name="consolidation-schedule")
+            self._timer.start(self._tasks)
             log.info("schedule_set", cron=spec.cron, every_s=spec.every_s, next_run=self.next_run)
         else:
             log.info("schedule_cleared")
+        self._timer.reschedule()
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(max(0.0, self.next_run - time.time()))
-            await _try_start(self._c, self.spec.selection, "schedule")
-            self.next_run = self.spec.next_after(time.time())
+    async def _run(self) -> None:
+        spec = self.spec
+        try:
+            await _try_start(self._c, spec.selection, "schedule")
+        finally:
+            # Even after a failed start, so the next run waits for its time instead of now.
+            if self.spec.active:
+                self.next_run = self.spec.next_after(time.time())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._timer.stop()

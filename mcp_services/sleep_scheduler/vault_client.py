@@ -2,7 +2,9 @@
 
 Only the vault's public gRPC API is used (Scan with only_unconsolidated, MarkConsolidated,
 GetStats). Selection filters (age, tags, energy) are applied here as the episodes stream by, so a
-cycle takes at most ``max_episodes`` matching episodes, oldest first.
+cycle takes at most ``max_episodes`` matching episodes, oldest first. Every call has a deadline:
+``timeout_s`` for the unary calls, ``scan_timeout_s`` (sleep_scheduler.vault_scan_timeout_s) for
+the Scan as a whole.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from mcp_services.sleep_scheduler.domain import ConceptActivation
 
 MARK_BATCH = 10_000
 """The vault takes at most this many ids per MarkConsolidated call."""
+SCAN_TIMEOUT_S = 300.0
+"""Default deadline of a whole Scan (sleep_scheduler.vault_scan_timeout_s)."""
 
 
 class VaultUnavailable(Exception):
@@ -85,7 +89,8 @@ class VaultClient:
     """Async client of the vault over ``channel`` (to ``target``, host:port, named in errors).
 
     Make it with :meth:`of`, which takes the channel from the fleet's client factory (the vault's
-    dial address and this service's key).
+    dial address and this service's key). ``timeout_s``: deadline of each unary call;
+    ``scan_timeout_s``: of a whole Scan.
     """
 
     def __init__(
@@ -94,9 +99,11 @@ class VaultClient:
         target: str,
         timeout_s: float = 30.0,
         namespace: str = DEFAULT,
+        scan_timeout_s: float = SCAN_TIMEOUT_S,
     ) -> None:
         self.target = target
         self._timeout = timeout_s
+        self._scan_timeout = scan_timeout_s
         # Every call reads or marks this namespace's episodes only.
         self._md = namespace_metadata(namespace)
         self._channel = channel
@@ -104,13 +111,18 @@ class VaultClient:
 
     @classmethod
     def of(
-        cls, clients: ClientFactory, timeout_s: float = 30.0, namespace: str = DEFAULT
+        cls,
+        clients: ClientFactory,
+        timeout_s: float = 30.0,
+        namespace: str = DEFAULT,
+        scan_timeout_s: float = SCAN_TIMEOUT_S,
     ) -> VaultClient:
         return cls(
             clients.aio_channel("episodic_vault"),
             clients.address("episodic_vault"),
             timeout_s,
             namespace,
+            scan_timeout_s,
         )
 
     async def unconsolidated(self) -> int:
@@ -128,7 +140,9 @@ class VaultClient:
         out = EpisodeBatch()
         now_ms = time.time_ns() // 1_000_000
         call = self._stub.Scan(
-            episodic_pb2.ScanRequest(after_seq=0, only_unconsolidated=True), metadata=self._md
+            episodic_pb2.ScanRequest(after_seq=0, only_unconsolidated=True),
+            timeout=self._scan_timeout,
+            metadata=self._md,
         )
         try:
             async for resp in call:
@@ -147,6 +161,11 @@ class VaultClient:
                     call.cancel()
                     break
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise VaultUnavailable(
+                    f"vault {self.target} Scan did not end within {self._scan_timeout:g} s "
+                    "(sleep_scheduler.vault_scan_timeout_s): raise it, or lower max_episodes"
+                ) from exc
             raise VaultUnavailable(f"vault {self.target} Scan failed: {exc.details()}") from exc
         return out
 

@@ -31,6 +31,7 @@ from mcp_services.common.namespaces import (
     namespace_dir,
     quiet_bus,
 )
+from mcp_services.common.tasks import Spawner
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2
 from mcp_services.sparse_pruner.backups import BackupStore
@@ -67,8 +68,9 @@ class PrunerUnit:
         await self.client.close()
 
 
-def pruner_unit(settings: Settings, backups: Path, namespace: str) -> PrunerUnit:
-    """A unit for ``namespace`` (its schedule not started: it prunes when asked)."""
+def pruner_unit(settings: Settings, backups: Path, namespace: str, tasks: Spawner) -> PrunerUnit:
+    """A unit for ``namespace`` (its schedule not started: it prunes when asked); its schedule
+    and follow-ups run in ``tasks``, the service's task group."""
     cfg = settings.sparse_pruner
     client = SchedulerClient.of(ClientFactory.of(settings), cfg.scheduler_timeout_s, namespace)
     engine = PruningEngine(
@@ -80,17 +82,17 @@ def pruner_unit(settings: Settings, backups: Path, namespace: str) -> PrunerUnit
         growth_min_window_s=cfg.growth_min_window_s,
         auto_tune_cooldown_s=cfg.auto_tune_cooldown_s,
     )
-    schedule = Schedule(engine, 0.0, cfg.schedule_dry_run)
+    schedule = Schedule(engine, 0.0, cfg.schedule_dry_run, tasks)
     servicer = SparsePrunerServicer(engine, schedule)
-    return PrunerUnit(client, engine, schedule, servicer, ConsolidationTrigger(engine))
+    return PrunerUnit(client, engine, schedule, servicer, ConsolidationTrigger(engine, tasks))
 
 
 def pruner_units(
-    settings: Settings, backups: Path, default: PrunerUnit
+    settings: Settings, backups: Path, default: PrunerUnit, tasks: Spawner
 ) -> NamespaceUnits[PrunerUnit]:
     """The pruner's units: ``default`` (the service's own), the others made at first call."""
     return NamespaceUnits(
-        SERVICE, default, lambda ns: pruner_unit(settings, backups, ns), MAX_NAMESPACES
+        SERVICE, default, lambda ns: pruner_unit(settings, backups, ns, tasks), MAX_NAMESPACES
     )
 
 

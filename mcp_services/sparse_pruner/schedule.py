@@ -6,18 +6,21 @@
   ``trigger_on_consolidation`` is on. Events arriving while a job runs are coalesced into one
   follow-up job. An event is only a trigger: a missed one delays pruning until the next event,
   tick or call, since every job reads the latest graph version anyway.
+
+Both run their waits as tasks of the service's task group (common/tasks.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import structlog
 from google.protobuf.message import Message
 
 from mcp_services.common.jobs import JobBusy
+from mcp_services.common.periodic import Periodic
+from mcp_services.common.tasks import Spawner
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.sparse_pruner.engine import PruningEngine
 from mcp_services.sparse_pruner.knobs import RunOverrides
@@ -26,54 +29,55 @@ log = structlog.get_logger(__name__)
 
 
 class Schedule:
-    """Runs a job every ``interval_s`` seconds while set; owns its timer task."""
+    """Runs a job every ``interval_s`` seconds while set; its timer is a task of ``tasks``."""
 
-    def __init__(self, engine: PruningEngine, interval_s: float, dry_run: bool) -> None:
+    def __init__(
+        self, engine: PruningEngine, interval_s: float, dry_run: bool, tasks: Spawner
+    ) -> None:
         self._engine = engine
+        self._tasks = tasks
         self.interval_s = 0.0
         self.dry_run = dry_run
         self.next_run_ms = 0
-        self._task: asyncio.Task[None] | None = None
         self._initial = interval_s
+        self._timer = Periodic("pruning-schedule", self._run, self._until_next)
 
     def start(self) -> None:
         self.set(self._initial, self.dry_run)
 
+    def _until_next(self) -> float | None:
+        if not self.interval_s:
+            return None
+        return max(self.next_run_ms / 1000 - time.time(), 0.0)
+
     def set(self, interval_s: float, dry_run: bool) -> None:
         """(Re)start the timer with ``interval_s`` (0 stops it)."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
         self.interval_s, self.dry_run = interval_s, dry_run
         self.next_run_ms = 0
         if interval_s > 0.0:
             self.next_run_ms = int((time.time() + interval_s) * 1000)
-            self._task = asyncio.create_task(self._loop(), name="pruning-schedule")
+            self._timer.start(self._tasks)
+        self._timer.reschedule()
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(max(self.next_run_ms / 1000 - time.time(), 0.0))
-            self.next_run_ms = int((time.time() + self.interval_s) * 1000)
-            try:
-                job = self._engine.submit("schedule", self.dry_run, RunOverrides())
-            except JobBusy:
-                log.info("scheduled_pruning_skipped", reason="a job is running")
-                continue
-            await self._engine.wait(job)
+    async def _run(self) -> None:
+        self.next_run_ms = int((time.time() + self.interval_s) * 1000)
+        try:
+            job = self._engine.submit("schedule", self.dry_run, RunOverrides())
+        except JobBusy:
+            log.info("scheduled_pruning_skipped", reason="a job is running")
+            return
+        await self._engine.wait(job)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._timer.stop()
 
 
 class ConsolidationTrigger:
     """Starts a job per consolidation.completed event (coalesced while one runs)."""
 
-    def __init__(self, engine: PruningEngine) -> None:
+    def __init__(self, engine: PruningEngine, tasks: Spawner) -> None:
         self._engine = engine
+        self._tasks = tasks
         self._pending = False
         self._follow_up: asyncio.Task[None] | None = None
         self.events_seen = 0
@@ -94,7 +98,7 @@ class ConsolidationTrigger:
             # One follow-up job covers every event that arrived meanwhile.
             self._pending = True
             if self._follow_up is None or self._follow_up.done():
-                self._follow_up = asyncio.create_task(self._after_current())
+                self._follow_up = self._tasks.spawn(self._after_current(), name="pruning-follow-up")
             return
         del job
 
@@ -108,5 +112,4 @@ class ConsolidationTrigger:
     async def stop(self) -> None:
         if self._follow_up is not None:
             self._follow_up.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follow_up
+            await asyncio.wait({self._follow_up})

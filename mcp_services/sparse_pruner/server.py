@@ -60,12 +60,14 @@ class SparsePrunerService:
             growth_min_window_s=cfg.growth_min_window_s,
             auto_tune_cooldown_s=cfg.auto_tune_cooldown_s,
         )
-        self.schedule = Schedule(self.engine, cfg.schedule_interval_s, cfg.schedule_dry_run)
-        self.trigger = ConsolidationTrigger(self.engine)
+        self.schedule = Schedule(
+            self.engine, cfg.schedule_interval_s, cfg.schedule_dry_run, ctx.tasks
+        )
+        self.trigger = ConsolidationTrigger(self.engine, ctx.tasks)
         # One pruner per namespace, each over its namespace's graph; the default is this one.
         servicer = SparsePrunerServicer(self.engine, self.schedule)
         default = PrunerUnit(self.client, self.engine, self.schedule, servicer, self.trigger)
-        self._units = pruner_units(settings, backup_root(settings), default)
+        self._units = pruner_units(settings, backup_root(settings), default, ctx.tasks)
         self._router = ConsolidationRouter(self._units)
 
     def register(self, server: grpc.aio.Server) -> None:
