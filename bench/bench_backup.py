@@ -47,8 +47,13 @@ sys.path.insert(0, str(ROOT))
 from bench_transfer import fill, ops  # noqa: E402
 
 from mcp_services.common.config import load_config  # noqa: E402
-from mcp_services.episodic_vault.backends import open_backend  # noqa: E402
-from mcp_services.episodic_vault.store import TieredStore, index_dir, store_identity  # noqa: E402
+from mcp_services.episodic_vault.adapters.storage import (  # noqa: E402
+    index_dir,
+    open_backend,
+    store_identity,
+    write_gate,
+)
+from mcp_services.episodic_vault.domain.store import TieredStore  # noqa: E402
 from mcp_services.koopman_learner import state_store  # noqa: E402
 from mcp_services.koopman_learner.domain.synthetic import oscillator_system, simulate  # noqa: E402
 from mcp_services.koopman_learner.learner import Learner  # noqa: E402
@@ -87,7 +92,13 @@ def build_index(env: dict[str, str]) -> float:
     cfg = load_config(environ=env).vault
     var_dir = env["TORI_VAR_DIR"]
     start = time.perf_counter()
-    store = TieredStore(cfg, open_backend(cfg), index_dir(cfg, var_dir), store_identity(cfg))
+    store = TieredStore(
+        cfg,
+        open_backend(cfg),
+        index_dir(cfg, var_dir),
+        store_identity(cfg),
+        write_gate=write_gate(cfg),
+    )
     store.open()
     store.close()
     return time.perf_counter() - start

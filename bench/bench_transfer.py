@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
-from mcp_services.episodic_vault.backends import open_backend
-from mcp_services.episodic_vault.validation import validate_episode
+from mcp_services.episodic_vault.adapters.storage import open_backend
+from mcp_services.episodic_vault.rpc.validation import validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
 from mcp_services.ops.backend_spec import vault_config
 

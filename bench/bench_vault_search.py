@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from mcp_services.common.config import load_config  # noqa: E402
 from mcp_services.common.server import ServerThread  # noqa: E402
-from mcp_services.episodic_vault.model import EpisodeFilter, Tier  # noqa: E402
+from mcp_services.episodic_vault.domain.model import EpisodeFilter, Tier  # noqa: E402
 from mcp_services.episodic_vault.server import VaultService  # noqa: E402
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb  # noqa: E402
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2_grpc  # noqa: E402

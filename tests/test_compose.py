@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from mcp_services.common.config import load_config
-from mcp_services.episodic_vault.completion import completion_address
+from mcp_services.episodic_vault.adapters.completion import completion_address
 from mcp_services.fleet.cli import SERVICES, endpoint_of
 
 ROOT = Path(__file__).resolve().parents[1]

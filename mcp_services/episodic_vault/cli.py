@@ -34,7 +34,7 @@ from google.protobuf.json_format import MessageToDict, Parse, ParseError
 from mcp_services.common.auth import AuthConfigError
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import ConfigError, load_config
-from mcp_services.episodic_vault.codec import client_content
+from mcp_services.episodic_vault.rpc.codec import client_content
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2_grpc
 

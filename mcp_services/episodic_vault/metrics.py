@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mcp_services.common import metric_names as names
 from mcp_services.common.grpc_metrics import LATENCY_BUCKETS
-from mcp_services.episodic_vault.model import PutOutcome, PutStatus, Tier
+from mcp_services.episodic_vault.domain.model import PutOutcome, PutStatus, Tier
 
 if TYPE_CHECKING:
     from mcp_services.episodic_vault.namespaces import ScopedStore

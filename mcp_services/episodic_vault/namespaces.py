@@ -36,8 +36,13 @@ from mcp_services.common.namespaces import (
     PerNamespace,
     current_namespace,
 )
-from mcp_services.episodic_vault.backends import open_backend
-from mcp_services.episodic_vault.model import (
+from mcp_services.episodic_vault.adapters.storage import (
+    index_dir,
+    open_backend,
+    store_identity,
+    write_gate,
+)
+from mcp_services.episodic_vault.domain.model import (
     Episode,
     EpisodeFilter,
     ListCursor,
@@ -46,15 +51,13 @@ from mcp_services.episodic_vault.model import (
     Tier,
     VaultStats,
 )
-from mcp_services.episodic_vault.spool import EpisodeSpool
-from mcp_services.episodic_vault.store import (
+from mcp_services.episodic_vault.domain.spool import EpisodeSpool
+from mcp_services.episodic_vault.domain.store import (
     RecallHit,
     SearchHit,
     TieredStore,
-    index_dir,
-    store_identity,
 )
-from mcp_services.episodic_vault.vector_index import VectorIndex
+from mcp_services.episodic_vault.domain.vector_index import VectorIndex
 
 log = structlog.get_logger(__name__)
 
@@ -117,7 +120,9 @@ def stored_namespaces(cfg: VaultConfig) -> list[str]:
 def open_store(cfg: VaultConfig, var_dir: str) -> TieredStore:
     """Open the backend ``cfg`` names and build its tiered store (catalog, index)."""
     backend = open_backend(cfg)
-    store = TieredStore(cfg, backend, index_dir(cfg, var_dir), store_identity(cfg))
+    store = TieredStore(
+        cfg, backend, index_dir(cfg, var_dir), store_identity(cfg), write_gate=write_gate(cfg)
+    )
     try:
         store.open()
     except BaseException:

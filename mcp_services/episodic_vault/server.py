@@ -17,7 +17,7 @@ from mcp_services.common.namespaces import (
     add_scoped_servicer,
 )
 from mcp_services.common.server import Context, StartupError, run
-from mcp_services.episodic_vault.completion import CueCompleter, completion_address
+from mcp_services.episodic_vault.adapters.completion import CueCompleter, completion_address
 from mcp_services.episodic_vault.metrics import VaultMetrics
 from mcp_services.episodic_vault.namespaces import (
     NamespaceStores,
@@ -25,7 +25,7 @@ from mcp_services.episodic_vault.namespaces import (
     open_store,
     stored_namespaces,
 )
-from mcp_services.episodic_vault.servicer import EpisodicVaultServicer
+from mcp_services.episodic_vault.rpc.servicer import EpisodicVaultServicer
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 
 SERVICE_NAME = episodic_pb2.DESCRIPTOR.services_by_name["EpisodicVault"].full_name

@@ -29,7 +29,7 @@ import numpy as np
 
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import load_config
-from mcp_services.episodic_vault.codec import client_content
+from mcp_services.episodic_vault.rpc.codec import client_content
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as vault_pb
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2_grpc as vault_grpc
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as kcl_pb

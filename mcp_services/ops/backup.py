@@ -55,7 +55,8 @@ from mcp_services.common.namespaces import (
     check_namespace,
     namespace_dir,
 )
-from mcp_services.episodic_vault.backends import BackendError, open_backend
+from mcp_services.episodic_vault.adapters.storage import open_backend
+from mcp_services.episodic_vault.domain.backend import BackendError
 from mcp_services.episodic_vault.namespaces import namespace_config
 from mcp_services.ops.backend_spec import describe
 from mcp_services.ops.backup_manifest import (

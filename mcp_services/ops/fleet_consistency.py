@@ -43,11 +43,11 @@ from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.health import check
 from mcp_services.common.namespaces import DEFAULT, namespace_dir, namespace_metadata
-from mcp_services.episodic_vault.backends import VaultBackend, open_backend
-from mcp_services.episodic_vault.model import Tier
+from mcp_services.episodic_vault.adapters.storage import index_dir, open_backend, store_identity
+from mcp_services.episodic_vault.domain.backend import VaultBackend
+from mcp_services.episodic_vault.domain.model import Tier
+from mcp_services.episodic_vault.domain.vector_index import content_key, normalised
 from mcp_services.episodic_vault.namespaces import namespace_config
-from mcp_services.episodic_vault.store import index_dir, store_identity
-from mcp_services.episodic_vault.vector_index import content_key, normalised
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.ops.fleet_namespaces import service_dirs

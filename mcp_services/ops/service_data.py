@@ -7,7 +7,7 @@ here opens files for reading only, validates every rule the writer guarantees, a
 found with a list of problems (each naming the file, what is wrong and what the service does
 about it), never raising for bad data.
 
-The layouts are the writers': mcp_services/episodic_vault/vector_index.py (index.faiss,
+The layouts are the writers': mcp_services/episodic_vault/domain/vector_index.py (index.faiss,
 labels.npy, manifest.json), mcp_services/sleep_scheduler/graph_store.py (v<12 digits>.npz) and
 mcp_services/koopman_learner/state_store.py (state.npz).
 """

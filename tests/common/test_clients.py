@@ -33,7 +33,7 @@ from mcp_services.common.config import ConfigError, load_config
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.server import ServerThread
 from mcp_services.episodic_vault import cli as vault_cli
-from mcp_services.episodic_vault.completion import completion_address
+from mcp_services.episodic_vault.adapters.completion import completion_address
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gateway import metrics as gateway_metrics
 from mcp_services.gateway.backends import CallSpec, ServiceClients

@@ -10,7 +10,7 @@ from google.protobuf.json_format import Parse
 
 from mcp_services.common.config import load_config
 from mcp_services.demo import scenes
-from mcp_services.episodic_vault.validation import validate_episode
+from mcp_services.episodic_vault.rpc.validation import validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
 from mcp_services.koopman_learner.traces import STREAM_FLUSH_SNAPSHOTS
 

@@ -1,4 +1,4 @@
-"""The storage contract, run against every backend (base.py states it)."""
+"""The storage contract, run against every backend (domain/backend.py states it)."""
 
 from __future__ import annotations
 
@@ -20,19 +20,19 @@ from mcp_services.common.config_schema import (
     VaultPostgresConfig,
     VaultRedisConfig,
 )
-from mcp_services.episodic_vault.backends import (
+from mcp_services.episodic_vault.adapters.memory_backend import MemoryBackend
+from mcp_services.episodic_vault.adapters.postgres_backend import PostgresBackend
+from mcp_services.episodic_vault.adapters.redis_backend import RedisBackend
+from mcp_services.episodic_vault.adapters.sqlite_backend import SqliteBackend
+from mcp_services.episodic_vault.adapters.storage import open_backend
+from mcp_services.episodic_vault.domain.backend import (
     BackendUnavailable,
     CapacityExceeded,
     IdConflict,
-    MemoryBackend,
-    PostgresBackend,
-    RedisBackend,
+    SchemaTooNew,
     VaultBackend,
-    open_backend,
 )
-from mcp_services.episodic_vault.backends.base import SchemaTooNew
-from mcp_services.episodic_vault.backends.sqlite_backend import SqliteBackend
-from mcp_services.episodic_vault.model import (
+from mcp_services.episodic_vault.domain.model import (
     ConceptActivation,
     Episode,
     EpisodeFilter,
@@ -611,8 +611,8 @@ class TestMarkConsolidated:
         """A version-1 database opens migrated: graph_version added, consolidated rows in LTM."""
         import sqlite3
 
-        from mcp_services.episodic_vault.backends.sqlite_backend import MIGRATIONS
-        from mcp_services.episodic_vault.codec import encode_body
+        from mcp_services.episodic_vault.adapters.body import encode_body
+        from mcp_services.episodic_vault.adapters.sqlite_backend import MIGRATIONS
 
         path = tmp_path / "v1.db"
         conn = sqlite3.connect(path)

@@ -15,16 +15,15 @@ from mcp_services.common.config_schema import (
     TiersConfig,
     VaultConfig,
 )
-from mcp_services.episodic_vault.backends import (
-    MemoryBackend,
-    PostgresBackend,
-    RedisBackend,
-    VaultBackend,
-)
-from mcp_services.episodic_vault.backends.sqlite_backend import SqliteBackend
-from mcp_services.episodic_vault.importance import importance, least_important
-from mcp_services.episodic_vault.model import Episode, EpisodeFilter, Tier
-from mcp_services.episodic_vault.store import TieredStore
+from mcp_services.episodic_vault.adapters.memory_backend import MemoryBackend
+from mcp_services.episodic_vault.adapters.postgres_backend import PostgresBackend
+from mcp_services.episodic_vault.adapters.redis_backend import RedisBackend
+from mcp_services.episodic_vault.adapters.sqlite_backend import SqliteBackend
+from mcp_services.episodic_vault.adapters.storage import write_gate
+from mcp_services.episodic_vault.domain.backend import VaultBackend
+from mcp_services.episodic_vault.domain.importance import importance, least_important
+from mcp_services.episodic_vault.domain.model import Episode, EpisodeFilter, Tier
+from mcp_services.episodic_vault.domain.store import TieredStore
 from tests.episodic_vault.test_backend_contract import (  # noqa: F401  (fixtures)
     make_ep,
     pg_schema,
@@ -63,7 +62,7 @@ def open_store(tmp_path: Path) -> Iterator[StoreFactory]:
     ) -> TieredStore:
         c = config or cfg()
         b = backend() if backend else SqliteBackend(SqliteConfig(), tmp_path / "v.db")
-        s = TieredStore(c, b, index_path, "test-store")
+        s = TieredStore(c, b, index_path, "test-store", write_gate=write_gate(c))
         s.report = s.open()  # type: ignore[attr-defined]
         opened.append(s)
         return s

@@ -18,7 +18,7 @@ import pytest
 from mcp_services.common.config import load_config
 from mcp_services.common.server import ServerThread
 from mcp_services.demo import scenes
-from mcp_services.episodic_vault.completion import completion_address
+from mcp_services.episodic_vault.adapters.completion import completion_address
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gateway.app import GatewayThread
 from mcp_services.koopman_learner.server import KoopmanLearnerService

@@ -12,10 +12,10 @@ import scipy.sparse as sp
 from mcp_services.common.config import load_config
 from mcp_services.common.namespaces import DEFAULT, namespace_dir
 from mcp_services.common.server import ServerThread
-from mcp_services.episodic_vault.backends import open_backend
+from mcp_services.episodic_vault.adapters.storage import open_backend
 from mcp_services.episodic_vault.namespaces import namespace_config
+from mcp_services.episodic_vault.rpc.validation import validate_episode
 from mcp_services.episodic_vault.server import VaultService
-from mcp_services.episodic_vault.validation import validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
 from mcp_services.sleep_scheduler.domain.concept_index import ConceptIndex
 from mcp_services.sleep_scheduler.domain.graph import ConceptGraph

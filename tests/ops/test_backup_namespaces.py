@@ -11,7 +11,7 @@ import psycopg
 
 from mcp_services.common.config import load_config
 from mcp_services.common.namespaces import DEFAULT
-from mcp_services.episodic_vault.backends import open_backend
+from mcp_services.episodic_vault.adapters.storage import open_backend
 from mcp_services.episodic_vault.namespaces import namespace_config, postgres_schema
 from mcp_services.ops.transfer import iter_backend
 from tests.conftest import service_environ

@@ -28,10 +28,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mcp_services.common.config import load_config
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.server import ServerThread
-from mcp_services.episodic_vault.backends import open_backend
+from mcp_services.episodic_vault.adapters.storage import index_dir, open_backend
+from mcp_services.episodic_vault.rpc.validation import validate_episode
 from mcp_services.episodic_vault.server import VaultService
-from mcp_services.episodic_vault.store import index_dir
-from mcp_services.episodic_vault.validation import validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as vpb
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2_grpc
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2, koopman_pb2_grpc

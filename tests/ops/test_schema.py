@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 
-from mcp_services.episodic_vault.backends import sqlite_backend
+from mcp_services.episodic_vault.adapters import sqlite_backend
 from tests.episodic_vault.test_backend_contract import POSTGRES_DSN, REDIS_URL
 from tests.ops.runner import ops
 

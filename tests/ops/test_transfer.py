@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mcp_services.episodic_vault.backends import VaultBackend, open_backend
-from mcp_services.episodic_vault.validation import validate_episode
+from mcp_services.episodic_vault.adapters.storage import open_backend
+from mcp_services.episodic_vault.domain.backend import VaultBackend
+from mcp_services.episodic_vault.rpc.validation import validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
 from mcp_services.ops.backend_spec import vault_config
 from mcp_services.ops.transfer import iter_backend

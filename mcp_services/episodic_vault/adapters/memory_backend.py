@@ -21,16 +21,15 @@ from pathlib import Path
 import structlog
 
 from mcp_services.common.config_schema import MemoryConfig
-from mcp_services.episodic_vault.backends.base import CapacityExceeded, IdConflict
-from mcp_services.episodic_vault.backends.disk_full import space_note
-from mcp_services.episodic_vault.codec import (
-    client_content,
+from mcp_services.episodic_vault.adapters.body import (
     decode_body,
+    decode_record,
     encode_body,
-    episode_to_proto,
-    ms_from_timestamp,
+    encode_record,
 )
-from mcp_services.episodic_vault.model import (
+from mcp_services.episodic_vault.domain.backend import CapacityExceeded, IdConflict
+from mcp_services.episodic_vault.domain.disk_full import space_note
+from mcp_services.episodic_vault.domain.model import (
     Episode,
     EpisodeFilter,
     ListCursor,
@@ -41,7 +40,6 @@ from mcp_services.episodic_vault.model import (
     TierCount,
     VaultStats,
 )
-from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -59,19 +57,6 @@ def _matches(ep: Episode, flt: EpisodeFilter) -> bool:
         and (not flt.source_type or ep.source.type == flt.source_type)
         and ep.energy >= flt.min_energy
         and all(t in ep.tags for t in flt.tags)
-    )
-
-
-def _from_full_proto(msg: episodic_pb2.Episode) -> Episode:
-    return decode_body(
-        client_content(msg).SerializeToString(deterministic=True),
-        ref_count=msg.ref_count,
-        tier=msg.tier,
-        consolidated=msg.consolidated,
-        stored_ms=ms_from_timestamp(msg.stored_at),
-        seq=msg.seq,
-        content_hash=msg.content_hash,
-        graph_version=msg.graph_version,
     )
 
 
@@ -117,7 +102,7 @@ class MemoryBackend:
             pos += 4
             if pos + n > len(data):
                 raise SnapshotCorrupt(f"{self._path} is truncated at byte {pos}")
-            self._insert(_from_full_proto(episodic_pb2.Episode.FromString(data[pos : pos + n])))
+            self._insert(decode_record(data[pos : pos + n]))
             pos += n
         self._last_seq = max(self._last_seq, last_seq)
 
@@ -128,7 +113,7 @@ class MemoryBackend:
         with self._lock:
             if not self._dirty:
                 return
-            records = [episode_to_proto(ep).SerializeToString() for ep in self._by_seq.values()]
+            records = [encode_record(ep) for ep in self._by_seq.values()]
             header = MAGIC + struct.pack(">Q", self._last_seq)
             self._dirty = False
         tmp = self._path.with_suffix(self._path.suffix + ".tmp")

@@ -24,16 +24,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from mcp_services.common.config_schema import VaultPostgresConfig
-from mcp_services.episodic_vault.backends.base import (
+
+# One "newer schema" error for every backend with a versioned layout.
+from mcp_services.episodic_vault.adapters.body import decode_body, encode_body
+from mcp_services.episodic_vault.domain.backend import (
     BackendUnavailable,
     CapacityExceeded,
     IdConflict,
     SchemaTooNew,
 )
-
-# One "newer schema" error for every backend with a versioned layout.
-from mcp_services.episodic_vault.codec import decode_body, encode_body
-from mcp_services.episodic_vault.model import (
+from mcp_services.episodic_vault.domain.model import (
     Episode,
     EpisodeFilter,
     ListCursor,
@@ -241,7 +241,8 @@ class PostgresBackend:
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection, with driver errors mapped to the backend hierarchy (base.py)."""
+        """A pooled connection, with driver errors mapped to the backend hierarchy
+        (domain/backend.py)."""
         try:
             with self._pool.connection() as conn:
                 yield conn

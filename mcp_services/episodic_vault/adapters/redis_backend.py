@@ -38,14 +38,14 @@ from redis import exceptions as rex
 
 from mcp_services.common.config_schema import VaultRedisConfig
 from mcp_services.common.secrets_mask import mask_text
-from mcp_services.episodic_vault.backends.base import (
+from mcp_services.episodic_vault.adapters.body import decode_body, encode_body
+from mcp_services.episodic_vault.domain.backend import (
     BackendUnavailable,
     CapacityExceeded,
     IdConflict,
     SchemaTooNew,
 )
-from mcp_services.episodic_vault.codec import decode_body, encode_body
-from mcp_services.episodic_vault.model import (
+from mcp_services.episodic_vault.domain.model import (
     Episode,
     EpisodeFilter,
     ListCursor,
@@ -225,7 +225,7 @@ def _seq_hex(seq: int) -> str:
 
 @contextmanager
 def _errors(url: str) -> Iterator[None]:
-    """Map redis-py's errors to the backend hierarchy (base.py)."""
+    """Map redis-py's errors to the backend hierarchy (domain/backend.py)."""
     try:
         yield
     except (rex.AuthenticationError, rex.AuthorizationError) as exc:
@@ -246,7 +246,7 @@ def _errors(url: str) -> Iterator[None]:
         ) from exc
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """The URL without its password, for messages and logs (common/secrets_mask.py)."""
     return mask_text(url)
 
@@ -263,7 +263,7 @@ class RedisBackend:
 
     def __init__(self, cfg: VaultRedisConfig) -> None:
         self._cfg = cfg
-        self._url = _redacted(cfg.url)
+        self._url = redacted(cfg.url)
         self._batch = cfg.batch_size
         kwargs: dict[str, Any] = {
             "max_connections": cfg.max_connections,

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from mcp_services.common.config_schema import SqliteConfig
-from mcp_services.episodic_vault.backends.base import IdConflict, SchemaTooNew
-from mcp_services.episodic_vault.backends.disk_full import DiskFull, is_disk_full
-from mcp_services.episodic_vault.codec import decode_body, encode_body
-from mcp_services.episodic_vault.model import (
+from mcp_services.episodic_vault.adapters.body import decode_body, encode_body
+from mcp_services.episodic_vault.domain.backend import IdConflict, SchemaTooNew
+from mcp_services.episodic_vault.domain.disk_full import DiskFull, is_disk_full
+from mcp_services.episodic_vault.domain.model import (
     Episode,
     EpisodeFilter,
     ListCursor,

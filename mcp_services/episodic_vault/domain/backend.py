@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from mcp_services.episodic_vault.model import (
+from mcp_services.episodic_vault.domain.model import (
     Episode,
     EpisodeFilter,
     ListCursor,

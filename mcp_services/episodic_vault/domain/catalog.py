@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from mcp_services.episodic_vault.model import Episode, EpisodeFilter, Tier
+from mcp_services.episodic_vault.domain.model import Episode, EpisodeFilter, Tier
 
 _START = 1024
 

@@ -12,7 +12,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from mcp_services.episodic_vault.backends.base import CapacityExceeded
+from mcp_services.episodic_vault.domain.backend import CapacityExceeded
 
 # SQLite's primary result code for "database or disk is full".
 _SQLITE_FULL = 13

@@ -1,7 +1,7 @@
 """The vault's domain values: plain frozen dataclasses, no protobuf.
 
-Protos are converted to and from these at the service edge (codec.py), so backends and domain logic
-never handle `_pb2` objects.
+Protos are converted to and from these at the service edge (rpc/codec.py; the stored body, which
+is the proto's wire format, in adapters/body.py), so domain logic never handles `_pb2` objects.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ until then each validated episode is appended here. The file is anonymous (O_TMP
 has it, else unlinked at once) in the vault's data directory: it is gone when closed or when the
 process dies, and it takes space on the disk the vault writes to, so a full disk refuses the
 stream (DiskFull) instead of filling memory. Episodes are pickled: the file is written and read by
-this process only.
+this process only. Where the file lives is adapters/storage.py's spool_directory.
 """
 
 from __future__ import annotations
@@ -20,27 +20,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import overload
 
-from mcp_services.common.config import resolve_path
-from mcp_services.common.config_schema import VaultConfig
-from mcp_services.episodic_vault.backends.disk_full import DiskFull, is_disk_full
-from mcp_services.episodic_vault.model import Episode
+from mcp_services.episodic_vault.domain.disk_full import DiskFull, is_disk_full
+from mcp_services.episodic_vault.domain.model import Episode
 
 # Episodes per chunk when the spool is read back (well under a MB with typical payloads; at most
 # CHUNK x (1 MiB payload + metadata) with the largest).
 CHUNK = 16
 _LEN = struct.Struct("<Q")
-
-
-def spool_directory(cfg: VaultConfig) -> Path:
-    """Where streamed batches wait: beside the SQLite file or memory snapshot (the disk the vault
-    writes to), else vault.index.dir, else the system's temporary directory (TMPDIR)."""
-    if cfg.backend == "sqlite":
-        return resolve_path(cfg.sqlite.path).parent
-    if cfg.backend == "memory" and cfg.memory.snapshot_file:
-        return resolve_path(cfg.memory.snapshot_file).parent
-    if cfg.index.dir:
-        return resolve_path(cfg.index.dir)
-    return Path(tempfile.gettempdir())
 
 
 class EpisodeSpool(Sequence[Episode]):

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from mcp_services.episodic_vault.model import Episode, Tier
+from mcp_services.episodic_vault.domain.model import Episode, Tier
 
 
 class ShortTermTier:

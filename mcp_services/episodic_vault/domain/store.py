@@ -1,18 +1,18 @@
 """The tiered store: STM in front of the durable backend (MTM), consolidated episodes (LTM), the
 vector index and the concept index, kept in step.
 
-It keeps the VaultBackend contract (base.py), so the servicer talks to it as to a backend, and adds
-search, recall and pruning. Writes are serialised (one write lock) so that the backend and the
+It keeps the VaultBackend contract (backend.py), so the servicer talks to it as to a backend, and
+adds search, recall and pruning. Writes are serialised (one write lock) so that the backend and the
 in-process indexes change together: a delete or purge can never leave a ghost in Search or Recall.
 The indexes cover the episodes written through this process and what the backend held at start;
 episodes written by another vault replica into a shared Redis or PostgreSQL are not indexed until
-this one restarts.
+this one restarts. What depends on the backend's kind (where the index lives, the store's identity,
+the write gate over local data) is decided in adapters/storage.py and handed in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,15 +24,12 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import VaultConfig
-from mcp_services.episodic_vault.backends import VaultBackend
-from mcp_services.episodic_vault.backends.disk_full import DiskFull, is_disk_full, space_note
-from mcp_services.episodic_vault.backends.postgres_backend import redacted as pg_redacted
-from mcp_services.episodic_vault.backends.redis_backend import _redacted as redis_redacted
-from mcp_services.episodic_vault.catalog import Catalog
-from mcp_services.episodic_vault.importance import importance, least_important
-from mcp_services.episodic_vault.model import (
+from mcp_services.episodic_vault.domain.backend import VaultBackend
+from mcp_services.episodic_vault.domain.catalog import Catalog
+from mcp_services.episodic_vault.domain.disk_full import DiskFull, is_disk_full, space_note
+from mcp_services.episodic_vault.domain.importance import importance, least_important
+from mcp_services.episodic_vault.domain.model import (
     Episode,
     EpisodeFilter,
     ListCursor,
@@ -43,10 +40,15 @@ from mcp_services.episodic_vault.model import (
     TierCount,
     VaultStats,
 )
-from mcp_services.episodic_vault.spool import EpisodeSpool
-from mcp_services.episodic_vault.stm import ShortTermTier
-from mcp_services.episodic_vault.vector_index import F32, VectorIndex, content_key, normalised
-from mcp_services.episodic_vault.write_gate import write_gate
+from mcp_services.episodic_vault.domain.spool import EpisodeSpool
+from mcp_services.episodic_vault.domain.stm import ShortTermTier
+from mcp_services.episodic_vault.domain.vector_index import (
+    F32,
+    VectorIndex,
+    content_key,
+    normalised,
+)
+from mcp_services.episodic_vault.domain.write_gate import WriteGate
 
 log = structlog.get_logger(__name__)
 
@@ -76,33 +78,6 @@ class SearchDisabled(Exception):
     """The deployment has no vector index (vault.index.enabled false or embedding_dim 0)."""
 
 
-def store_identity(cfg: VaultConfig) -> str:
-    """Names the store the index belongs to, so an index is never reused for another store."""
-    if cfg.backend == "sqlite":
-        return f"sqlite:{resolve_path(cfg.sqlite.path)}"
-    if cfg.backend == "memory":
-        return f"memory:{cfg.memory.snapshot_file}"
-    if cfg.backend == "redis":
-        return f"redis:{redis_redacted(cfg.redis.url)}:{cfg.redis.key_prefix}"
-    return f"postgres:{pg_redacted(cfg.postgres.dsn)}:{cfg.postgres.schema_name}"
-
-
-def index_dir(cfg: VaultConfig, var_dir: str) -> Path | None:
-    """Where the vector index persists: vault.index.dir, else beside the data."""
-    if cfg.index.dir:
-        return resolve_path(cfg.index.dir)
-    if cfg.backend == "sqlite":
-        p = resolve_path(cfg.sqlite.path)
-        return p.with_name(p.name + ".index")
-    if cfg.backend == "memory":
-        if not cfg.memory.snapshot_file:
-            return None  # nothing persists, so neither does the index
-        p = resolve_path(cfg.memory.snapshot_file)
-        return p.with_name(p.name + ".index")
-    tag = hashlib.sha256(store_identity(cfg).encode()).hexdigest()[:12]
-    return resolve_path(var_dir) / "data" / f"vault-index-{cfg.backend}-{tag}"
-
-
 class TieredStore:
     """Thread-safe; open() before use, close() after."""
 
@@ -112,6 +87,8 @@ class TieredStore:
         backend: VaultBackend,
         index_path: Path | None,
         store_id: str,
+        *,
+        write_gate: WriteGate | None,
         on_change: Callable[[TieredStore], None] | None = None,
     ) -> None:
         self._cfg = cfg
@@ -131,8 +108,9 @@ class TieredStore:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.pruned: dict[Tier, int] = {Tier.MTM: 0, Tier.LTM: 0}
-        # Read-only when the disk is full at start (write_gate.py); None: nothing local.
-        self.write_gate = write_gate(cfg)
+        # Read-only when the disk is full at start (write_gate.py); None: nothing local
+        # (adapters/storage.py makes it for the configured backend).
+        self.write_gate = write_gate
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> dict[str, object]:

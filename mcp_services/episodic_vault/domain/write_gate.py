@@ -17,28 +17,13 @@ from pathlib import Path
 
 import structlog
 
-from mcp_services.common.config import resolve_path
-from mcp_services.common.config_schema import VaultConfig
-from mcp_services.common.namespaces import NAMESPACES_DIR
-from mcp_services.episodic_vault.backends.disk_full import DiskFull, space_note
+from mcp_services.episodic_vault.domain.disk_full import DiskFull, space_note
 
 log = structlog.get_logger(__name__)
 
 # What a probe writes: a disk with room for it has room for a small put.
 PROBE_BYTES = 64 * 1024
 RESERVE_NAME = ".vault-disk-reserve"
-
-
-def write_gate(cfg: VaultConfig) -> WriteGate | None:
-    """The gate over the local directory the store's data lives in: the SQLite file's or the
-    snapshot's. None for Redis and PostgreSQL (their servers hold the data and report their own
-    full disks; a local index that cannot be saved is only a warning) and for a memory store
-    without a snapshot."""
-    if cfg.backend == "sqlite":
-        return WriteGate(resolve_path(cfg.sqlite.path).parent, cfg.disk_reserve_bytes)
-    if cfg.backend == "memory" and cfg.memory.snapshot_file:
-        return WriteGate(resolve_path(cfg.memory.snapshot_file).parent, cfg.disk_reserve_bytes)
-    return None
 
 
 def probe_write(directory: Path) -> OSError | None:
@@ -81,13 +66,12 @@ def _make_reserve(path: Path, size: int) -> OSError | None:
 class WriteGate:
     """Whether the store may write, and its disk reserve. Thread-safe."""
 
-    def __init__(self, directory: Path, reserve_bytes: int) -> None:
+    def __init__(self, directory: Path, reserve_bytes: int, reserve_dir: Path) -> None:
+        """Gate writes to `directory`; the reserve file lives in `reserve_dir` (one per vault:
+        adapters/storage.py gives a namespace's store the default store's directory)."""
         self.directory = directory
         self.reserve_bytes = reserve_bytes
-        # One reserve per vault: a namespace's store (<data dir>/namespaces/<ns>/) shares the
-        # default store's, so a thousand namespaces do not hold a thousand reserves.
-        home = directory.parent.parent if directory.parent.name == NAMESPACES_DIR else directory
-        self.reserve = home / RESERVE_NAME
+        self.reserve = reserve_dir / RESERVE_NAME
         self.reason = ""
         self._lock = threading.Lock()
 

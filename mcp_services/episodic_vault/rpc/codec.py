@@ -1,25 +1,16 @@
-"""Conversions at the edge: domain Episode <-> proto, and the stored body encoding.
-
-Backends store an episode as an encoded body (the proto wire format of its client content, compact
-and versioned with the API) plus indexed columns for the server-side state that changes (tier,
-consolidated, ref_count) and for filtering.
-"""
+"""Conversions at the edge: domain Episode <-> proto (the stored body encoding built on them is
+adapters/body.py)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mcp_services.episodic_vault.model import (
+from mcp_services.episodic_vault.domain.model import (
     ConceptActivation,
-    Embedding,
     Episode,
-    Frame,
     PutOutcome,
-    Source,
-    Tier,
 )
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 
@@ -52,7 +43,7 @@ def _activation_to_proto(a: ConceptActivation) -> episodic_pb2.ConceptActivation
     )
 
 
-def _activation_from_proto(a: episodic_pb2.ConceptActivation) -> ConceptActivation:
+def activation_from_proto(a: episodic_pb2.ConceptActivation) -> ConceptActivation:
     return ConceptActivation(tuple(a.concept_ids), tuple(a.strengths), tuple(a.phases))
 
 
@@ -88,68 +79,6 @@ def episode_to_proto(ep: Episode) -> episodic_pb2.Episode:
     msg.content_hash = ep.content_hash
     msg.graph_version = ep.graph_version
     return msg
-
-
-# The key of Episode.embedding as a packed field (field number, wire type 2).
-_EMBEDDING_KEY = bytes(
-    [episodic_pb2.Episode.DESCRIPTOR.fields_by_name["embedding"].number << 3 | 2]
-)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def encode_body(ep: Episode) -> bytes:
-    """The Episode proto of the client content, in wire format. The embedding is appended as
-    the packed field it is on the wire (little-endian float32s) straight from its bytes: going
-    through a list of Python floats was a third of the cost. A parser reads fields in any order,
-    so the body decodes to the same message."""
-    body = content_to_proto(ep, embedding=False).SerializeToString(deterministic=True)
-    if not ep.embedding:
-        return body
-    raw = ep.embedding.array().astype("<f4", copy=False).tobytes()
-    return body + _EMBEDDING_KEY + _varint(len(raw)) + raw
-
-
-def decode_body(
-    body: bytes,
-    *,
-    ref_count: int,
-    tier: int,
-    consolidated: bool,
-    stored_ms: int,
-    seq: int,
-    content_hash: str,
-    graph_version: int = 0,
-) -> Episode:
-    """A domain Episode from a stored body and its server-side columns."""
-    msg = episodic_pb2.Episode.FromString(body)
-    return Episode(
-        id=msg.id,
-        timestamp_ms=ms_from_timestamp(msg.timestamp),
-        tags=tuple(msg.tags),
-        source=Source(msg.source.type, msg.source.id, msg.source.user),
-        energy=msg.energy,
-        ref_count=ref_count,
-        activation=_activation_from_proto(msg.activation),
-        trace=tuple(Frame(f.offset_ms, _activation_from_proto(f.activation)) for f in msg.trace),
-        payload=msg.payload,
-        embedding=Embedding(np.asarray(msg.embedding, np.float32)),
-        metadata=tuple(sorted(msg.metadata.items())),
-        tier=Tier(tier),
-        consolidated=consolidated,
-        stored_ms=stored_ms,
-        seq=seq,
-        content_hash=content_hash,
-        size_bytes=len(body),
-        graph_version=graph_version,
-    )
 
 
 def outcome_to_proto(o: PutOutcome) -> episodic_pb2.PutResult:

@@ -24,22 +24,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mcp_services.common.config_schema import VaultConfig, VaultLimits
 from mcp_services.common.event_bus import EPISODE_STORED, EventBus, new_header
 from mcp_services.common.stream_limits import StreamLimits, StreamRefused
-from mcp_services.episodic_vault.backends import (
+from mcp_services.episodic_vault.adapters.completion import CueCompleter
+from mcp_services.episodic_vault.adapters.storage import spool_directory
+from mcp_services.episodic_vault.domain.backend import (
     BackendUnavailable,
     CapacityExceeded,
     IdConflict,
 )
-from mcp_services.episodic_vault.backends.disk_full import DiskFull
-from mcp_services.episodic_vault.batch_stream import receive_batch
-from mcp_services.episodic_vault.codec import (
-    episode_to_proto,
-    ms_from_timestamp,
-    outcome_to_proto,
-    timestamp_from_ms,
-)
-from mcp_services.episodic_vault.completion import CueCompleter
-from mcp_services.episodic_vault.metrics import VaultMetrics
-from mcp_services.episodic_vault.model import (
+from mcp_services.episodic_vault.domain.disk_full import DiskFull
+from mcp_services.episodic_vault.domain.model import (
     Episode,
     EpisodeFilter,
     ListCursor,
@@ -47,11 +40,19 @@ from mcp_services.episodic_vault.model import (
     PutStatus,
     Tier,
 )
+from mcp_services.episodic_vault.domain.spool import CHUNK as SPOOL_CHUNK
+from mcp_services.episodic_vault.domain.spool import EpisodeSpool
+from mcp_services.episodic_vault.domain.store import SearchDisabled
+from mcp_services.episodic_vault.metrics import VaultMetrics
 from mcp_services.episodic_vault.namespaces import ScopedStore
-from mcp_services.episodic_vault.spool import CHUNK as SPOOL_CHUNK
-from mcp_services.episodic_vault.spool import EpisodeSpool, spool_directory
-from mcp_services.episodic_vault.store import SearchDisabled
-from mcp_services.episodic_vault.validation import InvalidEpisode, check_id, validate_episode
+from mcp_services.episodic_vault.rpc.batch_stream import receive_batch
+from mcp_services.episodic_vault.rpc.codec import (
+    episode_to_proto,
+    ms_from_timestamp,
+    outcome_to_proto,
+    timestamp_from_ms,
+)
+from mcp_services.episodic_vault.rpc.validation import InvalidEpisode, check_id, validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.events.v1 import events_pb2
 

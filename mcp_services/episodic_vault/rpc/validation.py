@@ -16,8 +16,7 @@ import numpy as np
 from ulid import ULID
 
 from mcp_services.common.config_schema import VaultConfig
-from mcp_services.episodic_vault.codec import SERVER_FIELDS, client_content
-from mcp_services.episodic_vault.model import (
+from mcp_services.episodic_vault.domain.model import (
     NO_EMBEDDING,
     ConceptActivation,
     Embedding,
@@ -26,6 +25,7 @@ from mcp_services.episodic_vault.model import (
     Source,
     Tier,
 )
+from mcp_services.episodic_vault.rpc.codec import SERVER_FIELDS, client_content
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
