@@ -34,10 +34,11 @@ status: $(STAMP) ## Show each fleet process, its health and endpoints
 proto: $(STAMP) ## Regenerate mcp_services/gen from proto/ (pinned grpcio-tools)
 	$(PY) scripts/gen_protos.py
 
-lint: $(STAMP) ## ruff lint and format check, mypy
+lint: $(STAMP) ## ruff lint and format check, mypy, import contracts (pyproject [tool.importlinter])
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP) ## The whole suite: lint, types, then every test against real servers
 	scripts/test.sh

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: lint, format, types, then pytest against real servers.
+# The whole test suite, as CI runs it: lint, format, types, import contracts, then pytest against
+# real servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -19,4 +20,5 @@ fi
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
+"$VENV/bin/lint-imports"
 exec "$VENV/bin/pytest" "$@"

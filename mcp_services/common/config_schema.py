@@ -137,9 +137,9 @@ class VaultLimits(_Strict):
     # Clock skew tolerated on client timestamps.
     max_future_skew_s: Annotated[float, Field(ge=0)] = 300.0
     max_batch: Annotated[int, Field(ge=1)] = 10_000
-    # A PutEpisodes stream waits on disk (episodic_vault/spool.py) until the client half-closes;
-    # these bound it: bytes one stream may send, and streams open at once. Over either the call
-    # is refused with RESOURCE_EXHAUSTED and nothing of it is stored.
+    # A PutEpisodes stream waits on disk (episodic_vault/domain/spool.py) until the client
+    # half-closes; these bound it: bytes one stream may send, and streams open at once. Over
+    # either the call is refused with RESOURCE_EXHAUSTED and nothing of it is stored.
     max_stream_bytes: Annotated[int, Field(ge=1024)] = 256 << 20
     max_concurrent_streams: Annotated[int, Field(ge=1, le=1024)] = 8
 
