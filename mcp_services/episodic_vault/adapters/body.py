@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from mcp_services.common.timestamps import ms_of_timestamp
 from mcp_services.episodic_vault.domain.model import Embedding, Episode, Frame, Source, Tier
 from mcp_services.episodic_vault.rpc.codec import (
     activation_from_proto,
     client_content,
     content_to_proto,
     episode_to_proto,
-    ms_from_timestamp,
 )
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 
@@ -62,7 +62,7 @@ def decode_body(
     msg = episodic_pb2.Episode.FromString(body)
     return Episode(
         id=msg.id,
-        timestamp_ms=ms_from_timestamp(msg.timestamp),
+        timestamp_ms=ms_of_timestamp(msg.timestamp),
         tags=tuple(msg.tags),
         source=Source(msg.source.type, msg.source.id, msg.source.user),
         energy=msg.energy,
@@ -95,7 +95,7 @@ def decode_record(data: bytes) -> Episode:
         ref_count=msg.ref_count,
         tier=msg.tier,
         consolidated=msg.consolidated,
-        stored_ms=ms_from_timestamp(msg.stored_at),
+        stored_ms=ms_of_timestamp(msg.stored_at),
         seq=msg.seq,
         content_hash=msg.content_hash,
         graph_version=msg.graph_version,

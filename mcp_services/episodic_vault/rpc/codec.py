@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.episodic_vault.domain.model import (
     ConceptActivation,
     Episode,
@@ -29,14 +28,6 @@ def client_content(ep: episodic_pb2.Episode) -> episodic_pb2.Episode:
     return out
 
 
-def timestamp_from_ms(ms: int) -> Timestamp:
-    return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
-
-
-def ms_from_timestamp(ts: Timestamp) -> int:
-    return int(ts.seconds) * 1000 + int(ts.nanos) // 1_000_000
-
-
 def _activation_to_proto(a: ConceptActivation) -> episodic_pb2.ConceptActivation:
     return episodic_pb2.ConceptActivation(
         concept_ids=a.concept_ids, strengths=a.strengths, phases=a.phases
@@ -52,7 +43,7 @@ def content_to_proto(ep: Episode, *, embedding: bool = True) -> episodic_pb2.Epi
     `embedding` is false)."""
     msg = episodic_pb2.Episode(
         id=ep.id,
-        timestamp=timestamp_from_ms(ep.timestamp_ms),
+        timestamp=timestamp_of_ms(ep.timestamp_ms),
         tags=ep.tags,
         source=episodic_pb2.Source(type=ep.source.type, id=ep.source.id, user=ep.source.user),
         energy=ep.energy,
@@ -74,7 +65,7 @@ def episode_to_proto(ep: Episode) -> episodic_pb2.Episode:
     msg = content_to_proto(ep)
     msg.tier = int(ep.tier)  # type: ignore[assignment]
     msg.consolidated = ep.consolidated
-    msg.stored_at.CopyFrom(timestamp_from_ms(ep.stored_ms))
+    msg.stored_at.CopyFrom(timestamp_of_ms(ep.stored_ms))
     msg.seq = ep.seq
     msg.content_hash = ep.content_hash
     msg.graph_version = ep.graph_version

@@ -1,8 +1,10 @@
 """The EpisodicVault gRPC servicer: proto in, proto out, errors mapped to status codes.
 
 Validation happens here before anything reaches storage; storage runs on worker threads. Status
-codes: INVALID_ARGUMENT (a field, named), NOT_FOUND, ALREADY_EXISTS (id taken by other content),
-RESOURCE_EXHAUSTED (capacity), UNAVAILABLE (storage unreachable).
+codes (ERRORS below, common/rpc.py): INVALID_ARGUMENT (a field, named), NOT_FOUND, ALREADY_EXISTS
+(id taken by other content), RESOURCE_EXHAUSTED (capacity, a full disk, stream bounds),
+UNAVAILABLE (storage unreachable), FAILED_PRECONDITION (search off); anything else is INTERNAL
+with an error id in the log.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mcp_services.common.config_schema import VaultConfig, VaultLimits
 from mcp_services.common.event_bus import EPISODE_STORED, EventBus, new_header
+from mcp_services.common.rpc import ErrorMap, abort
 from mcp_services.common.stream_limits import StreamLimits, StreamRefused
+from mcp_services.common.timestamps import ms_of_timestamp, timestamp_of_ms
 from mcp_services.episodic_vault.adapters.completion import CueCompleter
 from mcp_services.episodic_vault.adapters.storage import spool_directory
 from mcp_services.episodic_vault.domain.backend import (
@@ -31,7 +35,6 @@ from mcp_services.episodic_vault.domain.backend import (
     CapacityExceeded,
     IdConflict,
 )
-from mcp_services.episodic_vault.domain.disk_full import DiskFull
 from mcp_services.episodic_vault.domain.model import (
     Episode,
     EpisodeFilter,
@@ -46,12 +49,7 @@ from mcp_services.episodic_vault.domain.store import SearchDisabled
 from mcp_services.episodic_vault.metrics import VaultMetrics
 from mcp_services.episodic_vault.namespaces import ScopedStore
 from mcp_services.episodic_vault.rpc.batch_stream import receive_batch
-from mcp_services.episodic_vault.rpc.codec import (
-    episode_to_proto,
-    ms_from_timestamp,
-    outcome_to_proto,
-    timestamp_from_ms,
-)
+from mcp_services.episodic_vault.rpc.codec import episode_to_proto, outcome_to_proto
 from mcp_services.episodic_vault.rpc.validation import InvalidEpisode, check_id, validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.events.v1 import events_pb2
@@ -70,11 +68,6 @@ SERVICE = "episodic-vault"
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> NoReturn:
-    await context.abort(code, msg)
-    raise AssertionError("context.abort returned")  # abort always raises
 
 
 def _filter_key(flt: EpisodeFilter) -> str:
@@ -114,7 +107,7 @@ def _checked_ms(ts: Timestamp, field: str) -> int:
         raise InvalidEpisode(
             field, "is outside the Timestamp range (years 1 to 9999, nanos 0..999999999)"
         )
-    return ms_from_timestamp(ts)
+    return ms_of_timestamp(ts)
 
 
 def filter_from_proto(f: episodic_pb2.EpisodeFilter, limits: VaultLimits) -> EpisodeFilter:
@@ -147,6 +140,20 @@ def filter_from_proto(f: episodic_pb2.EpisodeFilter, limits: VaultLimits) -> Epi
     return EpisodeFilter(tuple(f.tags), since, until, f.source_type, f.min_energy)
 
 
+ERRORS = ErrorMap(
+    {
+        IdConflict: grpc.StatusCode.ALREADY_EXISTS,
+        # A full disk (DiskFull) is one; _storage counts those from the backend.
+        CapacityExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        StreamRefused: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        # _storage words it: "the <backend> backend is unavailable (...); retry later".
+        BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
+        SearchDisabled: grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+
+@ERRORS.servicer
 class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
     def __init__(
         self,
@@ -171,24 +178,21 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
     async def _storage(
         self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any
     ) -> T:
-        """Run a backend call on a worker thread, mapping its errors to status codes."""
+        """Run a backend call on a worker thread; its errors go on to ERRORS, a capacity or an
+        outage counted."""
         loop = asyncio.get_running_loop()
         op = getattr(fn, "__name__", "call").lstrip("_")
         start = time.perf_counter()
         try:
             result = await loop.run_in_executor(self._executor, fn, *args)
-        except IdConflict as exc:
-            await _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
-        except CapacityExceeded as exc:
+        except CapacityExceeded:
             self._metrics.op_errors.labels(op, self._backend.name).inc()
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise
         except BackendUnavailable as exc:
             self._metrics.op_errors.labels(op, self._backend.name).inc()
-            await _abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                f"the {self._backend.name} backend is unavailable ({exc}); retry later",
-            )
+            raise BackendUnavailable(
+                f"the {self._backend.name} backend is unavailable ({exc}); retry later"
+            ) from exc
         self._metrics.observe_op(op, time.perf_counter() - start)
         return result
 
@@ -240,7 +244,7 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
                 header=new_header(SERVICE),
                 episode_id=ep.id,
                 seq=outcome.seq,
-                timestamp=timestamp_from_ms(ep.timestamp_ms),
+                timestamp=timestamp_of_ms(ep.timestamp_ms),
                 tags=ep.tags,
                 source_type=ep.source.type,
                 concept_count=concepts,
@@ -250,7 +254,7 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
 
     async def _invalid(self, context: grpc.aio.ServicerContext, exc: InvalidEpisode) -> NoReturn:
         self._metrics.rejected.labels(exc.field.split("[")[0].split(".")[-1]).inc()
-        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def PutEpisode(
         self, request: episodic_pb2.PutEpisodeRequest, context: grpc.aio.ServicerContext
@@ -270,18 +274,16 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
         context: grpc.aio.ServicerContext,
     ) -> episodic_pb2.PutEpisodesResponse:
         # Bounded (batch_stream.py): a slot among max_concurrent_streams, max_stream_bytes, and
-        # the batch spooled to disk until the client half-closes; then one atomic write.
-        try:
-            with self._streams.open() as budget, EpisodeSpool(self._spool_dir) as spool:
-                try:
-                    await receive_batch(
-                        request_iterator, self._cfg, _now_ms(), budget, spool, self._executor
-                    )
-                except InvalidEpisode as exc:
-                    await self._invalid(context, exc)
-                outcomes = await self._put_spooled(context, spool) if len(spool) else []
-        except (StreamRefused, DiskFull) as exc:
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        # the batch spooled to disk until the client half-closes; then one atomic write. Over a
+        # bound (StreamRefused) or out of disk for the spool (DiskFull): RESOURCE_EXHAUSTED.
+        with self._streams.open() as budget, EpisodeSpool(self._spool_dir) as spool:
+            try:
+                await receive_batch(
+                    request_iterator, self._cfg, _now_ms(), budget, spool, self._executor
+                )
+            except InvalidEpisode as exc:
+                await self._invalid(context, exc)
+            outcomes = await self._put_spooled(context, spool) if len(spool) else []
         created = sum(o.status is PutStatus.CREATED for o in outcomes)
         return episodic_pb2.PutEpisodesResponse(
             results=[outcome_to_proto(o) for o in outcomes],
@@ -300,7 +302,7 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
         ep = await self._storage(context, self._backend.get, request.id)
         self._metrics.get_seconds.observe(time.perf_counter() - start)
         if ep is None:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no episode with id {request.id!r}")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no episode with id {request.id!r}")
         return episodic_pb2.GetEpisodeResponse(episode=episode_to_proto(ep))
 
     async def ListRecent(
@@ -368,9 +370,9 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
             backend=self._backend.name,
         )
         if s.oldest_ms is not None:
-            resp.oldest.CopyFrom(timestamp_from_ms(s.oldest_ms))
+            resp.oldest.CopyFrom(timestamp_of_ms(s.oldest_ms))
         if s.newest_ms is not None:
-            resp.newest.CopyFrom(timestamp_from_ms(s.newest_ms))
+            resp.newest.CopyFrom(timestamp_of_ms(s.newest_ms))
         return resp
 
     async def PurgeTTL(
@@ -399,7 +401,7 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
             self._metrics.set_totals(totals)
             log.info("purged", episodes=purged, ttl_hours=ttl_h, keep_ref_count=keep)
         return episodic_pb2.PurgeTTLResponse(
-            purged=purged, dry_run=request.dry_run, cutoff=timestamp_from_ms(cutoff)
+            purged=purged, dry_run=request.dry_run, cutoff=timestamp_of_ms(cutoff)
         )
 
     async def DeleteEpisode(
@@ -471,7 +473,7 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
         self, request: episodic_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> episodic_pb2.SearchResponse:
         if self._backend.index is None:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "semantic search is off in this deployment (vault.index.enabled is false or "
@@ -494,12 +496,9 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
                 raise InvalidEpisode("embedding", "is all zeros, which has no direction")
         except InvalidEpisode as exc:
             await self._invalid(context, exc)
-        try:
-            hits, exact, size = await self._storage(
-                context, self._backend.search, list(request.embedding), k, flt, tier
-            )
-        except SearchDisabled as exc:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        hits, exact, size = await self._storage(
+            context, self._backend.search, list(request.embedding), k, flt, tier
+        )
         return episodic_pb2.SearchResponse(
             hits=[
                 episodic_pb2.SearchHit(

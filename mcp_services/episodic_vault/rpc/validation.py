@@ -16,6 +16,7 @@ import numpy as np
 from ulid import ULID
 
 from mcp_services.common.config_schema import VaultConfig
+from mcp_services.common.errors import InputError
 from mcp_services.episodic_vault.domain.model import (
     NO_EMBEDDING,
     ConceptActivation,
@@ -35,8 +36,9 @@ TWO_PI = 2.0 * math.pi
 _SERVER_FIELD_NAMES = frozenset(SERVER_FIELDS)
 
 
-class InvalidEpisode(ValueError):
-    """A field is invalid; `field` is its path in the request, e.g. episode.activation.phases[2]."""
+class InvalidEpisode(InputError):
+    """A field is invalid; `field` is its path in the request, e.g. episode.activation.phases[2].
+    An InputError: one that escapes a servicer method is INVALID_ARGUMENT (common/rpc.py)."""
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
