@@ -11,11 +11,17 @@ progress, at its next await, and returns once it has ended.
 function read before each wait, returning the seconds until the next run (None: only when woken);
 the function form serves schedules whose next run is a time of day (cron) or that back off.
 :meth:`Periodic.reschedule` makes the loop read it again now, after its inputs changed.
+
+:class:`PeriodicThread` is the thread flavour, for loops that must stay threads because the code
+they run is synchronous and has no event loop (the vault store's index flush and tier
+maintenance, the memory backend's snapshots): the same contract without wake(), and stop() waits
+for a run in progress to finish, since a thread cannot be cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -94,12 +100,7 @@ class Periodic:
             await self._run()
         except Exception as exc:  # logged; the next interval or wake runs it again
             self.failures += 1
-            log.exception(
-                "periodic_run_failed",
-                task=self.name,
-                error=f"{type(exc).__name__}: {exc}",
-                action="runs again at its next interval or wake",
-            )
+            _log_failure(self.name, exc, "runs again at its next interval or wake")
 
     async def stop(self) -> None:
         """Cancel the loop (and a run in progress) and wait until it has ended."""
@@ -111,3 +112,52 @@ class Periodic:
         task.cancel()
         # wait(), not `await task`: a cancellation of the caller itself still propagates.
         await asyncio.wait({task})
+
+
+def _log_failure(name: str, exc: Exception, action: str) -> None:
+    log.exception(
+        "periodic_run_failed", task=name, error=f"{type(exc).__name__}: {exc}", action=action
+    )
+
+
+class PeriodicThread:
+    """Runs ``run()`` in a daemon thread every ``interval`` seconds (a number, or a function read
+    before each wait) after the previous run ended; one thread, so runs never overlap."""
+
+    def __init__(
+        self, name: str, run: Callable[[], None], interval: float | Callable[[], float]
+    ) -> None:
+        self.name = name
+        self._run = run
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.runs = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
+
+    def _delay(self) -> float:
+        return self._interval() if callable(self._interval) else self._interval
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(self._delay()):
+            self.runs += 1
+            try:
+                self._run()
+            except Exception as exc:  # logged; the next interval runs it again
+                self.failures += 1
+                _log_failure(self.name, exc, "runs again at its next interval")
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """End the wait at once and join the thread (after a run in progress); True once it
+        has ended, False if ``timeout`` passed first."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()

@@ -1,15 +1,17 @@
 """Periodic: runs on its interval and at once when woken, never twice at a time, survives a
-failing run (logged), and stops promptly, cancelling a run in progress."""
+failing run (logged), and stops promptly, cancelling a run in progress. PeriodicThread, its
+thread flavour: runs on its interval, survives a failing run, and stop() ends the wait."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from structlog.testing import capture_logs
 
-from mcp_services.common.periodic import Periodic
+from mcp_services.common.periodic import Periodic, PeriodicThread
 from mcp_services.common.tasks import ServiceTasks
 
 # Only a guard against a hang: no test asserts how long anything took.
@@ -231,3 +233,34 @@ class TestStop:
 
         asyncio.run(main())
         assert seen == ["ended"]
+
+
+class TestThreadFlavour:
+    def test_runs_on_its_interval_and_survives_a_failing_run(self) -> None:
+        """The first run raises (logged with the name); later runs still come."""
+        calls: list[int] = []
+        third = threading.Event()
+
+        def flaky() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError("disk full")
+            if len(calls) == 3:
+                third.set()
+
+        p = PeriodicThread("snapshots", flaky, 0.01)
+        with capture_logs() as logs:
+            p.start()
+            assert third.wait(GUARD_S)
+            assert p.stop(GUARD_S)
+        assert p.failures == 1
+        failed = [e for e in logs if e["event"] == "periodic_run_failed"]
+        assert [(e["task"], e["error"]) for e in failed] == [("snapshots", "OSError: disk full")]
+
+    def test_stop_ends_a_long_wait_and_joins(self) -> None:
+        """An hour-long interval: stop() returns with the thread ended and no run made."""
+        calls: list[int] = []
+        p = PeriodicThread("idle", lambda: calls.append(1), 3600.0)
+        p.start()
+        assert p.stop(GUARD_S)
+        assert calls == []

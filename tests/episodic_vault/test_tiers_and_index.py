@@ -69,7 +69,7 @@ def open_store(tmp_path: Path) -> Iterator[StoreFactory]:
 
     yield factory
     for s in opened:
-        if not s._stop.is_set():
+        if not s.closed:
             s.close()
 
 
@@ -206,9 +206,7 @@ class TestBoundedStore:
         """A vector deleted while still staged is dropped, not inserted as a ghost."""
         s = open_store(cfg(index={"exact_max_candidates": 0}))
         assert s.index is not None
-        s._stop.set()  # the background indexer ends, so the vectors stay staged
-        for t in s._threads:
-            t.join()
+        s.stop_background()  # the background indexer ends, so the vectors stay staged
         s.put_many([ep(i) for i in range(20)], 1)
         s.delete("ep-00003")
         assert s.index.sizes() | {"bytes": 0} == {

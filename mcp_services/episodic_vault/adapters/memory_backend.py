@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from mcp_services.common.config_schema import MemoryConfig
+from mcp_services.common.periodic import PeriodicThread
 from mcp_services.episodic_vault.adapters.body import (
     decode_body,
     decode_record,
@@ -74,11 +75,11 @@ class MemoryBackend:
         self._bytes = 0
         self._dirty = False
         self._closed = threading.Event()
-        self._snapshotter: threading.Thread | None = None
+        self._snapshotter: PeriodicThread | None = None
         if self._path is not None:
             self._load()
-            self._snapshotter = threading.Thread(
-                target=self._snapshot_loop, name="vault-snapshot", daemon=True
+            self._snapshotter = PeriodicThread(
+                "vault-snapshot", self.snapshot, self._cfg.snapshot_interval_s
             )
             self._snapshotter.start()
 
@@ -140,10 +141,6 @@ class MemoryBackend:
                 error=str(exc),
                 consequence="puts since the last snapshot are kept in memory only",
             )
-
-    def _snapshot_loop(self) -> None:
-        while not self._closed.wait(self._cfg.snapshot_interval_s):
-            self.snapshot()
 
     # -- contract ----------------------------------------------------------------------------
     def _insert(self, ep: Episode) -> None:
@@ -315,5 +312,5 @@ class MemoryBackend:
             return
         self._closed.set()
         if self._snapshotter is not None:
-            self._snapshotter.join()
+            self._snapshotter.stop()
         self.snapshot()

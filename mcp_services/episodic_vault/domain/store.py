@@ -25,6 +25,7 @@ import numpy.typing as npt
 import structlog
 
 from mcp_services.common.config_schema import VaultConfig
+from mcp_services.common.periodic import PeriodicThread
 from mcp_services.episodic_vault.domain.backend import VaultBackend
 from mcp_services.episodic_vault.domain.catalog import Catalog
 from mcp_services.episodic_vault.domain.disk_full import DiskFull, is_disk_full, space_note
@@ -105,8 +106,10 @@ class TieredStore:
         if cfg.index.enabled and cfg.embedding_dim > 0:
             self.index = VectorIndex(cfg.embedding_dim, cfg.index, index_path, store_id)
         self._on_change = on_change
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        # The background index flush and tier maintenance (threads: the store is synchronous).
+        self._loops: list[PeriodicThread] = []
+        self._last_save = 0.0
+        self.closed = False
         self.pruned: dict[Tier, int] = {Tier.MTM: 0, Tier.LTM: 0}
         # Read-only when the disk is full at start (write_gate.py); None: nothing local
         # (adapters/storage.py makes it for the configured backend).
@@ -158,44 +161,52 @@ class TieredStore:
                 "vectors_dropped": dropped,
                 "compacted": compacted,
             }
-            self._spawn("vault-indexer", self._index_loop)
-        self._spawn("vault-maintenance", self._maintenance_loop)
+            self._last_save = time.monotonic()
+            self._start_loop(PeriodicThread("vault-indexer", self._flush_index, INDEX_FLUSH_S))
+        self._start_loop(
+            PeriodicThread(
+                "vault-maintenance", self._maintain, lambda: self._cfg.tiers.maintenance_interval_s
+            )
+        )
         report["seconds"] = round(time.perf_counter() - started, 3)
         log.info("vault_store_opened", backend=self.name, **report)
         return report
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)
-        t.start()
-        self._threads.append(t)
+    def _start_loop(self, loop: PeriodicThread) -> None:
+        loop.start()
+        self._loops.append(loop)
 
-    def _index_loop(self) -> None:
+    def stop_background(self) -> None:
+        """Stop the index flush and maintenance threads (after a run in progress)."""
+        for loop in self._loops:
+            loop.stop()
+
+    def _flush_index(self) -> None:
         assert self.index is not None
-        last_save = time.monotonic()
-        while not self._stop.wait(INDEX_FLUSH_S):
-            try:
-                self.index.flush()
-                # Pruned, purged and deleted episodes leave tombstones; a bounded store keeps a
-                # bounded index because they are compacted away here.
-                self.index.compact_if_sparse()
-                if time.monotonic() - last_save >= self._cfg.index.save_interval_s:
-                    self._save_index("interval")
-                    last_save = time.monotonic()
-            except Exception:  # keep indexing; the failure is logged and staged vectors stay
-                log.exception("vault_index_flush_failed")
+        try:
+            self.index.flush()
+            # Pruned, purged and deleted episodes leave tombstones; a bounded store keeps a
+            # bounded index because they are compacted away here.
+            self.index.compact_if_sparse()
+            if time.monotonic() - self._last_save >= self._cfg.index.save_interval_s:
+                self._save_index("interval")
+                self._last_save = time.monotonic()
+        except Exception:  # keep indexing; the failure is logged and staged vectors stay
+            log.exception("vault_index_flush_failed")
 
-    def _maintenance_loop(self) -> None:
-        while not self._stop.wait(self._cfg.tiers.maintenance_interval_s):
-            try:
-                self.expire_stm()
-                self.prune_tiers(_now_ms())
-            except Exception:  # a backend outage must not end maintenance for good
-                log.exception("vault_maintenance_failed")
+    def _maintain(self) -> None:
+        try:
+            self.expire_stm()
+            self.prune_tiers(_now_ms())
+        except Exception:  # a backend outage must not end maintenance for good
+            log.exception("vault_maintenance_failed")
 
     def close(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
+        """Stop the background threads, save the index and close the backend (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.stop_background()
         if self.index is not None:
             self.index.flush()
             self._save_index("close")
