@@ -12,7 +12,10 @@ name. Every channel it makes:
   compose deployment mounts at /run/secrets/api_keys; the first key when none is admin), else the
   one the local fleet made (:func:`fleet_keys_file`), else none (auth off);
 - gives unary calls that set no deadline a **default deadline** (``default_timeout_s``); streams
-  keep the deadline their caller gives, since a catch-up Scan may rightly run for minutes;
+  keep the deadline their caller gives, since a catch-up Scan may rightly run for minutes, and
+  every stream the fleet opens gives one (the scheduler's Scan: sleep_scheduler.
+  vault_scan_timeout_s; the learner's Scan: per chunk; the pruner's ReadGraph and CommitGraph:
+  sparse_pruner.scheduler_timeout_s);
 - **retries only idempotent calls** (reads, dry runs, marking consolidated) on UNAVAILABLE, up to
   3 attempts with exponential backoff from 50 ms, through gRPC's own retry policy; a write is
   never sent twice by the channel. A caller that counts its own retries (the gateway) turns them
