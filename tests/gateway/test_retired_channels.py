@@ -26,7 +26,7 @@ class HeldVault(episodic_pb2_grpc.EpisodicVaultServicer):
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def GetStats(  # type: ignore[override]
+    async def GetStats(
         self, request: episodic_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> episodic_pb2.GetStatsResponse:
         self.entered.set()
