@@ -2,8 +2,8 @@
 
 Store and numerics run on worker threads; the event loop only moves messages. Status codes:
 INVALID_ARGUMENT (a field, named), NOT_FOUND (version not retained), FAILED_PRECONDITION (commit
-against a stale base), UNAVAILABLE (storage failed): ERRORS below, which the servicer runs its RPCs
-in (anything unmapped is INTERNAL).
+against a stale base), UNAVAILABLE (storage failed): GRAPH_ERRORS below, part of the servicer's
+error map (server.py; anything unmapped is INTERNAL).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import structlog
 
-from mcp_services.common.rpc import ErrorMap, abort
+from mcp_services.common.rpc import Rules, abort
 from mcp_services.common.stream_limits import StreamLimits, StreamRefused
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
 from mcp_services.sleep_scheduler.codec import (
@@ -45,21 +45,18 @@ DEFAULT_MAX_SWEEPS = 100
 MAX_SWEEPS = 10_000
 
 
-
 class GraphStorageFailed(Exception):
     """The graph store's disk failed (an OSError); the message names the directory to check."""
 
 
 # The graph RPCs' errors (BadRequest is an InputError: INVALID_ARGUMENT by default).
-ERRORS = ErrorMap(
-    {
-        InvalidGraph: grpc.StatusCode.INVALID_ARGUMENT,
-        VersionNotFound: grpc.StatusCode.NOT_FOUND,
-        VersionConflict: grpc.StatusCode.FAILED_PRECONDITION,
-        GraphStorageFailed: grpc.StatusCode.UNAVAILABLE,
-        StreamRefused: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
+GRAPH_ERRORS: Rules = {
+    InvalidGraph: grpc.StatusCode.INVALID_ARGUMENT,
+    VersionNotFound: grpc.StatusCode.NOT_FOUND,
+    VersionConflict: grpc.StatusCode.FAILED_PRECONDITION,
+    GraphStorageFailed: grpc.StatusCode.UNAVAILABLE,
+    StreamRefused: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 class GraphRpcs:

@@ -1,7 +1,8 @@
 """The consolidation half of the SleepScheduler servicer: jobs, replay stats, config, schedule.
 
 Status codes: INVALID_ARGUMENT (a field, named), NOT_FOUND (unknown job), ABORTED (another
-consolidation holds the lease: retry later), UNAVAILABLE (Redis for the lease is away).
+consolidation holds the lease: retry later), UNAVAILABLE (Redis for the lease is away): JOB_ERRORS
+below, part of the servicer's error map (server.py).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import math
 import grpc
 import structlog
 
+from mcp_services.common.errors import InputError
 from mcp_services.common.jobs import JobBusy, JobNotFound, JobState
-from mcp_services.common.rpc import abort
+from mcp_services.common.rpc import Rules, abort
 from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
 from mcp_services.sleep_scheduler.consolidator import Consolidator, Job
@@ -23,6 +25,11 @@ from mcp_services.sleep_scheduler.vault_client import Selection
 log = structlog.get_logger(__name__)
 
 UPDATABLE = ("t0", "eta", "auto_tune", "pressure_threshold")
+JOB_ERRORS: Rules = {
+    JobBusy: grpc.StatusCode.ABORTED,
+    LeaseUnavailable: grpc.StatusCode.UNAVAILABLE,
+    JobNotFound: grpc.StatusCode.NOT_FOUND,
+}
 
 _STATES = {
     JobState.PENDING: sleep_pb2.JOB_STATE_PENDING,
@@ -73,13 +80,13 @@ def job_to_proto(live: Job) -> sleep_pb2.ConsolidationJob:
 
 
 def selection_of_proto(sel: sleep_pb2.EpisodeSelection, default_max: int) -> Selection:
-    """Raises ValueError naming the field."""
+    """Raises InputError naming the field."""
     for name in ("min_age_s", "max_age_s", "min_energy"):
         v = getattr(sel, name)
         if not math.isfinite(v):
-            raise ValueError(f"selection.{name} is not finite: send a number")
+            raise InputError(f"selection.{name} is not finite: send a number")
     if sel.max_episodes < 0:
-        raise ValueError("selection.max_episodes is negative: send 0 (the default) or a count")
+        raise InputError("selection.max_episodes is negative: send 0 (the default) or a count")
     return Selection(
         min_age_s=sel.min_age_s,
         max_age_s=sel.max_age_s,
@@ -96,33 +103,20 @@ class JobRpcs:
         self.c = consolidator
         self.scheduler = scheduler
 
-    async def _selection(
-        self, sel: sleep_pb2.EpisodeSelection, context: grpc.aio.ServicerContext
-    ) -> Selection:
-        try:
-            return selection_of_proto(sel, self.c.knobs.max_episodes)
-        except ValueError as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    def _selection(self, sel: sleep_pb2.EpisodeSelection) -> Selection:
+        return selection_of_proto(sel, self.c.knobs.max_episodes)
 
     async def start(
         self, request: sleep_pb2.StartConsolidationRequest, context: grpc.aio.ServicerContext
     ) -> sleep_pb2.ConsolidationJob:
-        selection = await self._selection(request.selection, context)
-        try:
-            job = await self.c.start(selection, request.trigger or "rpc", request.wait)
-        except JobBusy as exc:
-            await abort(context, grpc.StatusCode.ABORTED, str(exc))
-        except LeaseUnavailable as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        selection = self._selection(request.selection)
+        job = await self.c.start(selection, request.trigger or "rpc", request.wait)
         return job_to_proto(job)
 
     async def status(
         self, request: sleep_pb2.GetConsolidationStatusRequest, context: grpc.aio.ServicerContext
     ) -> sleep_pb2.ConsolidationJob:
-        try:
-            return job_to_proto(self.c.jobs.get(request.job_id))
-        except JobNotFound as exc:
-            await abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+        return job_to_proto(self.c.jobs.get(request.job_id))
 
     async def cancel(
         self, request: sleep_pb2.CancelConsolidationRequest, context: grpc.aio.ServicerContext
@@ -131,10 +125,7 @@ class JobRpcs:
             await abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "job_id is empty: name the job to stop"
             )
-        try:
-            return job_to_proto(await self.c.cancel(request.job_id))
-        except JobNotFound as exc:
-            await abort(context, grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+        return job_to_proto(await self.c.cancel(request.job_id))
 
     def replay_stats(self) -> sleep_pb2.ReplayStats:
         t = self.c.totals
@@ -195,17 +186,14 @@ class JobRpcs:
         if request.clear:
             spec = ScheduleSpec()
         else:
-            selection = await self._selection(request.selection, context)
+            selection = self._selection(request.selection)
             if not request.cron and not request.every_s > 0:
                 await abort(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "set cron (e.g. '0 3 * * *') or every_s > 0, or clear=true to remove it",
                 )
-            try:
-                spec = ScheduleSpec(request.cron, request.every_s, selection)
-            except ValueError as exc:
-                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            spec = ScheduleSpec(request.cron, request.every_s, selection)
         self.scheduler.set(spec)
         return self.schedule_state()
 

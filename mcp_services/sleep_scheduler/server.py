@@ -21,13 +21,14 @@ from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.namespaces import DEFAULT, NamespaceUnits, add_scoped_servicer
 from mcp_services.common.reload import Change, section_changes
+from mcp_services.common.rpc import ErrorMap
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.common.stream_limits import StreamLimits
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.sleep_scheduler.consolidator import Consolidator, Knobs
-from mcp_services.sleep_scheduler.graph_servicer import ERRORS, GraphRpcs
+from mcp_services.sleep_scheduler.graph_servicer import GRAPH_ERRORS, GraphRpcs
 from mcp_services.sleep_scheduler.graph_store import GraphStore
-from mcp_services.sleep_scheduler.jobs_servicer import JobRpcs
+from mcp_services.sleep_scheduler.jobs_servicer import JOB_ERRORS, JobRpcs
 from mcp_services.sleep_scheduler.lease import Lease
 from mcp_services.sleep_scheduler.metrics import SleepMetrics
 from mcp_services.sleep_scheduler.namespaces import SchedulerUnit, scheduler_units
@@ -57,6 +58,9 @@ def graph_dir(settings: Settings) -> Path:
     cfg = settings.sleep_scheduler
     # Relative paths are relative to the project, as for every data path (resolve_path).
     return resolve_path(cfg.graph_dir or Path(settings.paths.var_dir) / "graphs")
+
+
+ERRORS = ErrorMap({**GRAPH_ERRORS, **JOB_ERRORS})
 
 
 @ERRORS.servicer

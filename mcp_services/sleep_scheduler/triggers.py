@@ -23,6 +23,7 @@ import structlog
 from croniter import croniter  # type: ignore[import-untyped]
 from google.protobuf.message import Message
 
+from mcp_services.common.errors import InputError
 from mcp_services.common.event_bus import EPISODE_STORED, EventBus
 from mcp_services.common.jobs import JobBusy
 from mcp_services.common.periodic import Periodic
@@ -124,15 +125,15 @@ class ScheduleSpec:
 
     def __post_init__(self) -> None:
         if self.cron and self.every_s:
-            raise ValueError("set cron or every_s, not both")
+            raise InputError("set cron or every_s, not both")
         if not (math.isfinite(self.every_s) and 0 <= self.every_s <= _YEAR_S):
             # The bound keeps the next run a valid Timestamp (found by the property tests).
-            raise ValueError(
+            raise InputError(
                 f"every_s={self.every_s} must be seconds in (0, {_YEAR_S:.0f}] (at most a year; "
                 "0 with a cron expression)"
             )
         if self.cron and (len(self.cron.split()) != 5 or not croniter.is_valid(self.cron)):
-            raise ValueError(
+            raise InputError(
                 f"cron {self.cron!r} is not a 5-field cron expression: use e.g. '0 3 * * *' "
                 "(minute hour day-of-month month day-of-week)"
             )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from mcp_services.common.clients import ClientFactory
+from mcp_services.common.errors import InputError
 from mcp_services.common.namespaces import DEFAULT, namespace_metadata
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.sleep_scheduler.domain import ConceptActivation
@@ -41,13 +42,13 @@ class Selection:
 
     def __post_init__(self) -> None:
         if self.min_age_s < 0 or self.max_age_s < 0:
-            raise ValueError("selection.min_age_s and max_age_s must be >= 0 (0: no bound)")
+            raise InputError("selection.min_age_s and max_age_s must be >= 0 (0: no bound)")
         if self.max_age_s and self.max_age_s < self.min_age_s:
-            raise ValueError("selection.max_age_s must be >= min_age_s (or 0: no bound)")
+            raise InputError("selection.max_age_s must be >= min_age_s (or 0: no bound)")
         if self.max_episodes < 1:
-            raise ValueError("selection.max_episodes must be >= 1")
+            raise InputError("selection.max_episodes must be >= 1")
         if any(not t for t in self.tags):
-            raise ValueError("selection.tags holds an empty tag: list non-empty tags")
+            raise InputError("selection.tags holds an empty tag: list non-empty tags")
 
     def accepts(self, ep: episodic_pb2.Episode, now_ms: int) -> bool:
         age_s = (now_ms - ep.timestamp.ToMilliseconds()) / 1000.0
