@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ulid import ULID
 
+from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as vpb
 
 # Marks an episode's payload as the gateway's episodeBlob, and how to give it back.
@@ -198,9 +199,7 @@ def timestamp_pb(value: str | float, path: str) -> Timestamp:
         if not math.isfinite(value) or value < 0:
             raise ArgumentError(path, f"{value} is not Unix milliseconds (a number >= 0)")
         ms = int(value)
-    ts = Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
+    return timestamp_of_ms(ms)
 
 
 def episode_pb(arg: EpisodeArg, path: str = "") -> vpb.Episode:
