@@ -32,6 +32,7 @@ from mcp_services.common.auth import current_principal
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.event_bus import EventBus
 from mcp_services.common.handlers import wrap_handler
+from mcp_services.common.rpc import abort
 
 HEADER = "x-tori-namespace"
 DEFAULT = "default"
@@ -97,8 +98,7 @@ def _scoped(prepare: Prepare | None) -> Callable[..., Awaitable[Any]]:
         try:
             namespace = namespace_of(context.invocation_metadata())
         except InvalidNamespace as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise AssertionError("context.abort returned") from None
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if not current_principal().may_use(namespace):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
