@@ -91,18 +91,19 @@ class ErrorMap:
         return None
 
     def servicer(self, cls: C) -> C:
-        """Class decorator: run every public async method of `cls` inside this map."""
+        """Class decorator: run every public async method defined in `cls`'s body inside this map
+        (a subclass that overrides one must be decorated itself)."""
         for name, fn in list(vars(cls).items()):
             if name.startswith("_"):
                 continue
             if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
                 own = getattr(fn, _RULES_ATTR, None)
                 chain = (ErrorMap(own), self) if own else (self,)
-                setattr(cls, name, guarded(fn, *chain))
+                setattr(cls, name, _guarded(fn, *chain))
         return cls
 
 
-async def abort_for(
+async def _abort_for(
     context: grpc.aio.ServicerContext, exc: Exception, maps: tuple[ErrorMap, ...], rpc: str
 ) -> NoReturn:
     """Abort the call for `exc` by the first map that knows it, InputError, else INTERNAL."""
@@ -128,7 +129,7 @@ async def abort_for(
     )
 
 
-def guarded(fn: Callable[..., Any], *maps: ErrorMap) -> Callable[..., Any]:
+def _guarded(fn: Callable[..., Any], *maps: ErrorMap) -> Callable[..., Any]:
     """`fn` (an RPC method: self, request or request iterator, context) inside `maps`."""
     rpc = fn.__qualname__
     if inspect.isasyncgenfunction(fn):
@@ -142,7 +143,7 @@ def guarded(fn: Callable[..., Any], *maps: ErrorMap) -> Callable[..., Any]:
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await abort_for(context, exc, maps, rpc)
+                await _abort_for(context, exc, maps, rpc)
 
         return stream
 
@@ -154,6 +155,6 @@ def guarded(fn: Callable[..., Any], *maps: ErrorMap) -> Callable[..., Any]:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await abort_for(context, exc, maps, rpc)
+            await _abort_for(context, exc, maps, rpc)
 
     return unary
