@@ -29,7 +29,13 @@ graph settled at T = 0 from the cue, no prototype retrieval), and the peers of
 bench/correlated_peers.py: covariance Hebbian and the dreaming kernel (both with oracle-picked
 threshold / t on 50 of the cues), modern Hopfield over our prototypes, k-means at k = 1x, 1.25x
 and 1.5x the class count with nearest-centroid completion, and the projector on the label-given
-prototypes (an upper bound).
+prototypes (an upper bound). Two more figures are evidence beside a failed bar: ``label_vote``
+(the label-given majority vote of each class's episodes, nearest vote by phi: the best any
+clustering of these episodes can form) and ``ours_as_recall_uses_it`` (the Complete answers with
+those flagged ``moved_away`` replaced by the cue, as the vault's Recall does); every failed check
+carries its evidence (``evidence``), with the Bayes ceiling of cue accuracy and the classes'
+separation (the closest two class prototypes and a sample's mean distance from its own, in
+concepts).
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_correlated.py [--quick]``; writes
 bench/results/correlated.json (correlated_quick.json with --quick: N <= 256, 20 per class) and
@@ -129,8 +135,11 @@ class Fleet:
             raise RuntimeError(f"consolidation failed: {job.error}")
         return job
 
-    def completer(self, n: int) -> peers.Completer:
-        """Complete every row through the Complete RPC; counts answers that moved away."""
+    def completer(self, n: int, recall_rule: bool = False) -> peers.Completer:
+        """Complete every row through the Complete RPC; counts answers that moved away.
+
+        With ``recall_rule`` an answer flagged ``moved_away`` is replaced by the cue itself, as
+        the vault's Recall does (it does not expand a cue with such an answer)."""
         self.moved_away = 0
         self.answers = 0
 
@@ -145,7 +154,7 @@ class Fleet:
                 )
                 self.answers += 1
                 self.moved_away += int(resp.moved_away)
-                rows.append(list(resp.concept_ids))
+                rows.append(ids if recall_rule and resp.moved_away else list(resp.concept_ids))
             return _states_of(rows, n)
 
         return run
@@ -161,6 +170,7 @@ def run_config(name: str, data: PlantedClasses, seed: int) -> dict[str, Any]:
     row: dict[str, Any] = {"config": name, "n": n, "episodes": int(data.samples.shape[0])}
     # The ceiling of cue accuracy on this cue set (the Bayes classifier with the true prototypes).
     row["cue_accuracy_bayes"] = round(peers.bayes_cue_accuracy(data, cues, CUE_NOISE), 4)
+    row["separation"] = peers.separation(data)
     with tempfile.TemporaryDirectory() as tmp:
         fleet = Fleet(Path(tmp))
         try:
@@ -181,6 +191,7 @@ def run_config(name: str, data: PlantedClasses, seed: int) -> dict[str, Any]:
             row["ours"] = peers.measure(ours, data, cues)
             row["ours"]["moved_away"] = fleet.moved_away
             row["ours"]["answers"] = fleet.answers
+            row["ours_as_recall_uses_it"] = peers.measure(fleet.completer(n, True), data, cues)
             stored = stored_of_chunks(fleet.stub.ReadGraph(sleep_pb2.ReadGraphRequest()))
         finally:
             fleet.close()
@@ -199,7 +210,15 @@ def run_config(name: str, data: PlantedClasses, seed: int) -> dict[str, Any]:
     }
     for label, (chosen, completer) in picked.items():
         row[label] = {**peers.measure(completer, data, cues), "picked": chosen}
+    votes, vote_completer = peers.label_vote(data)
+    row["label_vote"] = {
+        **peers.measure(vote_completer, data, cues),
+        "vote_overlap_with_class": round(
+            float(np.mean(peers.phi_matrix(votes, data.prototypes, n).diagonal())), 4
+        ),
+    }
     row["checks"] = checks(row, name.startswith("hierarchical"))
+    row["evidence"] = evidence(row)
     return row
 
 
@@ -219,6 +238,49 @@ def checks(row: dict[str, Any], hierarchical_family: bool) -> dict[str, bool]:
     if hierarchical_family:
         out["accuracy_095"] = ours["cue_accuracy"] >= 0.95
         out["overlap_095"] = ours["cue_overlap"] >= 0.95
+    return out
+
+
+def evidence(row: dict[str, Any]) -> dict[str, str]:
+    """Beside each failed check, the reference figures that bound it on this episode and cue
+    set: the Bayes ceiling of cue accuracy, the label-given vote of the episodes (the best
+    prototype any clustering of them can form), and what the vault's Recall makes of the answer."""
+    ours, vote, recall = row["ours"], row["label_vote"], row["ours_as_recall_uses_it"]
+    km = {k: v for k, v in row.items() if k.startswith("kmeans_")}
+    out: dict[str, str] = {}
+    for check, ok in row["checks"].items():
+        if ok:
+            continue
+        if check == "accuracy_095":
+            out[check] = (
+                f"Bayes ceiling of cue accuracy on this cue set {row['cue_accuracy_bayes']}"
+            )
+        elif check == "overlap_095":
+            out[check] = f"label-given vote reaches cue overlap {vote['cue_overlap']}"
+        elif check == "ends_closer_than_cue":
+            out[check] = (
+                f"the label-given vote of these episodes has phi {vote['vote_overlap_with_class']}"
+                f" with its class prototype and completes cues to {vote['cue_overlap']}, against"
+                f" the cue's own {ours['cue_overlap_before']}"
+            )
+        elif check == "held_out_not_worse":
+            out[check] = (
+                f"label-given vote: held-out accuracy {vote['held_out_accuracy']} (before"
+                f" {ours['held_out_accuracy_before']}); ours as Recall uses it (moved_away answers"
+                f" not used): {recall['held_out_accuracy']}"
+            )
+        elif check.startswith("beats_kmeans"):
+            fig = "cue_accuracy" if check.endswith("accuracy") else "cue_overlap"
+            best = max(km, key=lambda k: km[k][fig])
+            out[check] = f"ours {ours[fig]}, {best} {km[best][fig]}, label-given vote {vote[fig]}"
+        elif check in ("prototypes_1x_to_1_5x", "classes_owning_90pct"):
+            sep = row["separation"]
+            out[check] = (
+                f"{row['formation']['prototypes']} prototypes, {row['formation']['classes_owning']}"
+                f" classes owning one; the closest two classes differ in"
+                f" {sep['closest_classes_concepts']} concepts, a sample from its class in"
+                f" {sep['sample_to_class_concepts']} on average"
+            )
     return out
 
 
@@ -271,7 +333,11 @@ def main() -> None:
         for k in sorted({k for r in rows for k in r["checks"]})
     }
     result["failing"] = [
-        {"config": r["config"], "failed": [k for k, v in r["checks"].items() if not v]}
+        {
+            "config": r["config"],
+            "failed": [k for k, v in r["checks"].items() if not v],
+            "evidence": r["evidence"],
+        }
         for r in rows
         if not all(r["checks"].values())
     ]

@@ -15,7 +15,10 @@ graph peers build a {0, 1} energy model and settle the cues at T = 0 with the sc
 * ``kmeans_k``: scipy's ``kmeans2`` (k-means++) on the episodes, nearest-centroid completion with
   the centroid binarised at 1/2 (an unsupervised reference);
 * ``projector_labels``: the projector (pseudo-inverse) rule on the *label-given* class
-  prototypes (Personnaz et al. 1986), centred, settled at T = 0 (an upper bound).
+  prototypes (Personnaz et al. 1986), centred, settled at T = 0 (an upper bound);
+* ``label_vote``: the majority vote of each class's episodes *given the labels*, nearest vote by
+  phi: the best an answer built from these episodes can do with perfect clustering (evidence
+  where a bar is out of reach of any prototype formed from the episodes).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from mcp_services.sleep_scheduler.domain import ConceptGraph, ConceptIndex
 from mcp_services.sleep_scheduler.domain.anneal import AnnealSchedule, settle
 from mcp_services.sleep_scheduler.domain.baselines import hebbian_graph
 from mcp_services.sleep_scheduler.domain.correlated import PlantedClasses
-from mcp_services.sleep_scheduler.domain.prototypes import phi_overlap
+from mcp_services.sleep_scheduler.domain.prototypes import majority_vote, phi_overlap
 from mcp_services.sleep_scheduler.domain.wake_sleep import swap_noise
 
 Completer = Callable[[sp.csr_matrix], sp.csr_matrix]
@@ -210,6 +213,37 @@ def kmeans(episodes: sp.csr_matrix, k: int, seed: int) -> tuple[F, Completer]:
     x = np.asarray(episodes.toarray(), dtype=np.float64)
     centres, _ = kmeans2(x, k, minit="++", seed=seed)
     return centres, centroid_completer(centres)
+
+
+def separation(data: PlantedClasses) -> dict[str, float]:
+    """How far apart the classes are against how far a sample strays from its class (Hamming
+    distances in concepts): the closest pair of class prototypes and the mean sample."""
+    x = np.asarray(data.prototypes.toarray(), dtype=np.float64)
+    d = (x[:, None, :] != x[None, :, :]).sum(axis=2).astype(np.float64)
+    np.fill_diagonal(d, np.inf)
+    own = np.asarray(data.samples.toarray(), dtype=np.float64) != x[data.labels]
+    return {
+        "closest_classes_concepts": float(d.min()),
+        "sample_to_class_concepts": round(float(own.sum(axis=1).mean()), 2),
+    }
+
+
+def label_vote(data: PlantedClasses) -> tuple[sp.csr_matrix, Completer]:
+    """The label-given majority vote of each class's episodes and nearest-vote completion (by
+    phi): what an answer built from these episodes reaches when the clustering is perfect (a
+    supervised reference, the ceiling of prototype formation on this episode set)."""
+    n = data.prototypes.shape[1]
+    votes, _ = majority_vote(
+        sp.csr_matrix(data.samples, dtype=np.float64),
+        data.labels,
+        np.ones(data.samples.shape[0]),
+        data.classes,
+    )
+
+    def run(states: sp.csr_matrix) -> sp.csr_matrix:
+        return sp.csr_matrix(votes[phi_matrix(states, votes, n).argmax(axis=1)])
+
+    return votes, run
 
 
 def modern_hopfield(protos: sp.csr_matrix, beta: float = 16.0) -> Completer:
