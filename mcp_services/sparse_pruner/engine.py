@@ -48,7 +48,7 @@ from mcp_services.sparse_pruner.knobs import (
     run_settings,
 )
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
-from mcp_services.sparse_pruner.scheduler_client import SchedulerClient, VersionConflict
+from mcp_services.sparse_pruner.ports import GraphSource, VersionConflict
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot
 
 log = structlog.get_logger(__name__)
@@ -78,12 +78,13 @@ class Growth:
 
 
 class PruningEngine:
-    """Owns jobs, backups and knobs; talks to the scheduler through ``client``."""
+    """Owns jobs, backups and knobs; reads and commits the graph through ``client`` (the
+    scheduler's gRPC client in the service, an in-memory fake in tests)."""
 
     def __init__(
         self,
         knobs: Knobs,
-        client: SchedulerClient,
+        client: GraphSource,
         backups: BackupStore,
         metrics: PrunerMetrics,
         bus: EventBus,
@@ -292,14 +293,14 @@ class PruningEngine:
         """Weekly growth of the edge count over the retained versions, and the rule's tau."""
         headers = await self.client.list_versions()
         weekly = math.nan
-        dated = [h for h in headers if h.HasField("created_at") and h.version > 0]
+        dated = [h for h in headers if h.created_at_ms > 0 and h.version > 0]
         if len(dated) >= 2:
             latest = dated[0]
-            now_ms = latest.created_at.ToMilliseconds()
+            now_ms = latest.created_at_ms
             # The newest version at least a week old, else the oldest retained one.
-            older = [h for h in dated[1:] if now_ms - h.created_at.ToMilliseconds() >= _WEEK_MS]
+            older = [h for h in dated[1:] if now_ms - h.created_at_ms >= _WEEK_MS]
             ref = older[0] if older else dated[-1]
-            span_ms = now_ms - ref.created_at.ToMilliseconds()
+            span_ms = now_ms - ref.created_at_ms
             if ref.edge_count > 0 and span_ms >= max(self._growth_min_window_ms, 1.0):
                 weekly = weekly_growth(int(ref.edge_count), int(latest.edge_count), span_ms / 864e5)
         proposed = self.knobs.tau

@@ -38,6 +38,7 @@ from mcp_services.sparse_pruner.backups import BackupStore
 from mcp_services.sparse_pruner.engine import PruningEngine
 from mcp_services.sparse_pruner.knobs import Knobs
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
+from mcp_services.sparse_pruner.ports import GraphSource
 from mcp_services.sparse_pruner.schedule import ConsolidationTrigger, Schedule
 from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
 from mcp_services.sparse_pruner.servicer import SparsePrunerServicer
@@ -52,7 +53,7 @@ SERVICE = pruner_pb2.DESCRIPTOR.services_by_name["SparsePruner"]
 class PrunerUnit:
     """What the pruner keeps for one namespace."""
 
-    client: SchedulerClient
+    client: GraphSource
     engine: PruningEngine
     schedule: Schedule
     servicer: SparsePrunerServicer

@@ -1,15 +1,12 @@
 """The pruner's client of the SleepScheduler's versioned graph API (tori.sleep.v1).
 
 The graph belongs to the scheduler; the pruner reads a version (ReadGraph, streamed chunks) and
-commits a new one against the version it read (CommitGraph). Errors::
-
-    SchedulerError
-    ├── VersionConflict      the base version is no longer the latest (FAILED_PRECONDITION)
-    ├── VersionGone          no such version, e.g. dropped by retention (NOT_FOUND)
-    └── SchedulerUnavailable the scheduler cannot be reached or timed out (UNAVAILABLE, ...)
-
-Any other status (INVALID_ARGUMENT for a graph the scheduler rejects) is a plain SchedulerError
-carrying the scheduler's message.
+commits a new one against the version it read (CommitGraph). :class:`SchedulerClient` is the
+gRPC :class:`~mcp_services.sparse_pruner.ports.GraphSource`; it turns statuses into the errors
+drawn there: FAILED_PRECONDITION is VersionConflict, NOT_FOUND VersionGone, UNAVAILABLE,
+DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and CANCELLED SchedulerUnavailable, any other status
+(INVALID_ARGUMENT for a graph the scheduler rejects) a plain SchedulerError carrying the
+scheduler's message.
 """
 
 from __future__ import annotations
@@ -22,27 +19,18 @@ import numpy as np
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.namespaces import DEFAULT, namespace_metadata
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
+from mcp_services.sparse_pruner.ports import (
+    GraphVersion,
+    SchedulerError,
+    SchedulerUnavailable,
+    VersionConflict,
+    VersionGone,
+)
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot, snapshot_from_edges
 
 # Edges per CommitGraph chunk: ~1.3 MB of proto per chunk, far below the message limit.
 COMMIT_CHUNK_EDGES = 65_536
 _PROTO_ENTRIES_PER_CHUNK = 262_144
-
-
-class SchedulerError(Exception):
-    """A call to the SleepScheduler failed; the message carries its status and text."""
-
-
-class VersionConflict(SchedulerError):
-    """The commit's base version is stale: re-read the latest version and recompute."""
-
-
-class VersionGone(SchedulerError):
-    """The requested version does not exist (never made, or dropped by retention)."""
-
-
-class SchedulerUnavailable(SchedulerError):
-    """The scheduler did not answer; retry later."""
 
 
 def _translate(exc: grpc.aio.AioRpcError, what: str, target: str) -> SchedulerError:
@@ -152,7 +140,7 @@ class SchedulerClient:
         author: str,
         reason: str,
         metadata: Mapping[str, str] | None = None,
-    ) -> sleep_pb2.GraphHeader:
+    ) -> GraphVersion:
         """Commit ``graph`` (with its prototypes) on top of ``base_version``; returns its header.
 
         Raises:
@@ -174,10 +162,9 @@ class SchedulerClient:
             raise _translate(
                 exc, f"committing a graph on version {base_version}", self.target
             ) from None
-        out: sleep_pb2.GraphHeader = response.header
-        return out
+        return version_of_header(response.header)
 
-    async def list_versions(self) -> list[sleep_pb2.GraphHeader]:
+    async def list_versions(self) -> list[GraphVersion]:
         """Headers of the retained versions, newest first."""
         try:
             response = await self._stub.ListGraphVersions(
@@ -185,7 +172,21 @@ class SchedulerClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, "listing the graph versions", self.target) from None
-        return [v.header for v in response.versions]
+        return [version_of_header(v.header) for v in response.versions]
+
+
+def version_of_header(header: sleep_pb2.GraphHeader) -> GraphVersion:
+    """The value object of a version's proto header (no created_at: 0)."""
+    return GraphVersion(
+        version=int(header.version),
+        base_version=int(header.base_version),
+        created_at_ms=header.created_at.ToMilliseconds() if header.HasField("created_at") else 0,
+        concept_count=int(header.concept_count),
+        edge_count=int(header.edge_count),
+        author=header.author,
+        reason=header.reason,
+        metadata=dict(header.metadata),
+    )
 
 
 async def _chunks(

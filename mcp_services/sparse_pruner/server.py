@@ -28,6 +28,7 @@ from mcp_services.sparse_pruner.engine import PruningEngine
 from mcp_services.sparse_pruner.knobs import KnobError, Knobs
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
 from mcp_services.sparse_pruner.namespaces import ConsolidationRouter, PrunerUnit, pruner_units
+from mcp_services.sparse_pruner.ports import GraphSource
 from mcp_services.sparse_pruner.schedule import ConsolidationTrigger, Schedule
 from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
 from mcp_services.sparse_pruner.servicer import SparsePrunerServicer
@@ -44,13 +45,18 @@ def backup_root(settings: Settings) -> Path:
 
 
 class SparsePrunerService:
+    """The pruner; ``client`` is the default namespace's graph source (None: the scheduler's
+    gRPC client; tests may pass one that holds a commit, to force an interleaving)."""
+
     service_names = (SERVICE_NAME,)
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, client: GraphSource | None = None) -> None:
         settings = ctx.settings
         cfg = settings.sparse_pruner
         self._bus = ctx.bus
-        self.client = SchedulerClient.of(ClientFactory.of(settings), cfg.scheduler_timeout_s)
+        self.client = client or SchedulerClient.of(
+            ClientFactory.of(settings), cfg.scheduler_timeout_s
+        )
         self.engine = PruningEngine(
             Knobs.from_config(cfg),
             self.client,

@@ -31,13 +31,13 @@ from mcp_services.sparse_pruner.jobs import (
     removed_order,
 )
 from mcp_services.sparse_pruner.knobs import KnobError, RunOverrides, run_settings
-from mcp_services.sparse_pruner.schedule import Schedule
-from mcp_services.sparse_pruner.scheduler_client import (
+from mcp_services.sparse_pruner.ports import (
     SchedulerError,
     SchedulerUnavailable,
     VersionConflict,
     VersionGone,
 )
+from mcp_services.sparse_pruner.schedule import Schedule
 from mcp_services.sparse_pruner.usage import edge_usage
 
 DEFAULT_USAGE_LIMIT = 100

@@ -16,12 +16,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config_schema import Settings
-from mcp_services.common.server import ServerThread
+from mcp_services.common.server import Context, ServerThread
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
 from mcp_services.sparse_pruner.domain import ConceptGraph
+from mcp_services.sparse_pruner.ports import GraphSource
+from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
 from mcp_services.sparse_pruner.server import SparsePrunerService
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot, from_pm1, snapshot_from_edges
 from tests.conftest import SettingsFactory
@@ -138,15 +141,28 @@ FleetFactory = Callable[..., Fleet]
 
 @pytest.fixture
 def start_fleet(make_settings: SettingsFactory) -> Iterator[FleetFactory]:
-    """Start a scheduler and a pruner sharing one configuration (overrides as keywords)."""
+    """Start a scheduler and a pruner sharing one configuration (overrides as keywords).
+
+    ``wrap``, if given, is applied to the pruner's real scheduler client (e.g. HeldCommit, to
+    hold its first commit while the test commits another version)."""
     started: list[Fleet] = []
 
-    def factory(**overrides: Any) -> Fleet:
+    def factory(
+        wrap: Callable[[GraphSource], GraphSource] | None = None, **overrides: Any
+    ) -> Fleet:
         settings = make_settings(**overrides)
         sched = ServerThread(
             "sleep-scheduler", "sleep_scheduler", SleepSchedulerService, settings
         ).start()
-        pruner = ServerThread("sparse-pruner", "sparse_pruner", SparsePrunerService, settings)
+
+        def service(ctx: Context) -> SparsePrunerService:
+            if wrap is None:
+                return SparsePrunerService(ctx)
+            cfg = ctx.settings.sparse_pruner
+            real = SchedulerClient.of(ClientFactory.of(ctx.settings), cfg.scheduler_timeout_s)
+            return SparsePrunerService(ctx, wrap(real))
+
+        pruner = ServerThread("sparse-pruner", "sparse_pruner", service, settings)
         pruner.start()
         ch_s = grpc.insecure_channel(f"127.0.0.1:{sched.running.grpc_port}")
         ch_p = grpc.insecure_channel(f"127.0.0.1:{pruner.running.grpc_port}")

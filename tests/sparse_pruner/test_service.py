@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from collections.abc import Callable
 
@@ -12,7 +11,9 @@ import pytest
 import scipy.sparse as sp
 
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2
+from mcp_services.sparse_pruner.ports import GraphSource
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot
+from tests.fakes.scheduler import HOLD_GUARD_S, HeldCommit
 
 from .conftest import Fleet, FleetFactory, planted_snapshot, read_back
 
@@ -171,21 +172,25 @@ class TestRollbackAndConflicts:
         assert response.restored_version == 3
         _assert_identical(read_back(fleet.sched, 3), read_back(fleet.sched, 1))
 
-    def test_concurrent_commit_is_detected_and_recomputed(self, fleet: Fleet) -> None:
+    def test_concurrent_commit_is_detected_and_recomputed(self, start_fleet: FleetFactory) -> None:
         """A commit landing while the pruner computes makes its commit conflict; it re-reads
-        the new version, recomputes and commits on top of it."""
+        the new version, recomputes and commits on top of it.
+
+        The interleaving is forced, not raced: the pruner's first commit is held (HeldCommit
+        around its real client) until the concurrent version has landed."""
+        held: list[HeldCommit] = []
+
+        def hold(source: GraphSource) -> GraphSource:
+            held.append(HeldCommit(source))
+            return held[0]
+
+        fleet = start_fleet(wrap=hold)
         graph, _ = planted_snapshot(200, 0.1, seed=8)
         fleet.seed(graph)
         job = fleet.stub.TriggerPruning(pruner_pb2.TriggerPruningRequest(background=True))
-        deadline = time.monotonic() + 30
-        while (
-            fleet.stub.GetPruningStatus(
-                pruner_pb2.GetPruningStatusRequest(job_id=job.job_id)
-            ).base_version
-            != 1
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        assert held[0].arrived.wait(HOLD_GUARD_S), "the pruner never committed"
+        status = fleet.stub.GetPruningStatus(pruner_pb2.GetPruningStatusRequest(job_id=job.job_id))
+        assert status.base_version == 1
         # The concurrent writer (as consolidation would): same graph, nudged biases.
         nudged = GraphSnapshot(
             0,
@@ -196,9 +201,10 @@ class TestRollbackAndConflicts:
             graph.support,
         )
         assert fleet.seed(nudged, base_version=1) == 2
+        held[0].release()
         done = fleet.wait_job(job.job_id)
         assert done.state == pruner_pb2.JOB_STATE_SUCCEEDED, done.message
-        assert done.conflict_retries >= 1
+        assert done.conflict_retries == 1
         assert (done.base_version, done.committed_version) == (2, 3)
         backups = fleet.stub.ListBackups(pruner_pb2.ListBackupsRequest()).backups
         assert [(b.graph_version, b.pruned_version) for b in backups] == [(2, 3)]
