@@ -103,7 +103,7 @@ class ErrorMap:
         return cls
 
 
-async def _abort_for(
+async def _map_and_abort(
     context: grpc.aio.ServicerContext, exc: Exception, maps: tuple[ErrorMap, ...], rpc: str
 ) -> NoReturn:
     """Abort the call for `exc` by the first map that knows it, InputError, else INTERNAL."""
@@ -143,7 +143,7 @@ def _guarded(fn: Callable[..., Any], *maps: ErrorMap) -> Callable[..., Any]:
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await _abort_for(context, exc, maps, rpc)
+                await _map_and_abort(context, exc, maps, rpc)
 
         return stream
 
@@ -155,6 +155,6 @@ def _guarded(fn: Callable[..., Any], *maps: ErrorMap) -> Callable[..., Any]:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort_for(context, exc, maps, rpc)
+            await _map_and_abort(context, exc, maps, rpc)
 
     return unary
