@@ -9,7 +9,13 @@ from scipy.special import expit
 
 from mcp_services.sleep_scheduler.domain import ConceptGraph, ConceptIndex
 from mcp_services.sleep_scheduler.domain.anneal import AnnealSchedule, settle
-from mcp_services.sleep_scheduler.domain.kernels import epoch_statistics, seed_from
+from mcp_services.sleep_scheduler.domain.kernels import (
+    epoch_statistics,
+    on_support,
+    quadratic_forms,
+    seed_from,
+    transpose_positions,
+)
 
 N = 30
 FLOORS = (1e-3, 0.05)
@@ -71,9 +77,14 @@ def reference(
 
 
 class TestEpochStatistics:
+    @pytest.mark.parametrize("dense_from", [0.0, np.inf])
     @pytest.mark.parametrize("seed", [0, 1, 2])
-    def test_matches_the_per_replay_reference_without_noise(self, seed: int) -> None:
-        """Gradient, error sums and the replay weight behind them equal the plain loops'."""
+    def test_matches_the_per_replay_reference_without_noise(
+        self, seed: int, dense_from: float
+    ) -> None:
+        """Gradient, error sums and the replay weight behind them equal the plain loops',
+        whether the fields are made with a touched test per entry or by resetting all of them
+        (every replay one way: dense_from 0 or inf)."""
         support, s_w, bias, x, rw = problem(seed)
         scales = 0.5 + np.random.default_rng(seed).random(N)
         seed_from(np.random.default_rng(seed))
@@ -90,9 +101,12 @@ class TestEpochStatistics:
             np.arange(N, dtype=np.int64),
             0.7,
             FLOORS,
+            dense_from,
         )
         ref = reference(support, s_w, bias, scales, x, rw, 0.7)
-        for got, want in zip((grad, esum, gw, uw), ref, strict=True):
+        # The weight behind entry (j, u) is that of the replays with j active: one per row j.
+        per_entry = np.repeat(gw, np.diff(support.indptr))
+        for got, want in zip((grad, esum, per_entry, uw), ref, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
 
 
@@ -108,3 +122,86 @@ class TestSettle:
         s = res.states.toarray()
         h = s @ w.toarray() + bias
         assert np.all((h > 0) <= (s > 0.5)) and np.all((h < 0) <= (s < 0.5))
+
+
+def symmetric_pattern(n: int, density: float, seed: int) -> np.ndarray:
+    """A random symmetric boolean pattern without diagonal."""
+    upper = np.triu(np.random.default_rng(seed).random((n, n)) < density, 1)
+    return np.asarray(upper | upper.T)
+
+
+class TestFieldPaths:
+    def test_dense_and_touched_fields_give_the_same_epoch_bit_for_bit(self) -> None:
+        """With replay noise on, an epoch made with a touched test per entry and one made by
+        resetting every field give identical statistics (the swaps draw the same numbers)."""
+        rng = np.random.default_rng(7)
+        n = 400
+        x = sp.csr_matrix((rng.random((40, n)) < 0.04).astype(np.float64))
+        x.sort_indices()
+        co = x.toarray().T @ x.toarray()
+        np.fill_diagonal(co, 0.0)
+        w = np.triu(np.where(co > 0, rng.normal(size=(n, n)), 0.0), 1)
+        support = sp.csr_matrix(w + w.T)
+        support.sort_indices()
+        replays = (
+            x.indptr.astype(np.int64),
+            x.indices.astype(np.int64),
+            np.full(x.shape[0], 2, dtype=np.int64),
+            np.full(x.shape[0], 1.0 / x.shape[0]),
+        )
+        pool = np.unique(x.indices).astype(np.int64)
+        s = (support.indptr.astype(np.int64), support.indices, support.data)
+        bias = rng.normal(size=n) - 1.0
+        outs = []
+        for dense_from in (0.0, np.inf):
+            seed_from(np.random.default_rng(3))
+            outs.append(
+                epoch_statistics(s, bias, np.ones(n), replays, pool, 0.5, FLOORS, dense_from)
+            )
+        for got, want in zip(outs[0], outs[1], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+class TestSupportHelpers:
+    def test_transpose_positions_and_on_support_match_a_key_search(self) -> None:
+        """The mirror position of each entry and the weights laid on a wider pattern equal
+        what sorting (row, column) keys and searching them gives."""
+        rng = np.random.default_rng(4)
+        n = 60
+        inner = symmetric_pattern(n, 0.1, 1)
+        pattern = sp.csr_matrix((inner | symmetric_pattern(n, 0.1, 2)).astype(np.float64))
+        pattern.sort_indices()
+        indptr, idx = pattern.indptr.astype(np.int64), pattern.indices
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+        keys = rows * n + idx
+        np.testing.assert_array_equal(
+            transpose_positions(indptr, idx), np.searchsorted(keys, idx * n + rows)
+        )
+        w = np.triu(np.where(inner, rng.normal(size=(n, n)), 0.0), 1)
+        weights = sp.csr_matrix(w + w.T)
+        weights.sort_indices()
+        want = np.zeros(len(keys))
+        w_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(weights.indptr))
+        want[np.searchsorted(keys, w_rows * n + weights.indices)] = weights.data
+        np.testing.assert_array_equal(on_support(indptr, idx, weights), want)
+
+
+class TestQuadraticForms:
+    @pytest.mark.parametrize("density", [0.02, 0.6])
+    def test_equals_the_dense_product(self, density: float) -> None:
+        """s^T W s per row, by looking actives up in long rows (sparse states) or walking the
+        rows (dense states), equals the dense product, with unsorted weights too."""
+        rng = np.random.default_rng(5)
+        n = 300
+        dense_w = np.where(symmetric_pattern(n, 0.3, 6), rng.normal(size=(n, n)), 0.0)
+        dense_w = np.triu(dense_w, 1) + np.triu(dense_w, 1).T
+        dense_s = (rng.random((20, n)) < density).astype(np.float64)
+        want = np.einsum("ri,ij,rj->r", dense_s, dense_w, dense_s)
+        w, s = sp.csr_matrix(dense_w), sp.csr_matrix(dense_s)
+        np.testing.assert_allclose(quadratic_forms(w, s), want, rtol=1e-12, atol=1e-9)
+        order = np.concatenate(
+            [np.arange(w.indptr[i + 1] - 1, w.indptr[i] - 1, -1) for i in range(n)]
+        )
+        unsorted = sp.csr_matrix((w.data[order], w.indices[order], w.indptr), shape=(n, n))
+        unsorted.has_sorted_indices = False
+        np.testing.assert_allclose(quadratic_forms(unsorted, s), want, rtol=1e-12, atol=1e-9)

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from mcp_services.sleep_scheduler.domain.concept_index import ConceptIndex
+from mcp_services.sleep_scheduler.domain.kernels import quadratic_forms
 
 FloatArray = NDArray[np.float64]
 
@@ -127,13 +128,14 @@ class ConceptGraph:
     def energy(self, states: sp.spmatrix | sp.sparray | FloatArray) -> FloatArray:
         """``E(s) = -1/2 s^T W s - b^T s`` for each {0, 1} state row; returns shape (B,).
 
-        Costs O(active concepts x their degree) per row: the states stay sparse.
+        Costs at most O(active concepts x their degree) per row: the states stay sparse, and
+        no (B, N) product is formed (:func:`.kernels.quadratic_forms`).
         """
         s = _as_csr(states)
         if s.shape[1] != self.size:
             raise ValueError(f"states have {s.shape[1]} columns: expected {self.size}")
-        sw = s @ self.weights
-        quad = np.asarray(sw.multiply(s).sum(axis=1)).ravel()
+        s.sum_duplicates()
+        quad = quadratic_forms(self.weights, s)
         lin = s @ self.biases
         return np.asarray(-0.5 * quad - lin, dtype=np.float64)
 

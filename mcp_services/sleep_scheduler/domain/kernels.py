@@ -6,7 +6,10 @@ of length N (reset by bumping a stamp, never by clearing). A batch then costs th
 of (actives x degree), in proportion to the prototypes and the edges they touch, with no
 per-batch union of touched sets: the earlier numpy version built one dense block per chunk of
 rows, whose cost and whose pseudo-likelihood terms both grew with the chunk (see
-:mod:`.wake_sleep`).
+:mod:`.wake_sleep`). When a replay's rows hold a good share of N entries (many prototypes over
+few concepts: at 100k episodes over 10k concepts each replay reaches ~78% of them), testing each
+entry for "touched yet" costs more than resetting all N fields and marking without a test
+(:func:`_fields_dense`); both ways give the same fields bit for bit.
 
 Randomness comes from numba's own generator, seeded from the caller's ``numpy`` Generator at
 every call (:func:`seed_from`), so results are reproducible for a given seed.
@@ -27,7 +30,14 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 IntArray = NDArray[np.int64]
+Indices = NDArray[np.int32] | NDArray[np.int64]
+"""Column indices of a CSR pattern: int32 (scipy's own, half the bytes to stream) or int64."""
 FloatArray = NDArray[np.float64]
+
+DENSE_FROM = 0.25
+"""Share of N from which a replay's rows (the summed degrees of its concepts) are walked without
+a touched test per entry (:func:`_fields_dense`): measured break-even about N/4 (at 20 actives
+over 10k concepts, rows of 74 entries each are faster with the test, of 720 without)."""
 
 
 @numba.njit(nogil=True)
@@ -110,7 +120,7 @@ def _spread(
     j: int,
     sign: float,
     indptr: IntArray,
-    indices: IntArray,
+    indices: Indices,
     data: FloatArray,
     stamp: int,
     seen_at: IntArray,
@@ -128,9 +138,52 @@ def _spread(
 
 
 @numba.njit(nogil=True)
+def _fields_dense(
+    xi: IntArray,
+    c: IntArray,
+    positive: IntArray,
+    indptr: IntArray,
+    indices: Indices,
+    data: FloatArray,
+    stamp: int,
+    seen_at: IntArray,
+    h: FloatArray,
+    bias: FloatArray,
+) -> None:
+    """The fields and touched marks of one replay whose rows reach much of the graph.
+
+    The same fields as touching concept by concept (each starts at its bias and adds the rows
+    of ``c`` in the same order), without a test per entry: every field is reset to its bias
+    first, which costs N and pays when the rows' entries are a good share of N.
+    """
+    h[:] = bias
+    for i in range(xi.shape[0]):
+        seen_at[xi[i]] = stamp
+    for i in range(positive.shape[0]):
+        seen_at[positive[i]] = stamp
+    for a in range(c.shape[0]):
+        j = c[a]
+        seen_at[j] = stamp
+        for p in range(indptr[j], indptr[j + 1]):
+            u = indices[p]
+            h[u] += data[p]
+            seen_at[u] = stamp
+
+
+@numba.njit(nogil=True)
+def _list_touched(stamp: int, seen_at: IntArray, touched: IntArray) -> int:
+    """Write the concepts marked ``stamp`` into ``touched`` (increasing order); returns count."""
+    nt = 0
+    for u in range(seen_at.shape[0]):
+        touched[nt] = u
+        nt += int(seen_at[u] == stamp)
+    return nt
+
+
+@numba.njit(nogil=True)
 def _epoch(
     s_indptr: IntArray,
-    s_indices: IntArray,
+    s_indices: Indices,
     s_w: FloatArray,
     bias: FloatArray,
     scales: FloatArray,
@@ -143,9 +196,10 @@ def _epoch(
     inv_t: float,
     error_floor: float,
     stray_floor: float,
+    dense_from: float,
     grad: FloatArray,
     esum: FloatArray,
-    grad_weight: FloatArray,
+    row_weight: FloatArray,
     unit_weight: FloatArray,
 ) -> tuple[float, float]:
     n = bias.shape[0]
@@ -154,7 +208,7 @@ def _epoch(
     seen_at = np.zeros(n, dtype=np.int64)  # stamp: touched by this replay
     h = np.zeros(n)
     err = np.zeros(n)
-    touched = np.empty(n, dtype=np.int64)
+    touched = np.empty(n + 1, dtype=np.int64)  # one spare slot for _list_touched's last write
     cbuf = np.empty(n, dtype=np.int64)
     stray_logit = math.log(stray_floor / (1.0 - stray_floor))
     wrong = 0.0
@@ -171,23 +225,31 @@ def _epoch(
             in_c[xi[i]] = 0
         for i in range(m):
             in_c[cbuf[i]] = stamp
-        nt = 0
-        for i in range(xi.shape[0]):
-            nt = _touch(xi[i], stamp, seen_at, h, bias, touched, nt)
-        for i in range(positive.shape[0]):
-            nt = _touch(positive[i], stamp, seen_at, h, bias, touched, nt)
+        reach = 0
         for a in range(m):
-            nt = _touch(cbuf[a], stamp, seen_at, h, bias, touched, nt)
-            nt = _spread(
-                cbuf[a], 1.0, s_indptr, s_indices, s_w, stamp, seen_at, h, bias, touched, nt
-            )
+            reach += s_indptr[cbuf[a] + 1] - s_indptr[cbuf[a]]
+        if reach >= dense_from * n:
+            # Rows reaching a good share of the graph: reset every field, skip the per-entry test.
+            _fields_dense(xi, cbuf[:m], positive, s_indptr, s_indices, s_w, stamp, seen_at, h, bias)
+            nt = _list_touched(stamp, seen_at, touched)
+        else:
+            nt = 0
+            for i in range(xi.shape[0]):
+                nt = _touch(xi[i], stamp, seen_at, h, bias, touched, nt)
+            for i in range(positive.shape[0]):
+                nt = _touch(positive[i], stamp, seen_at, h, bias, touched, nt)
+            for a in range(m):
+                nt = _touch(cbuf[a], stamp, seen_at, h, bias, touched, nt)
+                nt = _spread(
+                    cbuf[a], 1.0, s_indptr, s_indices, s_w, stamp, seen_at, h, bias, touched, nt
+                )
         w_r = rw[r]
+        seen += nt  # exact: a count far below 2**53
         for t in range(nt):
             u = touched[t]
             own = in_x[u] == stamp or in_c[u] == stamp
             z = h[u] * inv_t / scales[u]
             target = 1.0 if in_x[u] == stamp else 0.0
-            seen += 1.0
             unit_weight[u] += w_r
             if not own and z < stray_logit:
                 # A stray clearly off: its error is under the stray floor, skip the exp.
@@ -204,20 +266,22 @@ def _epoch(
             esum[u] += e
         for a in range(m):
             j = cbuf[a]
+            # Every entry of row j gets this replay's weight: kept once per row, not per entry.
+            row_weight[j] += w_r
             for p in range(s_indptr[j], s_indptr[j + 1]):
                 grad[p] += err[s_indices[p]]
-                grad_weight[p] += w_r
     return wrong, seen
 
 
 def epoch_statistics(
-    support: tuple[IntArray, IntArray, FloatArray],
+    support: tuple[IntArray, Indices, FloatArray],
     bias: FloatArray,
     scales: FloatArray,
     replays: tuple[IntArray, IntArray, IntArray, FloatArray],
     pool: IntArray,
     temperature: float,
     floors: tuple[float, float],
+    dense_from: float = DENSE_FROM,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float]:
     """One pass of corrupted replays over the support ``S`` (CSR, symmetric pattern, no diagonal).
 
@@ -226,19 +290,22 @@ def epoch_statistics(
     a concept of the replay and for a stray. For replay ``r`` every concept it touches (its
     prototype, its replay, their S-neighbours and the positive-bias concepts) gets the error
     ``e = xi - sigmoid(h / (T scale))`` of its field given the replay, floored as
-    :mod:`.wake_sleep` says and weighted by the replay's weight.
+    :mod:`.wake_sleep` says and weighted by the replay's weight. A replay whose rows of S hold
+    ``dense_from * N`` entries or more has its fields made by :func:`_fields_dense`; the
+    figures are the same either way, bit for bit.
 
     Returns ``grad`` aligned with S's indices (entry ``(j, i)`` summing ``e_i`` over replays
     with ``j`` active: the transpose of ``e c^T``), ``esum`` (N,) the summed errors, the replay
-    weight behind each of them (``grad_weight`` per S entry, ``unit_weight`` per concept: the
-    weight of the replays that touched it), and the share of touched (replay, concept) pairs
-    whose response was on the wrong side of 1/2.
+    weight behind each of them (``row_weight`` per concept j: the weight of the replays with j
+    active, behind every entry of S's row j; ``unit_weight`` per concept: the weight of the
+    replays that touched it), and the share of touched (replay, concept) pairs whose response
+    was on the wrong side of 1/2.
     """
     s_indptr, s_indices, s_w = support
     x_indptr, x_indices, swaps, rw = replays
     grad = np.zeros(s_indices.shape[0])
     esum = np.zeros(bias.shape[0])
-    grad_weight = np.zeros(s_indices.shape[0])
+    row_weight = np.zeros(bias.shape[0])
     unit_weight = np.zeros(bias.shape[0])
     wrong, seen = _epoch(
         s_indptr,
@@ -255,21 +322,22 @@ def epoch_statistics(
         1.0 / temperature,
         floors[0],
         floors[1],
+        dense_from,
         grad,
         esum,
-        grad_weight,
+        row_weight,
         unit_weight,
     )
-    return grad, esum, grad_weight, unit_weight, wrong / max(seen, 1.0)
+    return grad, esum, row_weight, unit_weight, wrong / max(seen, 1.0)
 
 
 @numba.njit(nogil=True)
 def _apply(
     indptr: IntArray,
-    indices: IntArray,
+    indices: Indices,
     transpose: IntArray,
     grad: FloatArray,
-    grad_weight: FloatArray,
+    row_weight: FloatArray,
     esum: FloatArray,
     unit_weight: FloatArray,
     mu: FloatArray,
@@ -278,24 +346,25 @@ def _apply(
     b: FloatArray,
 ) -> None:
     n = b.shape[0]
-    d_w = np.zeros(indices.shape[0])
-    for i in range(n):
-        for p in range(indptr[i], indptr[i + 1]):
-            q = transpose[p]
-            if grad_weight[q] > 0.0:
-                d_w[p] = (grad[q] - esum[i] * mu[indices[p]]) / grad_weight[q]
     for i in range(n):
         sym_mu = 0.0
         for p in range(indptr[i], indptr[i + 1]):
-            d = 0.5 * (d_w[p] + d_w[transpose[p]])
+            j = indices[p]
+            q = transpose[p]
+            # Entry (i, j) of dW: e_i over the replays with j active, whose sum grad holds at
+            # (j, i), i.e. at q; its mirror (j, i) reads grad at p. Both halves are made here,
+            # so each entry reads the far half of grad once.
+            mine = (grad[q] - esum[i] * mu[j]) / row_weight[j] if row_weight[j] > 0.0 else 0.0
+            theirs = (grad[p] - esum[j] * mu[i]) / row_weight[i] if row_weight[i] > 0.0 else 0.0
+            d = 0.5 * (mine + theirs)
             w[p] += eta * d
-            sym_mu += d * mu[indices[p]]
+            sym_mu += d * mu[j]
         centred = esum[i] / unit_weight[i] if unit_weight[i] > 0.0 else 0.0
         b[i] += eta * (centred - sym_mu)
 
 
 def apply_update(
-    support: tuple[IntArray, IntArray, IntArray],
+    support: tuple[IntArray, Indices, IntArray],
     statistics: tuple[FloatArray, FloatArray, FloatArray, FloatArray],
     mu: FloatArray,
     eta: float,
@@ -305,13 +374,125 @@ def apply_update(
     """``W += eta dW``, ``b += eta db`` in place from :func:`epoch_statistics`' output.
 
     ``support`` is S's ``(indptr, indices, transpose)`` (``transpose[p]`` = position of the
-    mirror entry); ``statistics`` is ``(grad, esum, grad_weight, unit_weight)``. Entry (i, j)
+    mirror entry); ``statistics`` is ``(grad, esum, row_weight, unit_weight)``. Entry (i, j)
     of ``dW`` is the mean over the replays behind it of ``e_i (c_j - mu_j)`` (``grad`` holds the
     transpose), symmetrised; ``db = esum / unit_weight - sym(dW) mu`` (centred to plain bias).
     """
     indptr, indices, transpose = support
-    grad, esum, grad_weight, unit_weight = statistics
-    _apply(indptr, indices, transpose, grad, grad_weight, esum, unit_weight, mu, eta, w, b)
+    grad, esum, row_weight, unit_weight = statistics
+    _apply(indptr, indices, transpose, grad, row_weight, esum, unit_weight, mu, eta, w, b)
+
+
+@numba.njit(nogil=True)
+def _transpose_positions(indptr: IntArray, indices: Indices) -> IntArray:
+    n = indptr.shape[0] - 1
+    nxt = indptr[:-1].copy()
+    out = np.empty(indices.shape[0], dtype=np.int64)
+    # Rows visited in order: row j meets its entries (j, i) in increasing i, its sorted order.
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            out[p] = nxt[j]
+            nxt[j] += 1
+    return out
+
+
+def transpose_positions(indptr: IntArray, indices: Indices) -> IntArray:
+    """``t[p]`` = position of the mirror entry of entry ``p`` of a CSR pattern.
+
+    The pattern must be symmetric with sorted indices in every row; costs O(nnz).
+    """
+    out: IntArray = _transpose_positions(indptr, indices)
+    return out
+
+
+@numba.njit(nogil=True)
+def _on_support(
+    indptr: IntArray,
+    indices: Indices,
+    w_indptr: IntArray,
+    w_indices: Indices,
+    w_data: FloatArray,
+) -> FloatArray:
+    out = np.zeros(indices.shape[0])
+    for i in range(indptr.shape[0] - 1):
+        p = indptr[i]
+        for q in range(w_indptr[i], w_indptr[i + 1]):
+            if w_data[q] == 0.0:
+                continue  # a stored zero (e.g. on the diagonal) need not be on the pattern
+            while indices[p] != w_indices[q]:
+                p += 1
+            out[p] = w_data[q]
+    return out
+
+
+def on_support(indptr: IntArray, indices: Indices, weights: sp.csr_matrix) -> FloatArray:
+    """``weights``' values aligned with a CSR pattern (sorted rows) that contains its entries."""
+    w = sp.csr_matrix(weights)
+    w.sort_indices()
+    out: FloatArray = _on_support(
+        indptr, indices, w.indptr.astype(np.int64), w.indices, np.asarray(w.data, np.float64)
+    )
+    return out
+
+
+@numba.njit(nogil=True)
+def _quadratic(
+    w_indptr: IntArray,
+    w_indices: Indices,
+    w_data: FloatArray,
+    s_indptr: IntArray,
+    s_indices: Indices,
+    s_data: FloatArray,
+) -> FloatArray:
+    n = w_indptr.shape[0] - 1
+    rows = s_indptr.shape[0] - 1
+    out = np.zeros(rows)
+    mark = np.zeros(n, dtype=np.int64)
+    value = np.zeros(n)
+    for r in range(rows):
+        lo, hi = s_indptr[r], s_indptr[r + 1]
+        k = hi - lo
+        for b in range(lo, hi):
+            mark[s_indices[b]] = r + 1
+            value[s_indices[b]] = s_data[b]
+        total = 0.0
+        for a in range(lo, hi):
+            j = s_indices[a]
+            start, end = w_indptr[j], w_indptr[j + 1]
+            acc = 0.0
+            if k * (1 + math.log2(end - start + 1)) < end - start:
+                # Few actives against a long row: look each of them up in it.
+                row = w_indices[start:end]
+                for b in range(lo, hi):
+                    pos = start + np.searchsorted(row, s_indices[b])
+                    if pos < end and w_indices[pos] == s_indices[b]:
+                        acc += w_data[pos] * s_data[b]
+            else:
+                for p in range(start, end):
+                    if mark[w_indices[p]] == r + 1:
+                        acc += w_data[p] * value[w_indices[p]]
+            total += s_data[a] * acc
+        out[r] = total
+    return out
+
+
+def quadratic_forms(weights: sp.csr_matrix, states: sp.csr_matrix) -> FloatArray:
+    """``s^T W s`` of each row ``s`` of ``states`` (CSR, no duplicate entries).
+
+    Costs per row, for each active concept, the lesser of its row of W and the row's actives
+    times a binary search in it; nothing of size rows x N is built.
+    """
+    w = weights if weights.has_sorted_indices else weights.sorted_indices()
+    out: FloatArray = _quadratic(
+        w.indptr.astype(np.int64),
+        w.indices,
+        np.asarray(w.data, dtype=np.float64),
+        states.indptr.astype(np.int64),
+        states.indices,
+        np.asarray(states.data, dtype=np.float64),
+    )
+    return out
 
 
 @numba.njit(nogil=True)
@@ -332,12 +513,12 @@ def row_sq(indptr: IntArray, w: FloatArray) -> FloatArray:
 @numba.njit(nogil=True)
 def _settle(
     w_indptr: IntArray,
-    w_indices: IntArray,
+    w_indices: Indices,
     w_data: FloatArray,
     bias: FloatArray,
     scales: FloatArray,
     s_indptr: IntArray,
-    s_indices: IntArray,
+    s_indices: Indices,
     positive: IntArray,
     t0: float,
     decay: float,
@@ -443,7 +624,7 @@ def settle_rows(
     t0, decay, t_floor, max_sweeps = schedule
     indptr, indices, most, settled = _settle(
         weights.indptr.astype(np.int64),
-        weights.indices.astype(np.int64),
+        weights.indices,
         np.asarray(weights.data, dtype=np.float64),
         np.asarray(bias, dtype=np.float64),
         np.asarray(scales, dtype=np.float64),
@@ -467,8 +648,13 @@ def _enable_disk_cache() -> None:
         _touch,
         _spread,
         _corrupt_row,
+        _fields_dense,
+        _list_touched,
         _epoch,
         _apply,
+        _transpose_positions,
+        _on_support,
+        _quadratic,
         _row_sq,
         _settle,
     ):

@@ -53,10 +53,13 @@ from numpy.typing import NDArray
 
 from mcp_services.sleep_scheduler.domain.graph import ConceptGraph, FloatArray, scales_of
 from mcp_services.sleep_scheduler.domain.kernels import (
+    Indices,
     apply_update,
     epoch_statistics,
+    on_support,
     row_sq,
     seed_from,
+    transpose_positions,
 )
 
 _ERROR_FLOOR = 1e-3
@@ -150,15 +153,15 @@ class SleepLearner:
         self.activity = float(np.clip(self._mu.sum() / max(len(self._pool), 1), 1e-6, 0.5))
         support = _support(graph.weights, x)
         self._indptr = support.indptr.astype(np.int64)
-        self._indices = support.indices.astype(np.int64)
-        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(self._indptr))
-        keys = rows * n + self._indices
-        self._transpose = np.searchsorted(keys, self._indices * n + rows)
-        w = sp.csr_matrix(graph.weights)
-        w.sort_indices()
-        w_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(w.indptr))
-        self._w = np.zeros(len(keys))
-        self._w[np.searchsorted(keys, w_rows * n + w.indices)] = w.data
+        # Column indices as int32 where they fit: an epoch streams them twice per active concept
+        # of every replay, and int32 halves those bytes (the weights are not changed).
+        self._indices: Indices = (
+            np.asarray(support.indices, dtype=np.int32)
+            if n < 2**31
+            else np.asarray(support.indices, dtype=np.int64)
+        )
+        self._transpose = transpose_positions(self._indptr, self._indices)
+        self._w = on_support(self._indptr, self._indices, sp.csr_matrix(graph.weights))
         self._b = graph.biases.astype(np.float64, copy=True)
 
     @property
@@ -183,7 +186,7 @@ class SleepLearner:
         if not temperature > 0.0:
             raise ValueError(f"temperature={temperature} must be > 0 for sleep responses")
         seed_from(rng)
-        grad, esum, grad_weight, unit_weight, error_rate = epoch_statistics(
+        grad, esum, row_weight, unit_weight, error_rate = epoch_statistics(
             (self._indptr, self._indices, self._w),
             self._b,
             self.field_scales(),
@@ -194,7 +197,7 @@ class SleepLearner:
         )
         apply_update(
             (self._indptr, self._indices, self._transpose),
-            (grad, esum, grad_weight, unit_weight),
+            (grad, esum, row_weight, unit_weight),
             self._mu,
             eta,
             self._w,
