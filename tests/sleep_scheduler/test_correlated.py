@@ -20,7 +20,12 @@ from mcp_services.sleep_scheduler.domain.correlated import (
     hierarchical,
     image_like,
 )
-from mcp_services.sleep_scheduler.domain.prototypes import merge_episodes, phi_overlap
+from mcp_services.sleep_scheduler.domain.prototypes import (
+    _loo_reassign,
+    majority_vote,
+    merge_episodes,
+    phi_overlap,
+)
 from mcp_services.sleep_scheduler.domain.split import split_clusters
 from mcp_services.sleep_scheduler.domain.wake_sleep import swap_noise
 
@@ -131,3 +136,47 @@ class TestCorrelatedCompletion:
             after, _ = scores(done, data.held_out_labels, data)
             before, _ = scores(data.held_out, data.held_out_labels, data)
             assert after >= before
+
+
+class TestLeaveOneOut:
+    @staticmethod
+    def copies(base: np.ndarray, count: int, swaps: int, rng: np.random.Generator) -> np.ndarray:
+        out = np.repeat(base[None, :], count, axis=0)
+        for row in out:
+            on, off = np.flatnonzero(row), np.flatnonzero(row == 0)
+            row[rng.choice(on, swaps, replace=False)] = 0
+            row[rng.choice(off, swaps, replace=False)] = 1
+        return out
+
+    def test_a_few_noisy_copies_lose_their_own_prototype(self) -> None:
+        """Three copies of a class with 3 of 20 members swapped each, clustered apart from the
+        class's 30 copies, rejoin the class; a real sibling of five clean copies keeps its own."""
+        rng = np.random.default_rng(4)
+        n = 200
+        cls = np.zeros(n)
+        cls[:20] = 1
+        sibling = cls.copy()
+        sibling[:6] = 0
+        sibling[20:26] = 1
+        rows = np.vstack(
+            [
+                self.copies(cls, 30, 1, rng),
+                self.copies(cls, 3, 3, rng),
+                self.copies(sibling, 5, 0, rng),
+            ]
+        )
+        labels = np.array([0] * 30 + [1] * 3 + [2] * 5, dtype=np.int64)
+        x = sp.csr_matrix(rows)
+        w = np.ones(len(labels))
+        protos, total = majority_vote(x, labels, w, 3)
+        out = _loo_reassign(x, w, labels, protos, total, 0.3, 3.0)
+        assert out[:33].tolist() == [0] * 33
+        assert out[33:].tolist() == [2] * 5
+
+    def test_every_class_one_prototype_at_fifty_samples(self) -> None:
+        """Fifty samples per class at N = 256, activity 0.1: ten prototypes, one per class (a
+        stray three-sample prototype formed here before the leave-one-out check)."""
+        data = hierarchical(256, 0.1, per_class=50, seed=1306)
+        protos = merge_episodes(data.samples)
+        owner = phi_all(protos.states, data.prototypes, 256).argmax(axis=1)
+        assert protos.count == 10 and sorted(owner.tolist()) == list(range(10))

@@ -11,16 +11,18 @@ with 10% of the concepts flipped each have phi ~ 0.64 and unrelated patterns 0 Â
 copies of a 3%-active assembly with 10% of its members swapped have phi ~ 0.8 while unrelated
 assemblies are near 0 (a raw overlap or cosine would put dense unrelated patterns at 0.5).
 
-Clustering: a leader pass (an episode joins the most similar existing cluster with phi >=
-threshold, else it founds one); then correlated classes the leader pass lumped together are
-split apart and clusters that are one class are merged (:mod:`.split`); then refinement passes
-reassign every episode to the most similar majority-vote prototype; last, clusters that fewer
-than ``min_support`` episodes confirm form no prototype (their episodes join the nearest one
-within the threshold, or none). A prototype is the weighted majority vote of its members (a
-concept is active when more than half the members' weight has it active): five copies at 10%
-noise leave about 1% of the concepts wrong. Similarities are computed from sparse overlap counts
-only (pairs sharing no active concept have phi <= 0 and never merge), so the cost grows with the
-number of episode-prototype pairs that share concepts, not with their product.
+Clustering: a leader pass (an episode joins the most similar existing cluster with phi >= threshold,
+else it founds one); then correlated classes the leader pass lumped together are split apart and
+clusters that are one class are merged (:mod:`.split`); then refinement passes reassign every
+episode to the most similar majority-vote prototype; light clusters are then checked leave-one-out
+(a member whose cluster's vote without it is less like it than another prototype moves there: a few
+noisy copies of a class cannot vote themselves a prototype); last, clusters that fewer than
+``min_support`` episodes confirm form no prototype (their episodes join the nearest one within the
+threshold, or none). A prototype is the weighted majority vote of its members (a concept is active
+when more than half the members' weight has it active): five copies at 10% noise leave about 1% of
+the concepts wrong. Similarities are computed from sparse overlap counts only (pairs sharing no
+active concept have phi <= 0 and never merge), so the cost grows with the number of
+episode-prototype pairs that share concepts, not with their product.
 """
 
 from __future__ import annotations
@@ -217,9 +219,76 @@ def merge_episodes(
         _, labels = np.unique(new, return_inverse=True)  # drop emptied clusters
         labels = labels.astype(np.int64)
         protos, total = majority_vote(x, labels, w, _count(labels))
+    if min_weight is not None:
+        moved = _loo_reassign(x, w, labels, protos, total, threshold, min_support)
+        if not np.array_equal(moved, labels):
+            _, labels = np.unique(moved, return_inverse=True)  # drop emptied clusters
+            labels = labels.astype(np.int64)
+            protos, total = majority_vote(x, labels, w, _count(labels))
     if min_support > 0.0:
         protos, total, labels = _drop_light(x, w, labels, protos, total, min_support, threshold)
     return PrototypeSet(protos, total, labels)
+
+
+LOO_WEIGHT = 4.0 * DEFAULT_MIN_SUPPORT
+"""Clusters lighter than this are cross-checked member by member (:func:`_loo_reassign`): in
+a cluster of a dozen members or fewer one member's vote decides concepts of the majority, so a
+handful of heavily noised copies of a class can vote themselves a "prototype" of their own."""
+
+
+def _loo_reassign(
+    x: sp.csr_matrix,
+    w: NDArray[np.float64],
+    labels: NDArray[np.int64],
+    protos: sp.csr_matrix,
+    total: NDArray[np.float64],
+    threshold: float,
+    min_support: float,
+) -> NDArray[np.int64]:
+    """Leave-one-out check of light clusters: a member whose cluster's vote *without its own*
+    is less like it (phi) than another prototype is moved to that prototype.
+
+    A real class survives it (the others' vote is still the class), while a few noisy copies of
+    a class that out-voted their own noise lose it: each is nearer the class's own prototype
+    than the vote of the rest. Only clusters of ``min_support`` to ``LOO_WEIGHT`` are checked
+    (lighter ones form no prototype anyway), over the concepts their members use, and members
+    only move to clusters of ``min_support`` or more, so the cost is that of those rows.
+    """
+    n = x.shape[1]
+    out = labels.copy()
+    kept = total >= min_support
+    light = np.flatnonzero(kept & (total < LOO_WEIGHT))
+    if int(kept.sum()) < 2 or len(light) == 0:
+        return out
+    rows = np.flatnonzero(np.isin(labels, light))
+    rows = rows[np.argsort(labels[rows], kind="stable")]
+    loo_phi = np.full(len(rows), np.inf)
+    bounds = np.flatnonzero(np.diff(labels[rows])) + 1
+    for at in np.split(np.arange(len(rows)), bounds):
+        if len(at) < 2:
+            continue
+        mine = rows[at]
+        sub = x[mine]
+        cols = np.unique(sub.indices)
+        xs = np.asarray(sub[:, cols].toarray(), dtype=np.float64)
+        ws = w[mine]
+        votes, mass = ws @ xs, float(ws.sum())
+        loo = (votes[None, :] - ws[:, None] * xs) > 0.5 * (mass - ws)[:, None]
+        # Phi over all n concepts: the columns left out are off in both rows.
+        loo_phi[at] = phi_overlap(sp.csr_matrix(xs), sp.csr_matrix(loo, dtype=np.float64), n)
+    targets = np.flatnonzero(kept)
+    r, c, phi = phi_pairs(x[rows], sp.csr_matrix(protos[targets]), n)
+    c = targets[c]
+    other = (c != labels[rows[r]]) & (phi >= threshold)
+    r, c, phi = r[other], c[other], phi[other]
+    best = np.full(len(rows), -np.inf)
+    np.maximum.at(best, r, phi)
+    win = phi >= best[r]
+    target = np.full(len(rows), -1, dtype=np.int64)
+    target[r[win]] = c[win]
+    move = (target >= 0) & (best > loo_phi)
+    out[rows[move]] = target[move]
+    return out
 
 
 def _count(labels: NDArray[np.int64]) -> int:
