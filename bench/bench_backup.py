@@ -57,7 +57,7 @@ from mcp_services.episodic_vault.domain.store import TieredStore  # noqa: E402
 from mcp_services.koopman_learner import state_store  # noqa: E402
 from mcp_services.koopman_learner.domain.synthetic import oscillator_system, simulate  # noqa: E402
 from mcp_services.koopman_learner.learner import Learner  # noqa: E402
-from mcp_services.koopman_learner.server import data_dir, knobs_from_config  # noqa: E402
+from mcp_services.koopman_learner.server import data_dir  # noqa: E402
 from mcp_services.koopman_learner.traces import Trace  # noqa: E402
 from mcp_services.sleep_scheduler.domain.concept_index import ConceptIndex  # noqa: E402
 from mcp_services.sleep_scheduler.domain.graph import ConceptGraph  # noqa: E402
@@ -134,7 +134,7 @@ def make_learner(env: dict[str, str], last_seq: int) -> int:
     """A learner fitted on oscillator traces over LEARNER_CONCEPTS, saved where it keeps it."""
     settings = load_config(environ=env)
     cfg = settings.koopman_learner
-    learner = Learner(knobs_from_config(cfg), stream_max_gap_s=cfg.stream_max_gap_s)
+    learner = Learner(cfg, stream_max_gap_s=cfg.stream_max_gap_s)
     system = oscillator_system(len(LEARNER_CONCEPTS), [0.4, 1.1], [-0.05, -0.1], cfg.dt_s, seed=2)
     traces = [
         Trace(tuple(LEARNER_CONCEPTS), values, None)

@@ -5,7 +5,8 @@ Loading order:
   2. config/<TORI_ENV>.yaml (the overlay; TORI_ENV defaults to "local"), deep-merged over the base
   3. `${VAR}` and `${VAR:-default}` in string values replaced from the environment ($$ is a
      literal $)
-  4. validation against the schema in config_schema.py; unknown keys are errors
+  4. validation against the schema: config_schema.py's shared sections and every service's
+     registered section (mcp_services/<service>/settings.py); unknown keys are errors
 
 Every failure raises ConfigError whose message names the key, what is wrong, and the fix.
 TORI_CONFIG_DIR points at another config directory (containers use /app/config).
@@ -22,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mcp_services.common.config_schema import Settings
+from mcp_services.common.config_schema import Settings, settings_model
 from mcp_services.common.secrets_mask import mask_secret
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -184,7 +185,7 @@ def load_config(
 
 def validate_tree(tree: Mapping[str, Any], sources: str = "the config files") -> Settings:
     try:
-        return Settings.model_validate(tree)
+        return settings_model().model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, sources)) from None
 

@@ -47,34 +47,28 @@ from prometheus_client import CollectorRegistry, Counter
 
 from mcp_services.common import metric_names as names
 from mcp_services.common.config import ConfigError, validate_tree
-from mcp_services.common.config_schema import Settings
+from mcp_services.common.config_schema import Settings, sections
 from mcp_services.common.periodic import Periodic
 from mcp_services.common.secrets_mask import mask_error, mask_secret
 from mcp_services.common.tasks import Spawner
 
 log = structlog.get_logger(__name__)
 
-# Top-level sections every service reads: its endpoint and the others' (the client factory dials
-# by name), the event bus, auth, gRPC options, logging, paths and the reload itself.
-SHARED_SECTIONS = frozenset(
-    {"environment", "paths", "logging", "redis", "grpc", "auth", "services", "config_reload"}
-)
-# A service's own sections, by its endpoint key (services.<key>). No service reads `fleet` (the
-# fleet CLI does) or `gateway` (the gateway reloads its own files: gateway/live.py).
-SERVICE_SECTIONS: Mapping[str, frozenset[str]] = {
-    "episodic_vault": frozenset({"vault"}),
-    "sleep_scheduler": frozenset({"sleep_scheduler"}),
-    "sparse_pruner": frozenset({"sparse_pruner"}),
-    "koopman_learner": frozenset({"koopman_learner"}),
-}
+# Top-level sections every service reads, the ones config_schema.Settings declares itself: its
+# endpoint and the others' (the client factory dials by name), the event bus, auth, gRPC options,
+# logging, paths and the reload itself.
+SHARED_SECTIONS = frozenset(Settings.model_fields)
 
 LiveReaders = Mapping[str, Callable[[], object]]
 
 
 def sections_of(endpoint_key: str) -> frozenset[str] | None:
-    """The top-level sections the service ``services.<endpoint_key>`` reads; None: unknown, all."""
-    own = SERVICE_SECTIONS.get(endpoint_key)
-    return None if own is None else SHARED_SECTIONS | own
+    """The top-level sections the service ``services.<endpoint_key>`` reads: the shared ones and
+    those registered for it (config_schema.register_section); None: none is, so all. No service
+    reads ``fleet`` (the fleet CLI does) or ``gateway`` (the gateway reloads its own files:
+    gateway/live.py)."""
+    own = frozenset(s.name for s in sections().values() if s.service == endpoint_key)
+    return SHARED_SECTIONS | own if own else None
 
 
 @dataclass(frozen=True)

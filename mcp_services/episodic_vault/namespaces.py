@@ -28,7 +28,6 @@ from typing import Any
 import structlog
 
 from mcp_services.common.config import resolve_path
-from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.namespaces import (
     DEFAULT,
     NAMESPACE_RE,
@@ -58,6 +57,7 @@ from mcp_services.episodic_vault.domain.store import (
     TieredStore,
 )
 from mcp_services.episodic_vault.domain.vector_index import VectorIndex
+from mcp_services.episodic_vault.settings import VaultConfig
 
 log = structlog.get_logger(__name__)
 

@@ -21,10 +21,10 @@ import grpc
 import structlog
 
 from mcp_services.common.clients import ClientFactory
-from mcp_services.common.config_schema import GatewayConfig
 from mcp_services.common.namespaces import DEFAULT, namespace_metadata
 from mcp_services.gateway import metrics as m
 from mcp_services.gateway.routing import Route, Targets
+from mcp_services.gateway.settings import GatewayConfig
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2_grpc
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2_grpc
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2_grpc

@@ -9,7 +9,7 @@ import urllib.request
 from collections.abc import Callable
 
 from mcp_services.common.clients import reachable_host
-from mcp_services.common.config_schema import GatewayConfig
+from mcp_services.gateway.settings import GatewayConfig
 
 
 def healthz_url(cfg: GatewayConfig) -> str:

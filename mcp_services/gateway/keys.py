@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcp_services.common.config_schema import GatewayConfig
 from mcp_services.common.namespaces import DEFAULT, NAMESPACE_RE
+from mcp_services.gateway.settings import GatewayConfig
 
 # What `generate-secret-key` makes (secrets.token_urlsafe) and what a person can paste safely.
 KEY_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")

@@ -21,12 +21,13 @@ import yaml
 from pydantic import ValidationError
 
 from mcp_services.common.config import ConfigError, deep_merge, format_validation_error
-from mcp_services.common.config_schema import GatewayConfig, Settings
+from mcp_services.common.config_schema import Settings
 from mcp_services.common.periodic import Periodic
 from mcp_services.common.tasks import Spawner
 from mcp_services.gateway.keys import KeyConfigError, KeyStore, load_keys
 from mcp_services.gateway.metrics import GatewayMetrics
 from mcp_services.gateway.routing import Route, Targets, targets_for
+from mcp_services.gateway.settings import GatewayConfig
 
 log = structlog.get_logger(__name__)
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mcp_services.common.clients import endpoint_address
-from mcp_services.common.config_schema import GatewayConfig, GatewayRoute, ServicesConfig
+from mcp_services.common.config_schema import ServicesConfig
+from mcp_services.gateway.settings import GatewayConfig, GatewayRoute
 
 Route = Literal["primary", "canary"]
 ROUTES: tuple[Route, ...] = ("primary", "canary")

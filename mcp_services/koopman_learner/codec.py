@@ -18,7 +18,8 @@ from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
 from mcp_services.koopman_learner.domain import DmdModel, describe_modes
 from mcp_services.koopman_learner.domain.embedding import ScalingKind
 from mcp_services.koopman_learner.domain.modes import DEFAULT_MIN_PERSISTENCE, ModeSummary
-from mcp_services.koopman_learner.learner import EpisodeActivity, Knobs, View
+from mcp_services.koopman_learner.learner import EpisodeActivity, View
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 from mcp_services.koopman_learner.streams import (
     TIME_UNITS,
     RawTrace,
@@ -296,7 +297,9 @@ def mode_to_proto(
     )
 
 
-def stream_info(name: str, spec: StreamSpec | None, knobs: Knobs, view: View) -> pb.StreamInfo:
+def stream_info(
+    name: str, spec: StreamSpec | None, knobs: KoopmanLearnerConfig, view: View
+) -> pb.StreamInfo:
     """How a stream is sampled and prepared; the default stream when `spec` is None."""
     out = pb.StreamInfo(
         name=name,
@@ -304,7 +307,7 @@ def stream_info(name: str, spec: StreamSpec | None, knobs: Knobs, view: View) ->
         model_version=view.model_version,
     )
     if spec is None:
-        out.dt, out.time_unit, out.dt_s = knobs.dt, "s", knobs.dt
+        out.dt, out.time_unit, out.dt_s = knobs.dt_s, "s", knobs.dt_s
         out.delays, out.scaling = 1, pb.SCALING_NONE
         return out
     out.dt, out.time_unit, out.dt_s = spec.dt, spec.time_unit, spec.dt_s
@@ -413,7 +416,7 @@ def stream_digests(streams: StreamSet) -> list[pb.StreamDigest]:
             pb.StreamDigest(
                 name=name,
                 time_unit=spec.time_unit if spec is not None else "s",
-                dt=spec.dt if spec is not None else knobs.dt,
+                dt=spec.dt if spec is not None else knobs.dt_s,
                 delays=spec.delays if spec is not None else 1,
                 model_version=view.model_version,
                 mode_count=model.rank,

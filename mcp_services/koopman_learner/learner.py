@@ -50,6 +50,7 @@ from mcp_services.koopman_learner.domain import (
 )
 from mcp_services.koopman_learner.domain.arrays import FloatArray
 from mcp_services.koopman_learner.domain.snapshots import DEFAULT_ACTIVE_THRESHOLD
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 from mcp_services.koopman_learner.traces import (
     RawSnapshot,
     StreamAssembler,
@@ -94,28 +95,6 @@ def _dynamic(model: DmdModel) -> DmdModel:
 
 class NotReady(Exception):
     """The call needs a model or more data first; the message says what (FAILED_PRECONDITION)."""
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """The settings the learner acts on; replaced whole by UpdateConfig or a config reload."""
-
-    rank: int = 50
-    rank_high: int = 75
-    psi_drift_threshold: float = 0.2
-    l1_strength: float = 0.01
-    forgetting: float = 0.98
-    max_modes: int = 100
-    auto_tune: bool = False
-    dt: float = 0.1
-    window_snapshots: int = 4000
-    refit_interval: int = 2000
-    max_concepts: int = 2048
-    auto_couplings: bool = True
-    weight_refits: bool = False
-    min_persistence: float = 0.2
-    max_delays: int = 200
-    max_streams: int = 64
 
 
 @dataclass
@@ -206,10 +185,10 @@ class _State:
 
 
 class Learner:
-    def __init__(self, knobs: Knobs, *, stream_max_gap_s: float = 1.0) -> None:
+    def __init__(self, knobs: KoopmanLearnerConfig, *, stream_max_gap_s: float = 1.0) -> None:
         self._knobs = knobs
         self._s = _State()
-        self._streams = StreamAssembler(knobs.dt, stream_max_gap_s)
+        self._streams = StreamAssembler(knobs.dt_s, stream_max_gap_s)
         self.counters = Counters()
         self.cursor = 0
         self.model_version = 0
@@ -229,14 +208,14 @@ class Learner:
     # -- configuration -------------------------------------------------------------------------
 
     @property
-    def knobs(self) -> Knobs:
+    def knobs(self) -> KoopmanLearnerConfig:
         return self._knobs
 
     @property
     def streams(self) -> StreamAssembler:
         return self._streams
 
-    def set_knobs(self, knobs: Knobs) -> None:
+    def set_knobs(self, knobs: KoopmanLearnerConfig) -> None:
         """New knobs apply from the next update; a changed base rank resets the rank in force."""
         if knobs.rank != self._knobs.rank or knobs.rank_high != self._knobs.rank_high:
             self.rank_in_force = knobs.rank
@@ -334,7 +313,7 @@ class Learner:
         for episode in episodes:
             self.counters.episodes_processed += 1
             if episode.is_trace:
-                trace = trace_from_snapshots(episode.snapshots, self._knobs.dt)
+                trace = trace_from_snapshots(episode.snapshots, self._knobs.dt_s)
                 if trace is None:
                     self.counters.episodes_skipped += 1
                 else:
@@ -430,12 +409,12 @@ class Learner:
     def _fit(self, window: SnapshotWindow, rank: int) -> tuple[DmdModel, OnlineDmd]:
         k = self._knobs
         model = fit_dmd(
-            window, k.dt, rank=rank, forgetting=k.forgetting if k.weight_refits else None
+            window, k.dt_s, rank=rank, forgetting=k.forgetting_factor if k.weight_refits else None
         )
         online = OnlineDmd.from_window(
             model,
             window,
-            forgetting=k.forgetting,
+            forgetting=k.forgetting_factor,
             refit_interval=k.refit_interval,
             weighted=k.weight_refits,
         )
@@ -462,7 +441,7 @@ class Learner:
         # about three forgetting lifetimes.
         want = _SELECTION_MAX
         if self._knobs.weight_refits:
-            lifetime = 3.0 / max(1e-9, 1 - self._knobs.forgetting)
+            lifetime = 3.0 / max(1e-9, 1 - self._knobs.forgetting_factor)
             want = int(min(_SELECTION_MAX, max(_SELECTION_MIN, lifetime)))
         pieces: list[FloatArray] = []
         for trace in reversed(self._s.window):
@@ -520,7 +499,7 @@ class Learner:
         previous = self._s.couplings
         try:
             estimate = estimate_couplings(
-                phase_traces, ids, self._knobs.dt, strength=strength, previous=previous
+                phase_traces, ids, self._knobs.dt_s, strength=strength, previous=previous
             )
         except ValueError as exc:
             raise NotReady(str(exc)) from exc

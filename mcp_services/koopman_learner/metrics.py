@@ -7,7 +7,8 @@ import math
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mcp_services.common import metric_names as names
-from mcp_services.koopman_learner.learner import Knobs, UpdateResult, View
+from mcp_services.koopman_learner.learner import UpdateResult, View
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 
 # Online updates take microseconds to milliseconds, refits up to seconds.
 UPDATE_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -66,7 +67,7 @@ class KclMetrics:
             registry=registry,
         )
 
-    def set_knobs(self, knobs: Knobs, rank_in_force: int) -> None:
+    def set_knobs(self, knobs: KoopmanLearnerConfig, rank_in_force: int) -> None:
         self.rank.set(rank_in_force)
         self.psi_threshold.set(knobs.psi_drift_threshold)
 

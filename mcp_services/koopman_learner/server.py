@@ -12,7 +12,6 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,7 +20,7 @@ import structlog
 
 from mcp_services.common.clients import ClientFactory, dial_address
 from mcp_services.common.config import resolve_path
-from mcp_services.common.config_schema import KoopmanLearnerConfig, Settings
+from mcp_services.common.config_schema import Settings, live_fields
 from mcp_services.common.event_bus import (
     KCL_COUPLINGS_UPDATED,
     KCL_MODES_UPDATED,
@@ -35,54 +34,21 @@ from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2, koopman_pb2_grpc
 from mcp_services.koopman_learner import codec, state_store
 from mcp_services.koopman_learner.follower import VaultFollower
-from mcp_services.koopman_learner.learner import CouplingsOutcome, Knobs, Learner, UpdateResult
+from mcp_services.koopman_learner.learner import CouplingsOutcome, Learner, UpdateResult
 from mcp_services.koopman_learner.metrics import KclMetrics
 from mcp_services.koopman_learner.namespaces import LearnerUnit, learner_units
 from mcp_services.koopman_learner.servicer import Backend, KoopmanLearnerServicer
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 from mcp_services.koopman_learner.streams import StreamSet, StreamSpec
 
 SERVICE_NAME = koopman_pb2.DESCRIPTOR.services_by_name["KoopmanLearner"].full_name
-# Config key -> learner knob (learner.Knobs) that a reload sets; the next update uses it.
-LIVE_KNOBS = {
-    "rank": "rank",
-    "rank_high": "rank_high",
-    "psi_drift_threshold": "psi_drift_threshold",
-    "l1_strength": "l1_strength",
-    "forgetting_factor": "forgetting",
-    "max_modes": "max_modes",
-    "auto_tune": "auto_tune",
-    "refit_interval": "refit_interval",
-    "max_concepts": "max_concepts",
-    "auto_couplings": "auto_couplings",
-    "weight_refits": "weight_refits",
-    "min_persistence": "min_persistence",
-    "max_delays": "max_delays",
-    "max_streams": "max_streams",
-}
+# The keys a reload applies (declared Live in settings.py): every knob the learner reads from its
+# KoopmanLearnerConfig, and max_batch_snapshots, which the service itself checks.
+LIVE = live_fields(KoopmanLearnerConfig)
+_SERVICE_LIVE = ("max_batch_snapshots",)
 SOURCE = "koopman-learner"
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
-
-
-def knobs_from_config(cfg: KoopmanLearnerConfig) -> Knobs:
-    return Knobs(
-        rank=cfg.rank,
-        rank_high=cfg.rank_high,
-        psi_drift_threshold=cfg.psi_drift_threshold,
-        l1_strength=cfg.l1_strength,
-        forgetting=cfg.forgetting_factor,
-        max_modes=cfg.max_modes,
-        auto_tune=cfg.auto_tune,
-        dt=cfg.dt_s,
-        window_snapshots=cfg.window_snapshots,
-        refit_interval=cfg.refit_interval,
-        max_concepts=cfg.max_concepts,
-        auto_couplings=cfg.auto_couplings,
-        weight_refits=cfg.weight_refits,
-        min_persistence=cfg.min_persistence,
-        max_delays=cfg.max_delays,
-        max_streams=cfg.max_streams,
-    )
 
 
 def vault_target(settings: Settings) -> str:
@@ -106,7 +72,7 @@ class KoopmanLearnerService(Backend):
         self._units: NamespaceUnits[LearnerUnit] | None = None
         cfg = ctx.settings.koopman_learner
         self._cfg = cfg
-        self.learner = Learner(knobs_from_config(cfg), stream_max_gap_s=cfg.stream_max_gap_s)
+        self.learner = Learner(cfg, stream_max_gap_s=cfg.stream_max_gap_s)
         self.streams = StreamSet(self.learner, cfg.stream_max_gap_s)
         self.max_batch_snapshots = cfg.max_batch_snapshots
         self.following_vault = cfg.follow_vault
@@ -182,17 +148,17 @@ class KoopmanLearnerService(Backend):
     # -- config reload (reload.py) -------------------------------------------------------------
 
     def live_settings(self) -> dict[str, Callable[[], object]]:
-        """The keys a reload applies while running, each read where it is in force.
+        """The keys declared Live on KoopmanLearnerConfig, each read where it is in force.
 
         Not live: dt_s and window_snapshots (they shape the stored state), follow_vault,
         vault_target, poll_interval_s and scan_batch (the follower and its channel), and
         stream_max_gap_s and data_dir (fixed when the learner and its state file open).
         """
 
-        def knob(attr: str) -> Callable[[], object]:
-            return lambda: getattr(self.learner.knobs, attr)
+        def knob(name: str) -> Callable[[], object]:
+            return lambda: getattr(self.learner.knobs, name)
 
-        readers = {f"koopman_learner.{key}": knob(attr) for key, attr in LIVE_KNOBS.items()}
+        readers = {f"koopman_learner.{name}": knob(name) for name in LIVE}
         readers["koopman_learner.max_batch_snapshots"] = lambda: self.max_batch_snapshots
         return readers
 
@@ -201,24 +167,24 @@ class KoopmanLearnerService(Backend):
         changed = section_changes(changes, "koopman_learner")
         if "max_batch_snapshots" in changed:
             self.max_batch_snapshots = settings.koopman_learner.max_batch_snapshots
-        update = {attr: changed[key] for key, attr in LIVE_KNOBS.items() if key in changed}
+        update = {k: v for k, v in changed.items() if k in LIVE and k not in _SERVICE_LIVE}
         if update:
             # On the worker, from the knobs in force there (UpdateConfig also sets them there).
-            await self.run(lambda: self._apply_knobs(replace(self.learner.knobs, **update)))
+            await self.run(lambda: self._apply_knobs(self.learner.knobs.model_copy(update=update)))
 
     # -- Backend -------------------------------------------------------------------------------
 
     async def run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def set_knobs(self, knobs: Knobs) -> None:
+    async def set_knobs(self, knobs: KoopmanLearnerConfig) -> None:
         # On the worker, so a knob never changes in the middle of an update.
         await self.run(lambda: self._apply_knobs(knobs))
 
-    def _apply_knobs(self, knobs: Knobs) -> None:
+    def _apply_knobs(self, knobs: KoopmanLearnerConfig) -> None:
         self.streams.set_knobs(knobs)
         self._metrics.set_knobs(knobs, self.learner.view.rank_in_force)
-        log.info("kcl_knobs_changed", **vars(knobs))
+        log.info("kcl_knobs_changed", **knobs.model_dump())
 
     async def _learn_episodes(self, episodes: Sequence[episodic_pb2.Episode]) -> None:
         activity = [codec.activity_from_episode(e) for e in episodes]

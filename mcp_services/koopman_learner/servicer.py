@@ -25,12 +25,12 @@ from mcp_services.koopman_learner import codec
 from mcp_services.koopman_learner.domain import describe_modes, predict, stability
 from mcp_services.koopman_learner.learner import (
     CouplingsOutcome,
-    Knobs,
     Learner,
     NotReady,
     UpdateResult,
     View,
 )
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 from mcp_services.koopman_learner.streams import (
     StreamSet,
     StreamSpec,
@@ -78,7 +78,7 @@ class Backend:
     async def after_reset(self) -> None:
         raise NotImplementedError
 
-    async def set_knobs(self, knobs: Knobs) -> None:
+    async def set_knobs(self, knobs: KoopmanLearnerConfig) -> None:
         raise NotImplementedError
 
     def vault_status(self) -> tuple[bool, int, str]:
@@ -96,16 +96,16 @@ ERRORS = ErrorMap(
 )
 
 
-def config_to_proto(knobs: Knobs, rank_in_force: int) -> pb.KoopmanConfig:
+def config_to_proto(knobs: KoopmanLearnerConfig, rank_in_force: int) -> pb.KoopmanConfig:
     return pb.KoopmanConfig(
         rank=knobs.rank,
         rank_high=knobs.rank_high,
         psi_drift_threshold=knobs.psi_drift_threshold,
         l1_strength=knobs.l1_strength,
-        forgetting_factor=knobs.forgetting,
+        forgetting_factor=knobs.forgetting_factor,
         max_modes=knobs.max_modes,
         auto_tune=knobs.auto_tune,
-        dt_s=knobs.dt,
+        dt_s=knobs.dt_s,
         rank_in_force=rank_in_force,
         weight_refits=knobs.weight_refits,
         min_persistence=knobs.min_persistence,
@@ -139,7 +139,9 @@ def couplings_to_proto(
     return out
 
 
-def _check_knobs(request: pb.UpdateConfigRequest, current: Knobs) -> Knobs:
+def _check_knobs(
+    request: pb.UpdateConfigRequest, current: KoopmanLearnerConfig
+) -> KoopmanLearnerConfig:
     def has(name: str) -> bool:
         return request.HasField(name)  # type: ignore[arg-type]  # only field names below
 
@@ -157,22 +159,23 @@ def _check_knobs(request: pb.UpdateConfigRequest, current: Knobs) -> Knobs:
     l1 = request.l1_strength if has("l1_strength") else current.l1_strength
     if not math.isfinite(l1) or not 0 <= l1 <= 1:
         raise codec.InvalidInput("l1_strength", f"is {l1}; give a number in [0, 1]")
-    rho = request.forgetting_factor if has("forgetting_factor") else current.forgetting
+    rho = request.forgetting_factor if has("forgetting_factor") else current.forgetting_factor
     if not math.isfinite(rho) or not 0 < rho <= 1:
         raise codec.InvalidInput("forgetting_factor", f"is {rho}; give a number in (0, 1]")
     max_modes = request.max_modes if has("max_modes") else current.max_modes
     if max_modes < 1:
         raise codec.InvalidInput("max_modes", f"is {max_modes}; give an integer >= 1")
     auto = request.auto_tune if has("auto_tune") else current.auto_tune
-    return replace(
-        current,
-        rank=rank,
-        rank_high=rank_high,
-        psi_drift_threshold=threshold,
-        l1_strength=l1,
-        forgetting=rho,
-        max_modes=max_modes,
-        auto_tune=auto,
+    return current.model_copy(
+        update={
+            "rank": rank,
+            "rank_high": rank_high,
+            "psi_drift_threshold": threshold,
+            "l1_strength": l1,
+            "forgetting_factor": rho,
+            "max_modes": max_modes,
+            "auto_tune": auto,
+        }
     )
 
 
@@ -213,7 +216,7 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
         async def default() -> tuple[UpdateResult, StreamSpec | None]:
             traces = codec.traces_from_request(
                 request,
-                learner.knobs.dt,
+                learner.knobs.dt_s,
                 max_snapshots=self._b.max_batch_snapshots,
                 max_concepts=learner.knobs.max_concepts,
             )
@@ -431,7 +434,7 @@ class KoopmanLearnerServicer(koopman_pb2_grpc.KoopmanLearnerServicer):
             ),
             model_version=view.model_version,
             vault_cursor=view.cursor,
-            dt_s=knobs.dt,
+            dt_s=knobs.dt_s,
             l1_strength=knobs.l1_strength,
             streams=codec.stream_digests(self._b.streams),
         )

@@ -127,7 +127,7 @@ def save(path: Path, learner: Learner, stream: dict[str, Any] | None = None) -> 
     meta: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "stream": stream,
-        "dt": learner.knobs.dt,
+        "dt": learner.knobs.dt_s,
         "cursor": learner.cursor,
         "model_version": learner.model_version,
         "fitted_at": learner.fitted_at,
@@ -195,7 +195,7 @@ def load(path: Path, learner: Learner) -> bool:
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(bytes(npz["meta"]).decode())
-            _check(meta, path, learner.knobs.dt)
+            _check(meta, path, learner.knobs.dt_s)
             window = []
             for i in range(int(meta["window"])):
                 phases = np.array(npz[f"w{i}_phases"]) if f"w{i}_phases" in npz.files else None

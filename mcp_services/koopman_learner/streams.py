@@ -42,7 +42,8 @@ from mcp_services.koopman_learner.domain.embedding import (
     auto_delays,
     delay_embed,
 )
-from mcp_services.koopman_learner.learner import EpisodeActivity, Knobs, Learner, UpdateResult
+from mcp_services.koopman_learner.learner import EpisodeActivity, Learner, UpdateResult
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 from mcp_services.koopman_learner.traces import (
     RawSnapshot,
     StreamAssembler,
@@ -147,9 +148,11 @@ class StreamSpec:
         )  # fmt: skip
 
 
-def stream_knobs(knobs: Knobs, spec: StreamSpec) -> Knobs:
+def stream_knobs(knobs: KoopmanLearnerConfig, spec: StreamSpec) -> KoopmanLearnerConfig:
     """A named stream's learner knobs: the service's, at the stream's dt (seconds)."""
-    return replace(knobs, dt=spec.dt_s, auto_couplings=knobs.auto_couplings and spec.delays == 1)
+    return knobs.model_copy(
+        update={"dt_s": spec.dt_s, "auto_couplings": knobs.auto_couplings and spec.delays == 1}
+    )
 
 
 @dataclass
@@ -178,7 +181,7 @@ class StreamSet:
         self._max_gap_s = stream_max_gap_s
 
     @property
-    def knobs(self) -> Knobs:
+    def knobs(self) -> KoopmanLearnerConfig:
         return self.default.knobs
 
     def get(self, name: str) -> Learner:
@@ -197,7 +200,7 @@ class StreamSet:
         stream = self.named.get(name)
         return None if stream is None else stream.spec
 
-    def set_knobs(self, knobs: Knobs) -> None:
+    def set_knobs(self, knobs: KoopmanLearnerConfig) -> None:
         self.default.set_knobs(knobs)
         for stream in self.named.values():
             stream.learner.set_knobs(stream_knobs(knobs, stream.spec))

@@ -32,7 +32,7 @@ import urllib.request
 from array import array
 from typing import Literal
 
-from mcp_services.common.config_schema import TiersConfig
+from mcp_services.episodic_vault.settings import TiersConfig
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 
 Retention = Literal["all", "consolidated", "any"]

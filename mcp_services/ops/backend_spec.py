@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from mcp_services.common.config import ConfigError, load_config
-from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.secrets_mask import mask_text
+from mcp_services.episodic_vault.settings import VaultConfig
 
 KINDS = ("sqlite", "memory", "redis", "postgres")
 

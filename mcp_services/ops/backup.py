@@ -46,7 +46,7 @@ from typing import Any
 
 from mcp_services.common.clients import dial_address
 from mcp_services.common.config import ConfigError, load_config, resolve_path
-from mcp_services.common.config_schema import Settings, VaultConfig
+from mcp_services.common.config_schema import Settings
 from mcp_services.common.health import check
 from mcp_services.common.namespaces import (
     DEFAULT,
@@ -58,6 +58,7 @@ from mcp_services.common.namespaces import (
 from mcp_services.episodic_vault.adapters.storage import open_backend
 from mcp_services.episodic_vault.domain.backend import BackendError
 from mcp_services.episodic_vault.namespaces import namespace_config
+from mcp_services.episodic_vault.settings import VaultConfig
 from mcp_services.ops.backend_spec import describe
 from mcp_services.ops.backup_manifest import (
     FORMAT,

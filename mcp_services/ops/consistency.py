@@ -33,11 +33,11 @@ import grpc
 
 from mcp_services.common.auth import AuthConfigError
 from mcp_services.common.config import ConfigError, load_config
-from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.namespaces import DEFAULT, InvalidNamespace, check_namespace
 from mcp_services.episodic_vault.adapters.storage import open_backend
 from mcp_services.episodic_vault.domain.backend import BackendError, VaultBackend
 from mcp_services.episodic_vault.namespaces import namespace_config, postgres_schema
+from mcp_services.episodic_vault.settings import VaultConfig
 from mcp_services.ops.backend_spec import SpecError, describe, vault_config
 from mcp_services.ops.fleet_namespaces import (
     UnknownNamespaces,

@@ -23,9 +23,10 @@ import redis
 from psycopg import sql
 
 from mcp_services.common.config import resolve_path
-from mcp_services.common.config_schema import Settings, VaultConfig
+from mcp_services.common.config_schema import Settings
 from mcp_services.common.namespaces import DEFAULT, NAMESPACE_RE, NAMESPACES_DIR
 from mcp_services.episodic_vault.namespaces import postgres_schema, stored_namespaces
+from mcp_services.episodic_vault.settings import VaultConfig
 
 
 class UnknownNamespaces(Exception):

@@ -23,12 +23,12 @@ import psycopg
 import redis
 
 from mcp_services.common.config import resolve_path
-from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.secrets_mask import mask_secret
 from mcp_services.episodic_vault.adapters import postgres_backend, redis_backend, sqlite_backend
 from mcp_services.episodic_vault.adapters.storage import open_backend
 from mcp_services.episodic_vault.domain.backend import BackendError, SchemaTooNew, VaultBackend
 from mcp_services.episodic_vault.namespaces import namespace_config, stored_namespaces
+from mcp_services.episodic_vault.settings import VaultConfig
 from mcp_services.ops.backend_spec import SpecError, describe, vault_config
 
 

@@ -48,7 +48,6 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from mcp_services.common.config import ConfigError, load_config
-from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.namespaces import DEFAULT, InvalidNamespace, check_namespace
 from mcp_services.episodic_vault.adapters.storage import open_backend
 from mcp_services.episodic_vault.domain.backend import BackendError, VaultBackend
@@ -56,6 +55,7 @@ from mcp_services.episodic_vault.domain.model import Episode, PutStatus, Tier
 from mcp_services.episodic_vault.namespaces import namespace_config
 from mcp_services.episodic_vault.rpc.codec import content_to_proto
 from mcp_services.episodic_vault.rpc.validation import InvalidEpisode, validate_episode
+from mcp_services.episodic_vault.settings import VaultConfig
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 from mcp_services.ops.backend_spec import SpecError, describe, vault_config
 from mcp_services.ops.fleet_namespaces import UnknownNamespaces, fleet_namespaces

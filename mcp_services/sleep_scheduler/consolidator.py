@@ -32,18 +32,17 @@ from dataclasses import dataclass, field
 import structlog
 
 from mcp_services.common import jobs
-from mcp_services.common.config_schema import SleepSchedulerConfig
 from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED, EventBus, new_header
 from mcp_services.common.jobs import JobBusy, JobCancelled, JobRegistry, JobState
 from mcp_services.common.namespaces import DEFAULT
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.sleep_scheduler.cycle import CycleOutput, run_cycle
 from mcp_services.sleep_scheduler.domain import ConsolidationConfig, CycleStats
-from mcp_services.sleep_scheduler.domain.fading import DEFAULT_FADE
 from mcp_services.sleep_scheduler.domain.tuning import advise
 from mcp_services.sleep_scheduler.graph_store import GraphStore, StoredGraph, VersionConflict
 from mcp_services.sleep_scheduler.lease import Lease, LeaseUnavailable
 from mcp_services.sleep_scheduler.metrics import SleepMetrics
+from mcp_services.sleep_scheduler.settings import SleepSchedulerConfig
 from mcp_services.sleep_scheduler.vault_client import (
     EpisodeBatch,
     Selection,
@@ -57,47 +56,19 @@ COMMIT_ATTEMPTS = 3
 MARK_ATTEMPTS = 4
 
 
-@dataclass
-class Knobs:
-    """The tuning knobs in force (config, UpdateConfig, config reload, auto-tune)."""
-
-    t0: float
-    eta: float
-    auto_tune: bool
-    pressure_threshold: int
-    t_min: float
-    temperature_decay: float
-    anneal_decay: float
-    max_epochs: int
-    max_episodes: int
-    fade: float = DEFAULT_FADE
-
-    @classmethod
-    def of(cls, cfg: SleepSchedulerConfig) -> Knobs:
-        return cls(
-            cfg.t0,
-            cfg.eta,
-            cfg.auto_tune,
-            cfg.pressure_threshold,
-            cfg.t_min,
-            cfg.temperature_decay,
-            cfg.anneal_decay,
-            cfg.max_epochs,
-            cfg.max_episodes,
-            cfg.fade,
-        )
-
-    def cycle_config(self, seed: int) -> ConsolidationConfig:
-        return ConsolidationConfig(
-            t0=self.t0,
-            eta=self.eta,
-            t_min=min(self.t_min, self.t0),
-            temperature_decay=self.temperature_decay,
-            anneal_decay=self.anneal_decay,
-            max_epochs=self.max_epochs,
-            fade=self.fade,
-            seed=seed,
-        )
+def cycle_config(knobs: SleepSchedulerConfig, seed: int) -> ConsolidationConfig:
+    """One cycle's settings from the knobs in force: the section as config, UpdateConfig, a
+    reload and auto-tune left it (each replaces the consolidator's ``knobs`` whole)."""
+    return ConsolidationConfig(
+        t0=knobs.t0,
+        eta=knobs.eta,
+        t_min=min(knobs.t_min, knobs.t0),
+        temperature_decay=knobs.temperature_decay,
+        anneal_decay=knobs.anneal_decay,
+        max_epochs=knobs.max_epochs,
+        fade=knobs.fade,
+        seed=seed,
+    )
 
 
 @dataclass(kw_only=True, eq=False)
@@ -171,7 +142,7 @@ class Consolidator:
         lease: Lease,
         bus: EventBus,
         metrics: SleepMetrics,
-        knobs: Knobs,
+        knobs: SleepSchedulerConfig,
         executor: Executor,
         service_name: str = "sleep-scheduler",
         namespace: str = DEFAULT,
@@ -314,7 +285,7 @@ class Consolidator:
         loop = asyncio.get_running_loop()
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             base = await loop.run_in_executor(self._executor, self.store.read, 0)
-            cfg = self.knobs.cycle_config(seed=self.totals.cycles + attempt)
+            cfg = cycle_config(self.knobs, seed=self.totals.cycles + attempt)
             job.update(base_version=base.meta.version, t0=cfg.t0, eta=cfg.eta, phase="sleeping")
             out = await loop.run_in_executor(
                 self._executor, run_cycle, base, batch.activations, cfg, job.epoch_hook
@@ -463,7 +434,7 @@ class Consolidator:
             energy_drop=s.energy_drop,
             settle_loops=s.settle_loops,
         )
-        k.t0, k.eta = advice.t0, advice.eta
+        self.knobs = k = k.model_copy(update={"t0": advice.t0, "eta": advice.eta})
         if "energy_delta_oscillates:halve_eta" in advice.reasons:
             self.totals.deltas.clear()  # judge the new eta on its own cycles
         job.tuning = list(advice.reasons)

@@ -171,10 +171,8 @@ class JobRpcs:
             ok, msg = checks.get(f, (True, ""))
             if not ok:
                 await abort(context, grpc.StatusCode.INVALID_ARGUMENT, msg)
-        k = self.c.knobs
         old = self.config()
-        for f in fields:
-            setattr(k, f, getattr(cfg, f))
+        self.c.knobs = k = self.c.knobs.model_copy(update={f: getattr(cfg, f) for f in fields})
         self.c.metrics.t0.set(k.t0)
         self.c.metrics.eta.set(k.eta)
         log.info("config_updated", fields=fields, old=str(old).replace("\n", " "))

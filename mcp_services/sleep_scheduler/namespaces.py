@@ -30,7 +30,7 @@ from mcp_services.common.namespaces import NamespaceUnits, namespace_dir
 from mcp_services.common.stream_limits import StreamLimits
 from mcp_services.common.tasks import Spawner
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
-from mcp_services.sleep_scheduler.consolidator import Consolidator, Knobs
+from mcp_services.sleep_scheduler.consolidator import Consolidator
 from mcp_services.sleep_scheduler.graph_servicer import GraphRpcs
 from mcp_services.sleep_scheduler.graph_store import GraphStore
 from mcp_services.sleep_scheduler.jobs_servicer import JobRpcs
@@ -98,7 +98,7 @@ def scheduler_units(
             Lease(settings.redis, cfg.lease_ttl_s, f"{LEASE_KEY}:{namespace}"),
             bus,
             SleepMetrics(CollectorRegistry()),
-            Knobs.of(cfg),
+            cfg,
             numerics,
             namespace=namespace,
         )

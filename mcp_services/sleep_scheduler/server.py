@@ -18,39 +18,32 @@ import structlog
 
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import resolve_path
-from mcp_services.common.config_schema import Settings
+from mcp_services.common.config_schema import Settings, live_fields
 from mcp_services.common.namespaces import DEFAULT, NamespaceUnits, add_scoped_servicer
 from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.rpc import ErrorMap
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.common.stream_limits import StreamLimits
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
-from mcp_services.sleep_scheduler.consolidator import Consolidator, Knobs
+from mcp_services.sleep_scheduler.consolidator import Consolidator
 from mcp_services.sleep_scheduler.graph_servicer import GRAPH_ERRORS, GraphRpcs
 from mcp_services.sleep_scheduler.graph_store import GraphStore
 from mcp_services.sleep_scheduler.jobs_servicer import JOB_ERRORS, JobRpcs
 from mcp_services.sleep_scheduler.lease import Lease
 from mcp_services.sleep_scheduler.metrics import SleepMetrics
 from mcp_services.sleep_scheduler.namespaces import SchedulerUnit, scheduler_units
+from mcp_services.sleep_scheduler.settings import SleepSchedulerConfig
 from mcp_services.sleep_scheduler.triggers import PressureWatcher, Scheduler, ScheduleSpec
 from mcp_services.sleep_scheduler.vault_client import Selection, VaultClient
 
 SERVICE_NAME = sleep_pb2.DESCRIPTOR.services_by_name["SleepScheduler"].full_name
 log = structlog.get_logger(__name__)
 
-# The consolidator's knobs (Knobs) a config reload sets; each is read at the next cycle.
-LIVE_KNOBS = (
-    "t0",
-    "eta",
-    "auto_tune",
-    "pressure_threshold",
-    "t_min",
-    "temperature_decay",
-    "anneal_decay",
-    "max_epochs",
-    "max_episodes",
-    "fade",
-)
+# The keys a reload applies (declared Live in settings.py): the consolidator's knobs, read at the
+# next cycle, and these, which live elsewhere (each read where it is in force: live_settings).
+LIVE = live_fields(SleepSchedulerConfig)
+_ELSEWHERE = ("keep_versions", "pressure_poll_s", "schedule_cron", "schedule_every_s")
+LIVE_KNOBS = tuple(name for name in LIVE if name not in _ELSEWHERE)
 
 
 def graph_dir(settings: Settings) -> Path:
@@ -159,16 +152,16 @@ class SleepSchedulerService:
             self._lease,
             ctx.bus,
             self._metrics,
-            Knobs.of(self._cfg),
+            self._cfg,
             self._numerics,
         )
         self._scheduler = Scheduler(self.consolidator, ctx.tasks)
         self._config_spec = self._scheduler.spec  # the schedule the config set (start())
-        knobs = self.consolidator.knobs
+        c = self.consolidator
         self._pressure = PressureWatcher(
-            self.consolidator,
-            lambda: knobs.pressure_threshold,
-            lambda: Selection(max_episodes=knobs.max_episodes),
+            c,
+            lambda: c.knobs.pressure_threshold,
+            lambda: Selection(max_episodes=c.knobs.max_episodes),
             self._cfg.pressure_poll_s,
         )
 
@@ -226,7 +219,7 @@ class SleepSchedulerService:
     # -- config reload (common/reload.py) -------------------------------------------------------
 
     def live_settings(self) -> dict[str, Callable[[], object]]:
-        """The keys a reload applies while running, each read where it is in force.
+        """The keys declared Live on SleepSchedulerConfig, each read where it is in force.
 
         Not live: graph_dir (the open store) and lease_ttl_s (a held lease renews on its TTL).
         """
@@ -234,12 +227,13 @@ class SleepSchedulerService:
         def knob(name: str) -> Callable[[], object]:
             return lambda: getattr(self.consolidator.knobs, name)
 
-        readers = {f"sleep_scheduler.{name}": knob(name) for name in LIVE_KNOBS}
-        readers["sleep_scheduler.keep_versions"] = lambda: self._store.keep
-        readers["sleep_scheduler.pressure_poll_s"] = lambda: self._pressure.poll_s
-        readers["sleep_scheduler.schedule_cron"] = lambda: self._scheduler.spec.cron
-        readers["sleep_scheduler.schedule_every_s"] = lambda: self._scheduler.spec.every_s
-        return readers
+        elsewhere: dict[str, Callable[[], object]] = {
+            "keep_versions": lambda: self._store.keep,
+            "pressure_poll_s": lambda: self._pressure.poll_s,
+            "schedule_cron": lambda: self._scheduler.spec.cron,
+            "schedule_every_s": lambda: self._scheduler.spec.every_s,
+        }
+        return {f"sleep_scheduler.{n}": elsewhere.get(n) or knob(n) for n in LIVE}
 
     async def apply_settings(self, settings: Settings, changes: Sequence[Change]) -> None:
         """Config reload: the changed keys take effect; a bad cron refuses them all."""
@@ -261,10 +255,8 @@ class SleepSchedulerService:
                 )
             except ValueError as exc:
                 raise ValueError(f"sleep_scheduler.schedule_cron: {exc}") from None
-        k = self.consolidator.knobs
-        for name in LIVE_KNOBS:
-            if name in changed:
-                setattr(k, name, getattr(cfg, name))
+        update = {name: getattr(cfg, name) for name in LIVE_KNOBS if name in changed}
+        self.consolidator.knobs = k = self.consolidator.knobs.model_copy(update=update)
         if "keep_versions" in changed:
             self._store.keep = cfg.keep_versions  # the next commit drops versions beyond it
         if "pressure_poll_s" in changed:

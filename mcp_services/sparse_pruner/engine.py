@@ -41,14 +41,15 @@ from mcp_services.sparse_pruner.jobs import (
     summary,
 )
 from mcp_services.sparse_pruner.knobs import (
-    Knobs,
     RunOverrides,
     operator_tau,
     relative_tau,
     run_settings,
+    with_knobs,
 )
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
 from mcp_services.sparse_pruner.ports import GraphSource, VersionConflict
+from mcp_services.sparse_pruner.settings import SparsePrunerConfig
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot
 
 log = structlog.get_logger(__name__)
@@ -83,7 +84,7 @@ class PruningEngine:
 
     def __init__(
         self,
-        knobs: Knobs,
+        knobs: SparsePrunerConfig,
         client: GraphSource,
         backups: BackupStore,
         metrics: PrunerMetrics,
@@ -317,7 +318,7 @@ class PruningEngine:
         if time.monotonic() - self._last_tune < self._cooldown_s:
             return
         old = self.knobs.tau
-        self.set_knobs(self.knobs.updated(tau=growth.proposed_tau))
+        self.set_knobs(with_knobs(self.knobs, tau=growth.proposed_tau))
         self._last_tune = time.monotonic()
         log.info(
             "pruner_auto_tune",
@@ -369,7 +370,7 @@ class PruningEngine:
             return info, version
         raise AssertionError("unreachable")
 
-    def set_knobs(self, knobs: Knobs) -> None:
+    def set_knobs(self, knobs: SparsePrunerConfig) -> None:
         self.knobs = knobs
         self.backups.retention = knobs.backup_retention
         self.metrics.tau.set(knobs.tau)

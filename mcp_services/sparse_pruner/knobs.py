@@ -20,19 +20,18 @@ Scales (the issue demands that the guide's defaults keep a meaning; DESIGN.md se
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from mcp_services.common.config_schema import SparsePrunerConfig
-from mcp_services.common.errors import InputError
+from mcp_services.common.config_schema import SettingError, live_fields, updated
 from mcp_services.sparse_pruner.domain import PruneSettings
+from mcp_services.sparse_pruner.settings import SparsePrunerConfig
 
 # lam = TAU_UNIT * tau * lambda_max; see the module docstring.
 TAU_UNIT = 100.0
 TAU_MAX = 1.0 / TAU_UNIT
 
 
-class KnobError(InputError):
+class KnobError(SettingError):
     """A knob is out of range; the message names it and says what is allowed."""
 
 
@@ -46,87 +45,18 @@ def operator_tau(relative: float) -> float:
     return relative / TAU_UNIT
 
 
-@dataclass(frozen=True)
-class Knobs:
-    """The knobs in force (config, then UpdateConfig), validated at construction.
+# The knobs in force are the section itself (settings.SparsePrunerConfig). A run's overrides,
+# UpdateConfig, a config reload and auto-tune change these of its fields by name: every field
+# declared Live but the schedule's two, which the Schedule holds.
+SCHEDULE_FIELDS = ("schedule_interval_s", "schedule_dry_run")
+KNOBS = tuple(name for name in live_fields(SparsePrunerConfig) if name not in SCHEDULE_FIELDS)
 
-    Attributes mirror ``sparse_pruner`` in config/base.yaml; ``max_edges_to_prune`` 0 is no cap.
-    """
 
-    tau: float
-    l1_threshold: float
-    max_quality_drop: float
-    auto_tune: bool
-    retention_target: float
-    max_edges_to_prune: int
-    max_backoffs: int
-    backup_retention: int
-    trigger_on_consolidation: bool
-    max_conflict_retries: int
-
-    def __post_init__(self) -> None:
-        _check(
-            0.0 < self.tau <= TAU_MAX,
-            "tau",
-            f"in (0, {TAU_MAX}] (units of lambda_max/100)",
-            self.tau,
-        )
-        _check(
-            0.0 <= self.l1_threshold < 1.0,
-            "l1_threshold",
-            "in [0, 1) (fraction of rms(W))",
-            self.l1_threshold,
-        )
-        _check(
-            0.0 <= self.max_quality_drop <= 1.0,
-            "max_quality_drop",
-            "in [0, 1]",
-            self.max_quality_drop,
-        )
-        _check(
-            0.0 <= self.retention_target <= 1.0,
-            "retention_target",
-            "in [0, 1]",
-            self.retention_target,
-        )
-        _check(
-            self.max_edges_to_prune >= 0,
-            "max_edges_to_prune",
-            ">= 0 (0: no cap)",
-            self.max_edges_to_prune,
-        )
-        _check(0 <= self.max_backoffs <= 20, "max_backoffs", "in [0, 20]", self.max_backoffs)
-        _check(self.backup_retention >= 1, "backup_retention", ">= 1", self.backup_retention)
-        _check(
-            self.max_conflict_retries >= 0,
-            "max_conflict_retries",
-            ">= 0",
-            self.max_conflict_retries,
-        )
-        for name in ("tau", "l1_threshold", "max_quality_drop", "retention_target"):
-            _check(math.isfinite(getattr(self, name)), name, "a finite number", getattr(self, name))
-
-    @classmethod
-    def from_config(cls, cfg: SparsePrunerConfig) -> Knobs:
-        return cls(
-            tau=cfg.tau,
-            l1_threshold=cfg.l1_threshold,
-            max_quality_drop=cfg.max_quality_drop,
-            auto_tune=cfg.auto_tune,
-            retention_target=cfg.retention_target,
-            max_edges_to_prune=cfg.max_edges_to_prune,
-            max_backoffs=cfg.max_backoffs,
-            backup_retention=cfg.backup_retention,
-            trigger_on_consolidation=cfg.trigger_on_consolidation,
-            max_conflict_retries=cfg.max_conflict_retries,
-        )
-
-    def updated(self, **changes: object) -> Knobs:
-        """A copy with ``changes`` applied; raises :class:`KnobError` and changes nothing if bad."""
-        unknown = set(changes) - set(self.__dataclass_fields__)
-        if unknown:
-            raise KnobError(f"{sorted(unknown)}: not a pruner knob")
-        return replace(self, **changes)  # type: ignore[arg-type]
+def with_knobs(knobs: SparsePrunerConfig, **changes: object) -> SparsePrunerConfig:
+    """A copy with ``changes`` applied, checked by the section's model ("tau: must be in
+    (0, 0.01] (units of lambda_max/100), got 0.02"); raises :class:`KnobError` and changes
+    nothing if one is bad."""
+    return updated(knobs, changes, KNOBS, "pruner knob", KnobError)
 
 
 @dataclass(frozen=True)
@@ -142,7 +72,7 @@ class RunOverrides:
 
 
 def run_settings(
-    knobs: Knobs, overrides: RunOverrides | None = None, seed: int = 0
+    knobs: SparsePrunerConfig, overrides: RunOverrides | None = None, seed: int = 0
 ) -> PruneSettings:
     """The domain settings of one run: knobs, then overrides, validated together.
 
@@ -150,9 +80,7 @@ def run_settings(
         KnobError: an override is out of range (named).
     """
     o = overrides or RunOverrides()
-    effective = knobs.updated(
-        **{k: v for k, v in o.__dict__.items() if v is not None},
-    )
+    effective = with_knobs(knobs, **{k: v for k, v in o.__dict__.items() if v is not None})
     cap = effective.max_edges_to_prune
     try:
         return PruneSettings(
@@ -166,8 +94,3 @@ def run_settings(
         )
     except ValueError as exc:  # the domain's own validation, same wording
         raise KnobError(str(exc)) from None
-
-
-def _check(ok: bool, name: str, expected: str, value: object) -> None:
-    if not ok:
-        raise KnobError(f"{name}: must be {expected}, got {value!r}")

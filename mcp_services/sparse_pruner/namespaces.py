@@ -36,7 +36,6 @@ from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2
 from mcp_services.sparse_pruner.backups import BackupStore
 from mcp_services.sparse_pruner.engine import PruningEngine
-from mcp_services.sparse_pruner.knobs import Knobs
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
 from mcp_services.sparse_pruner.ports import GraphSource
 from mcp_services.sparse_pruner.schedule import ConsolidationTrigger, Schedule
@@ -75,7 +74,7 @@ def pruner_unit(settings: Settings, backups: Path, namespace: str, tasks: Spawne
     cfg = settings.sparse_pruner
     client = SchedulerClient.of(ClientFactory.of(settings), cfg.scheduler_timeout_s, namespace)
     engine = PruningEngine(
-        Knobs.from_config(cfg),
+        cfg,
         client,
         BackupStore(namespace_dir(backups, namespace), cfg.backup_retention),
         PrunerMetrics(CollectorRegistry()),

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from pathlib import Path
 
 import grpc
 
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config import resolve_path
-from mcp_services.common.config_schema import Settings
+from mcp_services.common.config_schema import Settings, live_fields
 from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED
 from mcp_services.common.namespaces import add_scoped_servicer
 from mcp_services.common.reload import Change, section_changes
@@ -25,17 +24,19 @@ from mcp_services.common.server import Context, run
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
 from mcp_services.sparse_pruner.backups import BackupStore
 from mcp_services.sparse_pruner.engine import PruningEngine
-from mcp_services.sparse_pruner.knobs import KnobError, Knobs
+from mcp_services.sparse_pruner.knobs import KNOBS, KnobError, with_knobs
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
 from mcp_services.sparse_pruner.namespaces import ConsolidationRouter, PrunerUnit, pruner_units
 from mcp_services.sparse_pruner.ports import GraphSource
 from mcp_services.sparse_pruner.schedule import ConsolidationTrigger, Schedule
 from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
 from mcp_services.sparse_pruner.servicer import SparsePrunerServicer
+from mcp_services.sparse_pruner.settings import SparsePrunerConfig
 
 SERVICE_NAME = pruner_pb2.DESCRIPTOR.services_by_name["SparsePruner"].full_name
-# Every knob in force (knobs.Knobs, named as in the config) is set by a reload as by UpdateConfig.
-LIVE_KNOBS = tuple(f.name for f in fields(Knobs))
+# The keys a reload applies: the fields declared Live on SparsePrunerConfig (settings.py), the
+# knobs in force (knobs.KNOBS, set as by UpdateConfig) and the schedule's.
+LIVE = live_fields(SparsePrunerConfig)
 
 
 def backup_root(settings: Settings) -> Path:
@@ -58,7 +59,7 @@ class SparsePrunerService:
             ClientFactory.of(settings), cfg.scheduler_timeout_s
         )
         self.engine = PruningEngine(
-            Knobs.from_config(cfg),
+            cfg,
             self.client,
             BackupStore(backup_root(settings), cfg.backup_retention),
             PrunerMetrics(ctx.registry),
@@ -98,7 +99,7 @@ class SparsePrunerService:
     # -- config reload (common/reload.py) -------------------------------------------------------
 
     def live_settings(self) -> dict[str, Callable[[], object]]:
-        """The keys a reload applies while running, each read where it is in force.
+        """The keys declared Live on SparsePrunerConfig, each read where it is in force.
 
         Not live: backup_dir and scheduler_timeout_s (the open store and client), and the
         auto-tune windows growth_min_window_s and auto_tune_cooldown_s (fixed in the engine).
@@ -107,17 +108,18 @@ class SparsePrunerService:
         def knob(name: str) -> Callable[[], object]:
             return lambda: getattr(self.engine.knobs, name)
 
-        readers = {f"sparse_pruner.{name}": knob(name) for name in LIVE_KNOBS}
-        readers["sparse_pruner.schedule_interval_s"] = lambda: self.schedule.interval_s
-        readers["sparse_pruner.schedule_dry_run"] = lambda: self.schedule.dry_run
-        return readers
+        schedule: dict[str, Callable[[], object]] = {
+            "schedule_interval_s": lambda: self.schedule.interval_s,
+            "schedule_dry_run": lambda: self.schedule.dry_run,
+        }
+        return {f"sparse_pruner.{n}": schedule.get(n) or knob(n) for n in LIVE}
 
     async def apply_settings(self, settings: Settings, changes: Sequence[Change]) -> None:
         """Config reload: the changed knobs take effect together; one out of range refuses all."""
         changed = section_changes(changes, "sparse_pruner")
         try:
-            knobs = self.engine.knobs.updated(
-                **{k: v for k, v in changed.items() if k in LIVE_KNOBS}
+            knobs = with_knobs(
+                self.engine.knobs, **{k: v for k, v in changed.items() if k in KNOBS}
             )
         except KnobError as exc:
             raise ValueError(f"sparse_pruner.{exc}") from None

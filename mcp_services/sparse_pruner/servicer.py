@@ -30,7 +30,7 @@ from mcp_services.sparse_pruner.jobs import (
     record,
     removed_order,
 )
-from mcp_services.sparse_pruner.knobs import KnobError, RunOverrides, run_settings
+from mcp_services.sparse_pruner.knobs import KnobError, RunOverrides, run_settings, with_knobs
 from mcp_services.sparse_pruner.ports import (
     SchedulerError,
     SchedulerUnavailable,
@@ -183,7 +183,7 @@ class SparsePrunerServicer(pruner_pb2_grpc.SparsePrunerServicer):
             "trigger_on_consolidation", "max_conflict_retries",
         )  # fmt: skip
         changes = {f: getattr(request, f) for f in fields if request.HasField(f)}  # type: ignore[arg-type]
-        knobs = self._engine.knobs.updated(**changes)
+        knobs = with_knobs(self._engine.knobs, **changes)
         self._engine.set_knobs(knobs)
         return self._config()
 

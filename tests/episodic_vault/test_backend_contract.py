@@ -13,13 +13,6 @@ import psycopg
 import pytest
 import redis
 
-from mcp_services.common.config_schema import (
-    MemoryConfig,
-    SqliteConfig,
-    VaultConfig,
-    VaultPostgresConfig,
-    VaultRedisConfig,
-)
 from mcp_services.episodic_vault.adapters.memory_backend import MemoryBackend
 from mcp_services.episodic_vault.adapters.postgres_backend import PostgresBackend
 from mcp_services.episodic_vault.adapters.redis_backend import RedisBackend
@@ -40,6 +33,13 @@ from mcp_services.episodic_vault.domain.model import (
     PutStatus,
     Source,
     Tier,
+)
+from mcp_services.episodic_vault.settings import (
+    MemoryConfig,
+    SqliteConfig,
+    VaultConfig,
+    VaultPostgresConfig,
+    VaultRedisConfig,
 )
 
 Opener = Callable[[], VaultBackend]

@@ -20,8 +20,8 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from mcp_services.common.config_schema import MemoryConfig
 from mcp_services.episodic_vault.adapters.memory_backend import MemoryBackend
+from mcp_services.episodic_vault.settings import MemoryConfig
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
 from tests.conftest import service_environ
 from tests.episodic_vault.conftest import VaultFactory, good_episode

@@ -12,7 +12,6 @@ import grpc
 import psycopg
 import pytest
 
-from mcp_services.common.config_schema import SqliteConfig
 from mcp_services.common.namespaces import HEADER
 from mcp_services.episodic_vault.adapters.sqlite_backend import (
     MIGRATIONS,
@@ -21,6 +20,7 @@ from mcp_services.episodic_vault.adapters.sqlite_backend import (
 )
 from mcp_services.episodic_vault.namespaces import postgres_schema
 from mcp_services.episodic_vault.rpc.validation import validate_episode
+from mcp_services.episodic_vault.settings import SqliteConfig
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
 from mcp_services.ops.cli import main as ops_main
 from tests.conftest import SettingsFactory

@@ -9,12 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcp_services.common.config_schema import (
-    MemoryConfig,
-    SqliteConfig,
-    TiersConfig,
-    VaultConfig,
-)
 from mcp_services.episodic_vault.adapters.memory_backend import MemoryBackend
 from mcp_services.episodic_vault.adapters.postgres_backend import PostgresBackend
 from mcp_services.episodic_vault.adapters.redis_backend import RedisBackend
@@ -24,6 +18,12 @@ from mcp_services.episodic_vault.domain.backend import VaultBackend
 from mcp_services.episodic_vault.domain.importance import importance, least_important
 from mcp_services.episodic_vault.domain.model import Episode, EpisodeFilter, Tier
 from mcp_services.episodic_vault.domain.store import TieredStore
+from mcp_services.episodic_vault.settings import (
+    MemoryConfig,
+    SqliteConfig,
+    TiersConfig,
+    VaultConfig,
+)
 from tests.episodic_vault.test_backend_contract import (  # noqa: F401  (fixtures)
     make_ep,
     pg_schema,

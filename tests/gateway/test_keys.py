@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mcp_services.common.config_schema import GatewayConfig
 from mcp_services.gateway.keygen import append_key
 from mcp_services.gateway.keys import KeyConfigError, load_keys
+from mcp_services.gateway.settings import GatewayConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = "tori_abcdefghijklmnop"

@@ -9,7 +9,8 @@ import pytest
 from mcp_services.koopman_learner.domain import build_window, fit_dmd, weighted_operator
 from mcp_services.koopman_learner.domain.online_dmd import forgetting_weights
 from mcp_services.koopman_learner.domain.synthetic import oscillator_system, simulate
-from mcp_services.koopman_learner.learner import Knobs, Learner
+from mcp_services.koopman_learner.learner import Learner
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 from mcp_services.koopman_learner.traces import Trace
 
 N, DT, RHO = 8, 0.1, 0.95
@@ -27,7 +28,13 @@ def _traces(seed: int, count: int, length: int) -> list[Trace]:
 
 def _learner(weight_refits: bool) -> Learner:
     return Learner(
-        Knobs(dt=DT, forgetting=RHO, weight_refits=weight_refits, auto_couplings=False, rank=6)
+        KoopmanLearnerConfig(
+            dt_s=DT,
+            forgetting_factor=RHO,
+            weight_refits=weight_refits,
+            auto_couplings=False,
+            rank=6,
+        )
     )
 
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
 from mcp_services.koopman_learner import codec, state_store
-from mcp_services.koopman_learner.learner import Knobs, Learner
+from mcp_services.koopman_learner.learner import Learner
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 from mcp_services.loadgen.workload import Workload
 
 WINDOW = 300
@@ -36,7 +37,7 @@ class TestMemoryBounded:
         state_store.save(path, learner)
         request = pb.ProcessActivationBatchRequest(traces=[wl.trace(np.random.default_rng(start))])
         traces = codec.traces_from_request(
-            request, learner.knobs.dt, max_snapshots=10_000, max_concepts=2048
+            request, learner.knobs.dt_s, max_snapshots=10_000, max_concepts=2048
         )
         learner.process_traces(traces)
         state_store.save(path, learner)
@@ -46,7 +47,9 @@ class TestMemoryBounded:
         """After the window reaches window_snapshots, three times as much data again leaves the
         traced memory within 10% (and 256 KiB) of its level at saturation."""
         wl = Workload(seed=3, run_id="mem", embedding_dim=0, n_concepts=48, n_assemblies=6)
-        knobs = Knobs(rank=8, rank_high=12, window_snapshots=WINDOW, refit_interval=200)
+        knobs = KoopmanLearnerConfig(
+            rank=8, rank_high=12, window_snapshots=WINDOW, refit_interval=200
+        )
         learner = Learner(knobs)
         path = tmp_path / state_store.FILE_NAME
         tracemalloc.start()

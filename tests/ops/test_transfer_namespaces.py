@@ -13,11 +13,11 @@ import psycopg
 import pytest
 
 from mcp_services.common.config import load_config
-from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.namespaces import DEFAULT
 from mcp_services.episodic_vault.adapters.storage import open_backend
 from mcp_services.episodic_vault.namespaces import namespace_config, postgres_schema
 from mcp_services.episodic_vault.rpc.validation import validate_episode
+from mcp_services.episodic_vault.settings import VaultConfig
 from mcp_services.ops.backend_spec import vault_config
 from mcp_services.ops.transfer import iter_backend
 from tests.conftest import service_environ

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mcp_services.common.config_schema import SparsePrunerConfig
 from mcp_services.sparse_pruner.backups import BackupNotFound, BackupStore
-from mcp_services.sparse_pruner.knobs import KnobError, Knobs, RunOverrides, run_settings
+from mcp_services.sparse_pruner.knobs import KnobError, RunOverrides, run_settings
+from mcp_services.sparse_pruner.settings import SparsePrunerConfig
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot, from_pm1, to_pm1
 
 
@@ -89,7 +89,7 @@ class TestKnobs:
 
     def test_default_tau_is_a_tenth_of_lambda_max(self) -> None:
         """tau 0.001 (the guide's default) runs the domain at 0.1 lambda_max."""
-        knobs = Knobs.from_config(SparsePrunerConfig())
+        knobs = SparsePrunerConfig()
         assert run_settings(knobs).tau == pytest.approx(0.1)
         assert run_settings(knobs, RunOverrides(tau=0.01)).tau == pytest.approx(1.0)
         assert run_settings(knobs, RunOverrides(max_edges_to_prune=0)).max_edges_to_prune is None
@@ -101,6 +101,6 @@ class TestKnobs:
     )  # fmt: skip
     def test_bad_knob_names_the_field(self, field: str, value: float) -> None:
         """An out-of-range override raises KnobError naming the field."""
-        knobs = Knobs.from_config(SparsePrunerConfig())
+        knobs = SparsePrunerConfig()
         with pytest.raises(KnobError, match=field):
             run_settings(knobs, RunOverrides(**{field: value}))  # type: ignore[arg-type]

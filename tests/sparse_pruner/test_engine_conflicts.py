@@ -17,7 +17,7 @@ from mcp_services.common.jobs import JobState
 from mcp_services.common.namespaces import quiet_bus
 from mcp_services.sparse_pruner.backups import BackupStore
 from mcp_services.sparse_pruner.engine import PruningEngine
-from mcp_services.sparse_pruner.knobs import Knobs, RunOverrides
+from mcp_services.sparse_pruner.knobs import RunOverrides
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
 from mcp_services.sparse_pruner.ports import GraphSource, GraphVersion
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot
@@ -31,7 +31,7 @@ def _engine(source: GraphSource, settings_of: SettingsFactory, backups: Path) ->
     settings = settings_of()
     cfg = settings.sparse_pruner
     return PruningEngine(
-        Knobs.from_config(cfg),
+        cfg,
         source,
         BackupStore(backups, cfg.backup_retention),
         PrunerMetrics(CollectorRegistry()),

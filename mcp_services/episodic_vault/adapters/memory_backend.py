@@ -20,7 +20,6 @@ from pathlib import Path
 
 import structlog
 
-from mcp_services.common.config_schema import MemoryConfig
 from mcp_services.common.periodic import PeriodicThread
 from mcp_services.episodic_vault.adapters.body import (
     decode_body,
@@ -41,6 +40,7 @@ from mcp_services.episodic_vault.domain.model import (
     TierCount,
     VaultStats,
 )
+from mcp_services.episodic_vault.settings import MemoryConfig
 
 log = structlog.get_logger(__name__)
 

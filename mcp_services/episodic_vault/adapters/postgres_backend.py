@@ -23,8 +23,6 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from mcp_services.common.config_schema import VaultPostgresConfig
-
 # One "newer schema" error for every backend with a versioned layout.
 from mcp_services.episodic_vault.adapters.body import decode_body, encode_body
 from mcp_services.episodic_vault.domain.backend import (
@@ -44,6 +42,7 @@ from mcp_services.episodic_vault.domain.model import (
     TierCount,
     VaultStats,
 )
+from mcp_services.episodic_vault.settings import VaultPostgresConfig
 
 # Each entry migrates from version i to i + 1 and runs with search_path set to the vault's schema.
 # Append, never edit: databases in the field ran them.

@@ -36,7 +36,6 @@ from typing import Any, cast
 import redis
 from redis import exceptions as rex
 
-from mcp_services.common.config_schema import VaultRedisConfig
 from mcp_services.common.secrets_mask import mask_text
 from mcp_services.episodic_vault.adapters.body import decode_body, encode_body
 from mcp_services.episodic_vault.domain.backend import (
@@ -56,6 +55,7 @@ from mcp_services.episodic_vault.domain.model import (
     TierCount,
     VaultStats,
 )
+from mcp_services.episodic_vault.settings import VaultRedisConfig
 
 # The key layout above. Bump it (and teach open to migrate) when the layout changes.
 FORMAT_VERSION = 1

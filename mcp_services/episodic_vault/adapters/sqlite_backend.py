@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mcp_services.common.config_schema import SqliteConfig
 from mcp_services.episodic_vault.adapters.body import decode_body, encode_body
 from mcp_services.episodic_vault.domain.backend import IdConflict, SchemaTooNew
 from mcp_services.episodic_vault.domain.disk_full import DiskFull, is_disk_full
@@ -30,6 +29,7 @@ from mcp_services.episodic_vault.domain.model import (
     TierCount,
     VaultStats,
 )
+from mcp_services.episodic_vault.settings import SqliteConfig
 
 # Each entry migrates from version i to i + 1. Append, never edit: databases in the field ran them.
 MIGRATIONS: tuple[str, ...] = (

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 from mcp_services.common.config import resolve_path
-from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.namespaces import NAMESPACES_DIR
 from mcp_services.episodic_vault.adapters.memory_backend import MemoryBackend
 from mcp_services.episodic_vault.adapters.postgres_backend import PostgresBackend
@@ -21,6 +20,7 @@ from mcp_services.episodic_vault.adapters.redis_backend import redacted as redis
 from mcp_services.episodic_vault.adapters.sqlite_backend import SqliteBackend
 from mcp_services.episodic_vault.domain.backend import VaultBackend
 from mcp_services.episodic_vault.domain.write_gate import WriteGate
+from mcp_services.episodic_vault.settings import VaultConfig
 
 
 def open_backend(cfg: VaultConfig) -> VaultBackend:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from mcp_services.common.config_schema import TiersConfig
+from mcp_services.episodic_vault.settings import TiersConfig
 
 F64 = npt.NDArray[np.float64]
 

@@ -24,7 +24,6 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.periodic import PeriodicThread
 from mcp_services.episodic_vault.domain.backend import VaultBackend
 from mcp_services.episodic_vault.domain.catalog import Catalog
@@ -50,6 +49,7 @@ from mcp_services.episodic_vault.domain.vector_index import (
     normalised,
 )
 from mcp_services.episodic_vault.domain.write_gate import WriteGate
+from mcp_services.episodic_vault.settings import VaultConfig
 
 log = structlog.get_logger(__name__)
 

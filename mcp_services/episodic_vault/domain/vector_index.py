@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from mcp_services.common.config_schema import VaultIndexConfig
+from mcp_services.episodic_vault.settings import VaultIndexConfig
 
 log = structlog.get_logger(__name__)
 

@@ -12,10 +12,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 
-from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.stream_limits import StreamBudget
 from mcp_services.episodic_vault.domain.spool import EpisodeSpool
 from mcp_services.episodic_vault.rpc.validation import InvalidEpisode, validate_episode
+from mcp_services.episodic_vault.settings import VaultConfig
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 
 

@@ -23,7 +23,6 @@ import numpy as np
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mcp_services.common.config_schema import VaultConfig, VaultLimits
 from mcp_services.common.event_bus import EPISODE_STORED, EventBus, new_header
 from mcp_services.common.rpc import ErrorMap, abort
 from mcp_services.common.stream_limits import StreamLimits, StreamRefused
@@ -51,6 +50,7 @@ from mcp_services.episodic_vault.namespaces import ScopedStore
 from mcp_services.episodic_vault.rpc.batch_stream import receive_batch
 from mcp_services.episodic_vault.rpc.codec import episode_to_proto, outcome_to_proto
 from mcp_services.episodic_vault.rpc.validation import InvalidEpisode, check_id, validate_episode
+from mcp_services.episodic_vault.settings import VaultConfig, VaultLimits
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.events.v1 import events_pb2
 

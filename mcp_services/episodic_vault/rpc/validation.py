@@ -15,7 +15,6 @@ from typing import NoReturn
 import numpy as np
 from ulid import ULID
 
-from mcp_services.common.config_schema import VaultConfig
 from mcp_services.common.errors import InputError
 from mcp_services.episodic_vault.domain.model import (
     NO_EMBEDDING,
@@ -27,6 +26,7 @@ from mcp_services.episodic_vault.domain.model import (
     Tier,
 )
 from mcp_services.episodic_vault.rpc.codec import SERVER_FIELDS, client_content
+from mcp_services.episodic_vault.settings import VaultConfig
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
