@@ -21,6 +21,7 @@ from mcp_services.common.config_schema import (
     live_fields,
     live_keys,
     register_section,
+    section_of,
     sections,
     settings_model,
     updated,
@@ -64,6 +65,13 @@ class TestRegistry:
         assert {"vault", "sleep_scheduler", "sparse_pruner", "koopman_learner"} <= set(sections())
         assert sections()["sparse_pruner"].model is SparsePrunerConfig
         assert isinstance(load_config("test").sparse_pruner, SparsePrunerConfig)
+
+    def test_a_section_is_found_by_its_model(self) -> None:
+        """section_of: how a service reads a section the type checker does not know by name."""
+        settings = load_config("test")
+        assert section_of(settings, SparsePrunerConfig) is settings.sparse_pruner
+        with pytest.raises(KeyError, match="_Probe"):
+            section_of(settings, _Probe)
 
 
 class TestLiveMarker:
