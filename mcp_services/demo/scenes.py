@@ -37,8 +37,8 @@ CUES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("park", ("dog", "ball")),
 )
 # 8 rounds of 8 scenes: 64 episodes, the snapshots the learner gathers from one source before it
-# fits them as one trace (koopman_learner.traces.STREAM_FLUSH_SNAPSHOTS), and 8 copies a scene,
-# well above the 3 confirming episodes the scheduler needs to form a prototype.
+# fits them as one trace (koopman_learner.domain.traces.STREAM_FLUSH_SNAPSHOTS), and 8 copies a
+# scene, well above the 3 confirming episodes the scheduler needs to form a prototype.
 ROUNDS = 8
 DROP = 0.15  # chance that a concept of the scene is left out of an episode
 # A concept is left out of at most this many copies of its scene, so every scene stays one

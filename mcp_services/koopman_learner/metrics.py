@@ -7,7 +7,7 @@ import math
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mcp_services.common import metric_names as names
-from mcp_services.koopman_learner.learner import UpdateResult, View
+from mcp_services.koopman_learner.domain.learner import UpdateResult, View
 from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 
 # Online updates take microseconds to milliseconds, refits up to seconds.

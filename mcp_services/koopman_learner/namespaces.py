@@ -11,50 +11,44 @@ with until UpdateConfig changes them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
 from mcp_services.common.namespaces import NamespaceUnits, namespace_dir, quiet_bus
 from mcp_services.common.server import Context
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2
-from mcp_services.koopman_learner.servicer import Backend, KoopmanLearnerServicer
+from mcp_services.koopman_learner.rpc.servicer import KoopmanLearnerServicer
+from mcp_services.koopman_learner.service import LearnerService
 
 MAX_NAMESPACES = 64  # each holds a model and its numerics thread
 SERVICE = koopman_pb2.DESCRIPTOR.services_by_name["KoopmanLearner"]
 
 
-class Lifecycle(Protocol):
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
 @dataclass
 class LearnerUnit:
-    """What the learner keeps for one namespace: its service (the Backend its servicer serves,
-    with the Service lifecycle) and that servicer."""
+    """What the learner keeps for one namespace: its service and the servicer that serves it."""
 
-    service: Backend
+    service: LearnerService
     servicer: KoopmanLearnerServicer
 
-    @property
-    def _lifecycle(self) -> Lifecycle:
-        assert hasattr(self.service, "start") and hasattr(self.service, "stop")
-        return self.service
-
     async def start(self) -> None:
-        await self._lifecycle.start()
+        await self.service.start()
 
     async def close(self) -> None:
-        await self._lifecycle.stop()
+        await self.service.stop()
 
 
-def learner_units(ctx: Context, root: Path, default: LearnerUnit) -> NamespaceUnits[LearnerUnit]:
-    """The learner's units: ``default`` (the service itself), the others made at first call."""
-    service_type = type(default.service)
+def learner_units(
+    ctx: Context,
+    root: Path,
+    default: LearnerUnit,
+    build: Callable[[Context, str], LearnerService],
+) -> NamespaceUnits[LearnerUnit]:
+    """The learner's units: ``default`` (the service itself), the others made at first call by
+    ``build(context, namespace)`` with a context of their own (see the module docstring)."""
 
     def make(namespace: str) -> LearnerUnit:
         cfg = ctx.settings.koopman_learner
@@ -63,7 +57,7 @@ def learner_units(ctx: Context, root: Path, default: LearnerUnit) -> NamespaceUn
         quiet = Context(
             settings, CollectorRegistry(), quiet_bus(ctx.settings, "koopman-learner"), ctx.tasks
         )
-        service = service_type(quiet, namespace)  # type: ignore[call-arg]
+        service = build(quiet, namespace)
         return LearnerUnit(service, KoopmanLearnerServicer(service))
 
     return NamespaceUnits(SERVICE, default, make, MAX_NAMESPACES)

@@ -12,7 +12,7 @@ from mcp_services.common.config import load_config
 from mcp_services.demo import scenes
 from mcp_services.episodic_vault.rpc.validation import validate_episode
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
-from mcp_services.koopman_learner.traces import STREAM_FLUSH_SNAPSHOTS
+from mcp_services.koopman_learner.domain.traces import STREAM_FLUSH_SNAPSHOTS
 
 DT_MS = 100
 

@@ -16,8 +16,8 @@ from mcp_services.common.config import load_config
 from mcp_services.common.server import ServerThread
 from mcp_services.gateway.app import GatewayThread
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2_grpc
-from mcp_services.koopman_learner.series import series_request as request
-from mcp_services.koopman_learner.series import tones
+from mcp_services.koopman_learner.rpc.series import series_request as request
+from mcp_services.koopman_learner.rpc.series import tones
 from mcp_services.koopman_learner.server import KoopmanLearnerService
 from tests.conftest import free_ports, service_environ
 from tests.gateway.conftest import KEY_A, mcp_session, text

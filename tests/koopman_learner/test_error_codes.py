@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
-from mcp_services.koopman_learner import learner as learner_module
+from mcp_services.koopman_learner.domain import learner as learner_module
 from mcp_services.koopman_learner.domain.snapshots import SnapshotWindow
 from tests.koopman_learner.conftest import LearnerFactory, batch
 from tests.koopman_learner.test_service import IDS, SYSTEM, _traces

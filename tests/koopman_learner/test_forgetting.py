@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from mcp_services.koopman_learner.domain import build_window, fit_dmd, weighted_operator
+from mcp_services.koopman_learner.domain.learner import Learner
 from mcp_services.koopman_learner.domain.online_dmd import forgetting_weights
 from mcp_services.koopman_learner.domain.synthetic import oscillator_system, simulate
-from mcp_services.koopman_learner.learner import Learner
+from mcp_services.koopman_learner.domain.traces import Trace
 from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
-from mcp_services.koopman_learner.traces import Trace
 
 N, DT, RHO = 8, 0.1, 0.95
 IDS = tuple(f"c{i}" for i in range(N))

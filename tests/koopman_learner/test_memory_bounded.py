@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
-from mcp_services.koopman_learner import codec, state_store
-from mcp_services.koopman_learner.learner import Learner
+from mcp_services.koopman_learner.adapters import state_store
+from mcp_services.koopman_learner.domain.learner import Learner
+from mcp_services.koopman_learner.rpc import codec
 from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 from mcp_services.loadgen.workload import Workload
 

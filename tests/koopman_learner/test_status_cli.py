@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mcp_services.koopman_learner import status
-from mcp_services.koopman_learner.series import series_request
+from mcp_services.koopman_learner.rpc.series import series_request
 from tests.conftest import free_port
 from tests.koopman_learner.conftest import Learner, LearnerFactory, batch
 

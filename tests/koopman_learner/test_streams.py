@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
-from mcp_services.koopman_learner.series import (
+from mcp_services.koopman_learner.rpc.series import (
     REAL_SERIES,
     RealSeries,
     load,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -21,22 +21,22 @@ from mcp_services.common.rpc import ErrorMap, abort
 from mcp_services.common.timestamps import timestamp_of_s
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2_grpc
-from mcp_services.koopman_learner import codec
 from mcp_services.koopman_learner.domain import describe_modes, predict, stability
-from mcp_services.koopman_learner.learner import (
+from mcp_services.koopman_learner.domain.learner import (
     CouplingsOutcome,
     Learner,
     NotReady,
     UpdateResult,
     View,
 )
-from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
-from mcp_services.koopman_learner.streams import (
+from mcp_services.koopman_learner.domain.streams import (
     StreamSet,
     StreamSpec,
     TooManyStreams,
     UnknownStream,
 )
+from mcp_services.koopman_learner.rpc import codec
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 
 T = TypeVar("T")
 
@@ -52,8 +52,9 @@ MAX_PREDICT_STEPS = 10_000
 DEFAULT_COUPLING_LIMIT = 1000
 
 
-class Backend:
-    """What the servicer needs from the service: the learner, its worker, config and events."""
+class Backend(Protocol):
+    """What the servicer needs from the service (service.LearnerService): the learner and its
+    named streams, the numerics worker every change runs on, and what follows a change."""
 
     learner: Learner
     streams: StreamSet
@@ -62,28 +63,31 @@ class Backend:
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the numerics worker."""
-        raise NotImplementedError
+        ...
 
     async def after_update(self, result: UpdateResult, stream: str = "") -> None:
         """Persist, export metrics and publish events after a change of `stream`."""
-        raise NotImplementedError
+        ...
 
     async def after_stream_reset(self, stream: str) -> None:
         """Forget the state file of a named stream that was reset."""
-        raise NotImplementedError
+        ...
 
     async def after_couplings(self, outcome: CouplingsOutcome) -> None:
-        raise NotImplementedError
+        """Persist, count and publish a couplings update."""
+        ...
 
     async def after_reset(self) -> None:
-        raise NotImplementedError
+        """Persist the reset learner and look at the vault again (the cursor may have rewound)."""
+        ...
 
     async def set_knobs(self, knobs: KoopmanLearnerConfig) -> None:
-        raise NotImplementedError
+        """Apply `knobs` on the worker, from the next update."""
+        ...
 
     def vault_status(self) -> tuple[bool, int, str]:
         """(connected, vault_last_seq, last_error)."""
-        raise NotImplementedError
+        ...
 
 
 ERRORS = ErrorMap(

@@ -11,7 +11,7 @@ traces sent without a stream name, sampled every koopman_learner.dt_s seconds, s
 * its scaling: none (strengths in [0, 1] as for the default stream), or min-max / robust fitted
   per concept on the first batch, so raw measurements can be sent as they are.
 
-Each named stream has its own :class:`~mcp_services.koopman_learner.learner.Learner` (window,
+Each named stream has its own :class:`~mcp_services.koopman_learner.domain.learner.Learner` (window,
 DMD model, online tracker) at dt in seconds, so frequencies are in Hz; periods are reported in
 the stream's unit. Couplings are not estimated on an embedded stream (its rows are lagged copies
 of one another, not oscillators).
@@ -42,14 +42,14 @@ from mcp_services.koopman_learner.domain.embedding import (
     auto_delays,
     delay_embed,
 )
-from mcp_services.koopman_learner.learner import EpisodeActivity, Learner, UpdateResult
-from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
-from mcp_services.koopman_learner.traces import (
+from mcp_services.koopman_learner.domain.learner import EpisodeActivity, Learner, UpdateResult
+from mcp_services.koopman_learner.domain.traces import (
     RawSnapshot,
     StreamAssembler,
     Trace,
     trace_from_snapshots,
 )
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 
 log = structlog.get_logger(__name__)
 _YEAR_S = 365.2425 * 86400.0

@@ -50,13 +50,13 @@ from mcp_services.koopman_learner.domain import (
 )
 from mcp_services.koopman_learner.domain.arrays import FloatArray
 from mcp_services.koopman_learner.domain.snapshots import DEFAULT_ACTIVE_THRESHOLD
-from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
-from mcp_services.koopman_learner.traces import (
+from mcp_services.koopman_learner.domain.traces import (
     RawSnapshot,
     StreamAssembler,
     Trace,
     trace_from_snapshots,
 )
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 
 log = structlog.get_logger(__name__)
 

@@ -1,8 +1,8 @@
 """Protos in and out at the service edge; validation that names the field at fault.
 
-Requests become :class:`~mcp_services.koopman_learner.traces.Trace` objects, vault episodes
-become :class:`~mcp_services.koopman_learner.learner.EpisodeActivity`, and domain results become
-response messages. Domain code never sees a `_pb2` object.
+Requests become :class:`~mcp_services.koopman_learner.domain.traces.Trace` objects, vault
+episodes become :class:`~mcp_services.koopman_learner.domain.learner.EpisodeActivity`, and domain
+results become response messages. Domain code never sees a `_pb2` object.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 from mcp_services.gen.tori.koopman.v1 import koopman_pb2 as pb
 from mcp_services.koopman_learner.domain import DmdModel, describe_modes
 from mcp_services.koopman_learner.domain.embedding import ScalingKind
+from mcp_services.koopman_learner.domain.learner import EpisodeActivity, View
 from mcp_services.koopman_learner.domain.modes import DEFAULT_MIN_PERSISTENCE, ModeSummary
-from mcp_services.koopman_learner.learner import EpisodeActivity, View
-from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
-from mcp_services.koopman_learner.streams import (
+from mcp_services.koopman_learner.domain.streams import (
     TIME_UNITS,
     RawTrace,
     StreamOptions,
@@ -28,7 +27,8 @@ from mcp_services.koopman_learner.streams import (
     StreamSpec,
     check_name,
 )
-from mcp_services.koopman_learner.traces import RawSnapshot, Trace, trace_from_snapshots
+from mcp_services.koopman_learner.domain.traces import RawSnapshot, Trace, trace_from_snapshots
+from mcp_services.koopman_learner.settings import KoopmanLearnerConfig
 
 MAX_CONCEPT_ID_LEN = 256
 STABILITY_TOLERANCE = 1e-9

@@ -27,8 +27,9 @@ from numpy.typing import NDArray
 
 from mcp_services.koopman_learner.domain import CouplingEstimate, DmdModel
 from mcp_services.koopman_learner.domain.arrays import readonly
-from mcp_services.koopman_learner.learner import Counters, Learner
-from mcp_services.koopman_learner.traces import RawSnapshot, Trace
+from mcp_services.koopman_learner.domain.learner import Counters, Learner
+from mcp_services.koopman_learner.domain.streams import StreamSet, StreamSpec
+from mcp_services.koopman_learner.domain.traces import RawSnapshot, Trace
 
 FORMAT_VERSION = 1
 FILE_NAME = "state.npz"
@@ -257,3 +258,33 @@ def _check(meta: dict[str, Any], path: Path, dt: float) -> None:
             f"it was learnt at dt_s={meta['dt']} but koopman_learner.dt_s is {dt}; set dt_s back"
             " or move the file away to learn afresh at the new dt"
         )
+
+
+class LearnerFiles:
+    """A learner service's files in its data dir: the default stream's state (`state.npz`) and
+    one file per named stream. Every method does file I/O: call it on the numerics worker."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir
+        self.path = data_dir / FILE_NAME
+
+    def load(self, learner: Learner) -> bool:
+        """Restore the default stream's learner; False when there is no state yet."""
+        return load(self.path, learner)
+
+    def save(self, learner: Learner) -> None:
+        save(self.path, learner)
+
+    def load_streams(self, streams: StreamSet) -> None:
+        """Restore every named stream whose file is in the data dir into `streams`."""
+        for path in stream_files(self.dir):
+            spec = StreamSpec.from_json(read_stream(path))
+            learner = streams.new_learner(spec)
+            load(path, learner)
+            streams.restore(spec, learner)
+
+    def save_stream(self, name: str, learner: Learner, spec: StreamSpec) -> None:
+        save(stream_path(self.dir, name), learner, spec.to_json())
+
+    def forget_stream(self, name: str) -> None:
+        stream_path(self.dir, name).unlink(missing_ok=True)
