@@ -10,8 +10,9 @@ role, and the fleet's own callers send the first admin key (the pruner commits g
 admin), so an existing key file keeps its fleet working. Keys handed to anyone else should name
 a smaller role.
 
-Roles are ordered read < write < admin; :data:`METHOD_ROLES` says which each RPC needs, in one
-table (tests/common/test_auth.py checks that every RPC of every service proto is in it). A caller
+Roles are ordered read < write < admin; :data:`METHOD_ROLES` says which each RPC needs: the
+built-in services' in one table (tests/common/test_auth.py checks that every RPC of their protos is
+in it), another service's added by :func:`register_roles` from its own module. A caller
 sends ``authorization: Bearer <key>`` or ``x-api-key: <key>``; no key or a wrong one gets
 UNAUTHENTICATED, a key whose role is too small PERMISSION_DENIED naming the method and the role it
 needs. Health and reflection stay open so orchestrators can probe without a key.
@@ -26,7 +27,7 @@ import contextvars
 import hashlib
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -223,6 +224,22 @@ METHOD_ROLES: dict[str, Role] = {
     for service, methods in _ROLE_TABLE.items()
     for method, role in methods.items()
 }
+
+
+def register_roles(service: str, roles: Mapping[str, Role]) -> None:
+    """Classify the RPCs of a service beyond the built-in ones, from its own module (before its
+    server starts): ``register_roles("tori.words.v1.Words", {"Count": Role.READ})``. A method
+    left out needs admin, as in the table.
+
+    Raises:
+        ValueError: ``service`` already has roles (a built-in one, or registered before).
+    """
+    prefix = f"/{service}/"
+    if any(method.startswith(prefix) for method in METHOD_ROLES):
+        raise ValueError(
+            f"the RPC roles of {service} are already registered; register each service's once"
+        )
+    METHOD_ROLES.update({f"{prefix}{method}": role for method, role in roles.items()})
 
 
 def required_role(method: str) -> Role:

@@ -6,9 +6,10 @@ declared types. Unknown keys are rejected so a misspelt knob never silently does
 Each service owns its section's model (``mcp_services/<service>/settings.py``) and registers it
 with :func:`register_section`; :func:`settings_model` assembles the whole :class:`Settings` from
 the shared sections declared here and the registered ones, so a new service adds its section
-without editing this package. The built-in services register in ``mcp_services/settings_registry``,
-which :func:`settings_model` imports the first time it is called (this package never imports a
-service at module level).
+without editing this package; a service beyond the four built-in endpoints adds its own
+``services.<key>`` with :func:`register_endpoint`. The built-in services register in
+``mcp_services/settings_registry``, which :func:`settings_model` imports the first time it is
+called (this package never imports a service at module level).
 
 A key a running service applies without a restart is declared on its model with the :data:`Live`
 marker (``t0: Annotated[PositiveFloat, Live] = 2.0``); :func:`live_keys` lists them, and each
@@ -267,6 +268,8 @@ class Section:
 
 
 _sections: dict[str, Section] = {}
+# services.<key> of the services beyond the built-in four (register_endpoint).
+_endpoints: list[str] = []
 _built: type[Settings] | None = None
 _builtins_loaded = False
 
@@ -286,6 +289,20 @@ def register_section(name: str, model: type[BaseModel], *, service: str | None =
             "section another name"
         )
     _sections[name] = Section(name, model, service)
+    _built = None
+
+
+def register_endpoint(key: str) -> None:
+    """Add ``services.<key>`` (an :class:`Endpoint`, required like the built-in four's) for a
+    service beyond them, from its own module before the configuration is loaded.
+
+    Raises:
+        ValueError: ``services.<key>`` already exists.
+    """
+    global _built
+    if key in ServicesConfig.model_fields or key in _endpoints:
+        raise ValueError(f"services.{key} is already an endpoint; give the new service another key")
+    _endpoints.append(key)
     _built = None
 
 
@@ -338,6 +355,12 @@ def settings_model() -> type[Settings]:
         fields: dict[str, Any] = {
             name: (s.model, s.model()) for name, s in sorted(_sections.items())
         }
+        if _endpoints:
+            endpoints: dict[str, Any] = {key: (Endpoint, ...) for key in sorted(_endpoints)}
+            services = create_model(
+                "ServicesConfig", __base__=ServicesConfig, __module__=__name__, **endpoints
+            )
+            fields["services"] = (services, ...)
         _built = create_model("Settings", __base__=Settings, __module__=__name__, **fields)
     return _built
 
