@@ -42,13 +42,13 @@ from mcp_services.sleep_scheduler.domain.tuning import advise
 from mcp_services.sleep_scheduler.graph_store import GraphStore, StoredGraph, VersionConflict
 from mcp_services.sleep_scheduler.lease import Lease, LeaseUnavailable
 from mcp_services.sleep_scheduler.metrics import SleepMetrics
-from mcp_services.sleep_scheduler.settings import SleepSchedulerConfig
-from mcp_services.sleep_scheduler.vault_client import (
+from mcp_services.sleep_scheduler.ports import (
     EpisodeBatch,
+    EpisodeSource,
     Selection,
-    VaultClient,
     VaultUnavailable,
 )
+from mcp_services.sleep_scheduler.settings import SleepSchedulerConfig
 
 log = structlog.get_logger(__name__)
 
@@ -138,7 +138,7 @@ class Consolidator:
     def __init__(
         self,
         store: GraphStore,
-        vault: VaultClient,
+        vault: EpisodeSource,
         lease: Lease,
         bus: EventBus,
         metrics: SleepMetrics,

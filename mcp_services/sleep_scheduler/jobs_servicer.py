@@ -19,8 +19,8 @@ from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
 from mcp_services.sleep_scheduler.consolidator import Consolidator, Job
 from mcp_services.sleep_scheduler.lease import LeaseUnavailable
+from mcp_services.sleep_scheduler.ports import Selection
 from mcp_services.sleep_scheduler.triggers import Scheduler, ScheduleSpec
-from mcp_services.sleep_scheduler.vault_client import Selection
 
 log = structlog.get_logger(__name__)
 

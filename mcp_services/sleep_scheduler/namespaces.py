@@ -36,6 +36,7 @@ from mcp_services.sleep_scheduler.graph_store import GraphStore
 from mcp_services.sleep_scheduler.jobs_servicer import JobRpcs
 from mcp_services.sleep_scheduler.lease import LEASE_KEY, Lease
 from mcp_services.sleep_scheduler.metrics import SleepMetrics
+from mcp_services.sleep_scheduler.ports import EpisodeSource
 from mcp_services.sleep_scheduler.triggers import Scheduler
 from mcp_services.sleep_scheduler.vault_client import VaultClient
 
@@ -50,7 +51,7 @@ class SchedulerUnit:
 
     namespace: str
     store: GraphStore
-    vault: VaultClient
+    vault: EpisodeSource
     consolidator: Consolidator
     scheduler: Scheduler
     servicer: Any  # the SleepSchedulerServicer over this unit's graphs and jobs

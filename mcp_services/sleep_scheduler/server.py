@@ -32,9 +32,10 @@ from mcp_services.sleep_scheduler.jobs_servicer import JOB_ERRORS, JobRpcs
 from mcp_services.sleep_scheduler.lease import Lease
 from mcp_services.sleep_scheduler.metrics import SleepMetrics
 from mcp_services.sleep_scheduler.namespaces import SchedulerUnit, scheduler_units
+from mcp_services.sleep_scheduler.ports import EpisodeSource, Selection
 from mcp_services.sleep_scheduler.settings import SleepSchedulerConfig
 from mcp_services.sleep_scheduler.triggers import PressureWatcher, Scheduler, ScheduleSpec
-from mcp_services.sleep_scheduler.vault_client import Selection, VaultClient
+from mcp_services.sleep_scheduler.vault_client import VaultClient
 
 SERVICE_NAME = sleep_pb2.DESCRIPTOR.services_by_name["SleepScheduler"].full_name
 log = structlog.get_logger(__name__)
@@ -129,7 +130,9 @@ class SleepSchedulerServicer(sleep_pb2_grpc.SleepSchedulerServicer):
 class SleepSchedulerService:
     service_names = (SERVICE_NAME,)
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, vault: EpisodeSource | None = None) -> None:
+        """``vault``: the default namespace's episode source (None: the vault's gRPC client;
+        tests may pass one that holds a call, to force an interleaving)."""
         self._ctx = ctx
         self._cfg = ctx.settings.sleep_scheduler
         # Graph reads/commits and completions; the cycle's numerics get their own thread so a
@@ -142,7 +145,7 @@ class SleepSchedulerService:
             raise StartupError(f"sleep-scheduler: cannot open the graph directory: {exc}") from exc
         self._metrics = SleepMetrics(ctx.registry)
         self._units: NamespaceUnits[SchedulerUnit] | None = None
-        self._vault = VaultClient.of(
+        self._vault = vault or VaultClient.of(
             ClientFactory.of(ctx.settings), scan_timeout_s=self._cfg.vault_scan_timeout_s
         )
         self._lease = Lease(ctx.settings.redis, self._cfg.lease_ttl_s)

@@ -30,7 +30,7 @@ from mcp_services.common.periodic import Periodic
 from mcp_services.common.tasks import Spawner
 from mcp_services.sleep_scheduler.consolidator import Consolidator
 from mcp_services.sleep_scheduler.lease import LeaseUnavailable
-from mcp_services.sleep_scheduler.vault_client import Selection, VaultUnavailable
+from mcp_services.sleep_scheduler.ports import Selection, VaultUnavailable
 
 log = structlog.get_logger(__name__)
 

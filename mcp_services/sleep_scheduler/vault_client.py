@@ -1,5 +1,7 @@
 """The scheduler's client of the EpisodicVault: unconsolidated episodes in, marks out.
 
+:class:`VaultClient` is the gRPC :class:`~mcp_services.sleep_scheduler.ports.EpisodeSource`.
+
 Only the vault's public gRPC API is used (Scan with only_unconsolidated, MarkConsolidated,
 GetStats). Selection filters (age, tags, energy) are applied here as the episodes stream by, so a
 cycle takes at most ``max_episodes`` matching episodes, oldest first. Every call has a deadline:
@@ -10,65 +12,19 @@ the Scan as a whole.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import grpc
 
 from mcp_services.common.clients import ClientFactory
-from mcp_services.common.errors import InputError
 from mcp_services.common.namespaces import DEFAULT, namespace_metadata
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.sleep_scheduler.domain import ConceptActivation
+from mcp_services.sleep_scheduler.ports import EpisodeBatch, Selection, VaultUnavailable
 
 MARK_BATCH = 10_000
 """The vault takes at most this many ids per MarkConsolidated call."""
 SCAN_TIMEOUT_S = 300.0
 """Default deadline of a whole Scan (sleep_scheduler.vault_scan_timeout_s)."""
-
-
-class VaultUnavailable(Exception):
-    """The vault could not be reached or refused a call; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which unconsolidated episodes a cycle takes (filters combine with AND)."""
-
-    min_age_s: float = 0.0
-    max_age_s: float = 0.0
-    tags: tuple[str, ...] = ()
-    min_energy: float = 0.0
-    max_episodes: int = 100_000
-
-    def __post_init__(self) -> None:
-        if self.min_age_s < 0 or self.max_age_s < 0:
-            raise InputError("selection.min_age_s and max_age_s must be >= 0 (0: no bound)")
-        if self.max_age_s and self.max_age_s < self.min_age_s:
-            raise InputError("selection.max_age_s must be >= min_age_s (or 0: no bound)")
-        if self.max_episodes < 1:
-            raise InputError("selection.max_episodes must be >= 1")
-        if any(not t for t in self.tags):
-            raise InputError("selection.tags holds an empty tag: list non-empty tags")
-
-    def accepts(self, ep: episodic_pb2.Episode, now_ms: int) -> bool:
-        age_s = (now_ms - ep.timestamp.ToMilliseconds()) / 1000.0
-        if age_s < self.min_age_s or (self.max_age_s and age_s > self.max_age_s):
-            return False
-        if ep.energy < self.min_energy:
-            return False
-        return not self.tags or set(self.tags).issubset(ep.tags)
-
-
-@dataclass
-class EpisodeBatch:
-    """The episodes of one cycle: ids and their activations, in vault order."""
-
-    ids: list[str] = field(default_factory=list)
-    # Selected episodes with no active concept (every strength <= 0.5): nothing to learn from,
-    # but read by the cycle, so they are marked with the rest and stop counting as backlog.
-    inactive: list[str] = field(default_factory=list)
-    activations: list[ConceptActivation] = field(default_factory=list)
-    last_seq: int = 0
 
 
 def activation_of_episode(ep: episodic_pb2.Episode) -> ConceptActivation:
@@ -84,6 +40,23 @@ def activation_of_episode(ep: episodic_pb2.Episode) -> ConceptActivation:
                 pairs[cid] = max(pairs.get(cid, 0.0), s)
     clipped = {c: min(1.0, max(0.0, float(s))) for c, s in pairs.items()}
     return ConceptActivation(tuple(clipped), tuple(clipped.values()))
+
+
+def take(batch: EpisodeBatch, ep: episodic_pb2.Episode, selection: Selection, now_ms: int) -> bool:
+    """Offer ``batch`` the next unconsolidated episode (in seq order) if ``selection`` takes it;
+    True once it holds ``max_episodes`` active ones, when the reader stops."""
+    batch.last_seq = max(batch.last_seq, ep.seq)
+    age_s = (now_ms - ep.timestamp.ToMilliseconds()) / 1000.0
+    if not selection.accepts(age_s, ep.energy, ep.tags):
+        return False
+    act = activation_of_episode(ep)
+    if not act.active_ids():
+        if len(batch.inactive) < selection.max_episodes:
+            batch.inactive.append(ep.id)
+        return False
+    batch.ids.append(ep.id)
+    batch.activations.append(act)
+    return len(batch.ids) >= selection.max_episodes
 
 
 class VaultClient:
@@ -147,18 +120,7 @@ class VaultClient:
         )
         try:
             async for resp in call:
-                ep = resp.episode
-                out.last_seq = max(out.last_seq, ep.seq)
-                if not selection.accepts(ep, now_ms):
-                    continue
-                act = activation_of_episode(ep)
-                if not act.active_ids():
-                    if len(out.inactive) < selection.max_episodes:
-                        out.inactive.append(ep.id)
-                    continue
-                out.ids.append(ep.id)
-                out.activations.append(act)
-                if len(out.ids) >= selection.max_episodes:
+                if take(out, resp.episode, selection, now_ms):
                     call.cancel()
                     break
         except grpc.aio.AioRpcError as exc:

@@ -12,8 +12,6 @@ land a concurrent commit at exactly that point.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -29,8 +27,7 @@ from mcp_services.sparse_pruner.ports import (
     VersionGone,
 )
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot
-
-HOLD_GUARD_S = 60.0  # a guard against a hang, not a timing: a test releases far sooner
+from tests.fakes.gate import Held
 
 
 class FakeScheduler:
@@ -102,22 +99,10 @@ class FakeScheduler:
         self.closed = True
 
 
-class HeldCommit:
+class HeldCommit(Held[GraphSource]):
     """``source`` with its first commit held: :attr:`arrived` is set when that commit is called,
     and it goes on to ``source`` only after :meth:`release`. Later commits pass straight through.
-
-    The events are threading events, so a test thread can wait on a commit made in a server's
-    event loop thread.
     """
-
-    def __init__(self, source: GraphSource) -> None:
-        self.source = source
-        self.arrived = threading.Event()
-        self._released = threading.Event()
-        self._held = False
-
-    def release(self) -> None:
-        self._released.set()
 
     async def read_graph(self, version: int = 0) -> GraphSnapshot:
         return await self.source.read_graph(version)
@@ -130,11 +115,7 @@ class HeldCommit:
         reason: str,
         metadata: Mapping[str, str] | None = None,
     ) -> GraphVersion:
-        if not self._held:
-            self._held = True
-            self.arrived.set()
-            if not await asyncio.to_thread(self._released.wait, HOLD_GUARD_S):
-                raise AssertionError(f"the held commit was not released within {HOLD_GUARD_S} s")
+        await self.passage()
         return await self.source.commit_graph(graph, base_version, author, reason, metadata)
 
     async def list_versions(self) -> list[GraphVersion]:

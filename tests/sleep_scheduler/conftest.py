@@ -10,12 +10,15 @@ import grpc
 import pytest
 import scipy.sparse as sp
 
+from mcp_services.common.clients import ClientFactory
 from mcp_services.common.config_schema import Settings
-from mcp_services.common.server import ServerThread
+from mcp_services.common.server import Context, ServerThread
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2_grpc
+from mcp_services.sleep_scheduler.ports import EpisodeSource
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
+from mcp_services.sleep_scheduler.vault_client import VaultClient
 from tests.conftest import SettingsFactory
 
 
@@ -25,6 +28,7 @@ class Scheduler:
     stub: sleep_pb2_grpc.SleepSchedulerStub
     channel: grpc.Channel
     settings: Settings
+    service: SleepSchedulerService  # the instance the server runs (its consolidator's jobs)
 
     @property
     def target(self) -> str:
@@ -40,16 +44,36 @@ SchedulerFactory = Callable[..., Scheduler]
 
 @pytest.fixture
 def start_scheduler(make_settings: SettingsFactory) -> Iterator[SchedulerFactory]:
-    """Start a scheduler with the given config overrides (e.g. sleep_scheduler={...})."""
+    """Start a scheduler with the given config overrides (e.g. sleep_scheduler={...}).
+
+    ``wrap_vault``, if given, is applied to the scheduler's real vault client (e.g. HeldSelect,
+    to hold a cycle's read of the vault while the test acts)."""
     started: list[Scheduler] = []
 
-    def factory(settings: Settings | None = None, **overrides: Any) -> Scheduler:
+    def factory(
+        settings: Settings | None = None,
+        wrap_vault: Callable[[EpisodeSource], EpisodeSource] | None = None,
+        **overrides: Any,
+    ) -> Scheduler:
         settings = settings or make_settings(**overrides)
-        server = ServerThread(
-            "sleep-scheduler", "sleep_scheduler", SleepSchedulerService, settings
-        ).start()
+        made: list[SleepSchedulerService] = []
+
+        def service(ctx: Context) -> SleepSchedulerService:
+            vault = None
+            if wrap_vault is not None:
+                cfg = ctx.settings.sleep_scheduler
+                real = VaultClient.of(
+                    ClientFactory.of(ctx.settings), scan_timeout_s=cfg.vault_scan_timeout_s
+                )
+                vault = wrap_vault(real)
+            made.append(SleepSchedulerService(ctx, vault))
+            return made[0]
+
+        server = ServerThread("sleep-scheduler", "sleep_scheduler", service, settings).start()
         channel = grpc.insecure_channel(f"127.0.0.1:{server.running.grpc_port}")
-        sched = Scheduler(server, sleep_pb2_grpc.SleepSchedulerStub(channel), channel, settings)
+        sched = Scheduler(
+            server, sleep_pb2_grpc.SleepSchedulerStub(channel), channel, settings, made[0]
+        )
         started.append(sched)
         return sched
 
@@ -115,7 +139,9 @@ def start_pair(
     """Start a memory-backed vault and a scheduler pointing at it; overrides go to the scheduler."""
     started: list[Pair] = []
 
-    def factory(**sleep_overrides: Any) -> Pair:
+    def factory(
+        wrap_vault: Callable[[EpisodeSource], EpisodeSource] | None = None, **sleep_overrides: Any
+    ) -> Pair:
         vault_settings = make_settings(
             environ={"REDIS_URL": redis_url}, vault={"backend": "memory", "embedding_dim": 8}
         )
@@ -130,7 +156,7 @@ def start_pair(
             },
             sleep_scheduler=overrides,
         )
-        sched = start_scheduler(settings=sched_settings)
+        sched = start_scheduler(settings=sched_settings, wrap_vault=wrap_vault)
         channel = grpc.insecure_channel(f"127.0.0.1:{vault_server.running.grpc_port}")
         pair = Pair(
             vault_server,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -20,6 +22,8 @@ from mcp_services.sleep_scheduler.domain.planted import planted_pm1, planted_spa
 from mcp_services.sleep_scheduler.domain.quality import recall_pm1
 from mcp_services.sleep_scheduler.graph_store import StoredGraph
 from tests.conftest import scrape_until
+from tests.fakes.gate import HOLD_GUARD_S
+from tests.fakes.vault import HeldSelect
 from tests.sleep_scheduler.conftest import Pair, PairFactory
 
 SUCCEEDED = sleep_pb2.JOB_STATE_SUCCEEDED
@@ -48,6 +52,16 @@ def wait_done(pair: Pair, job_id: str, within: float = 60.0) -> sleep_pb2.Consol
         if job.state >= SUCCEEDED or time.monotonic() > deadline:
             return job
         time.sleep(0.05)
+
+
+def wait_until(condition: Callable[[], bool], within: float = HOLD_GUARD_S) -> bool:
+    """Wait for a state nothing can pass by (not a race: it stays true once true)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def remap(graph: ConceptGraph, n: int) -> ConceptGraph:
@@ -180,19 +194,34 @@ class TestJobs:
     def test_a_background_job_can_be_cancelled_and_commits_nothing(
         self, start_pair: PairFactory
     ) -> None:
-        """Cancel stops the cycle at its next epoch: no version, the episodes stay unconsolidated,
-        and the lease is free for the next job."""
-        pair = start_pair(max_epochs=400)
+        """While a job runs a second start is ABORTED; cancel stops the cycle at its next epoch:
+        no version, the episodes stay unconsolidated, and the lease is free for the next job.
+
+        Forced, not raced: the job's read of the vault is held (HeldSelect around the real
+        client) until the second start has been refused and the cancel has been asked."""
+        held = HeldSelect()
+        pair = start_pair(wrap_vault=held.around)
         pair.put_states(planted_pm1(200, 60, seed=3).episodes)
         job = start(pair, wait=False)
-        assert job.state in (sleep_pb2.JOB_STATE_PENDING, sleep_pb2.JOB_STATE_RUNNING)
+        assert held.arrived.wait(HOLD_GUARD_S), "the job never read the vault"
         with pytest.raises(grpc.RpcError) as err:
             start(pair, wait=False)
         assert err.value.code() == grpc.StatusCode.ABORTED
         assert "another consolidation is running" in str(err.value.details())
-        stopped = pair.sched.stub.CancelConsolidation(
-            sleep_pb2.CancelConsolidationRequest(job_id=job.job_id)
-        )
+        token = pair.sched.service.consolidator.jobs.get(job.job_id).cancel_token
+        with ThreadPoolExecutor(1) as pool:
+            # CancelConsolidation answers once the job has stopped, so it is sent aside; the read
+            # is released only when the cancel has been asked.
+            cancelling = pool.submit(
+                pair.sched.stub.CancelConsolidation,
+                sleep_pb2.CancelConsolidationRequest(job_id=job.job_id),
+            )
+            assert wait_until(token.is_set), "the cancel never reached the job"
+            held.release()
+            assert cancelling.result(HOLD_GUARD_S).job_id == job.job_id
+        # The cancel answers once the job stopped or after its own 10 s wait (a loaded machine),
+        # so the outcome is read when the job has finished.
+        stopped = wait_done(pair, job.job_id)
         assert stopped.state == sleep_pb2.JOB_STATE_CANCELLED
         assert "cancelled" in stopped.error
         assert read_latest(pair).meta.version == 0 and pair.unconsolidated() == 300
@@ -200,14 +229,18 @@ class TestJobs:
         assert start(pair).state == SUCCEEDED
 
     def test_two_replicas_never_consolidate_together(self, start_pair: PairFactory) -> None:
-        """A second scheduler sharing the Redis lease is refused while the first one works."""
-        pair = start_pair()
+        """A second scheduler sharing the Redis lease is refused while the first one works (held
+        in its read of the vault, so it is surely working), and the first one finishes."""
+        held = HeldSelect()
+        pair = start_pair(wrap_vault=held.around)
         other = start_pair()
         pair.put_states(planted_pm1(200, 60, seed=3).episodes)
         job = start(pair, wait=False)
+        assert held.arrived.wait(HOLD_GUARD_S), "the job never read the vault"
         with pytest.raises(grpc.RpcError) as err:
             start(other)
         assert err.value.code() == grpc.StatusCode.ABORTED
+        held.release()
         assert wait_done(pair, job.job_id).state == SUCCEEDED
 
     def test_status_of_unknown_job_and_bad_requests(self, start_pair: PairFactory) -> None:

@@ -22,7 +22,8 @@ from mcp_services.sparse_pruner.metrics import PrunerMetrics
 from mcp_services.sparse_pruner.ports import GraphSource, GraphVersion
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot
 from tests.conftest import SettingsFactory
-from tests.fakes.scheduler import HOLD_GUARD_S, FakeScheduler, HeldCommit
+from tests.fakes.gate import HOLD_GUARD_S
+from tests.fakes.scheduler import FakeScheduler, HeldCommit
 
 from .conftest import planted_snapshot
 

@@ -11,9 +11,9 @@ import pytest
 import scipy.sparse as sp
 
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2
-from mcp_services.sparse_pruner.ports import GraphSource
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot
-from tests.fakes.scheduler import HOLD_GUARD_S, HeldCommit
+from tests.fakes.gate import HOLD_GUARD_S
+from tests.fakes.scheduler import HeldCommit
 
 from .conftest import Fleet, FleetFactory, planted_snapshot, read_back
 
@@ -178,17 +178,12 @@ class TestRollbackAndConflicts:
 
         The interleaving is forced, not raced: the pruner's first commit is held (HeldCommit
         around its real client) until the concurrent version has landed."""
-        held: list[HeldCommit] = []
-
-        def hold(source: GraphSource) -> GraphSource:
-            held.append(HeldCommit(source))
-            return held[0]
-
-        fleet = start_fleet(wrap=hold)
+        held = HeldCommit()
+        fleet = start_fleet(wrap=held.around)
         graph, _ = planted_snapshot(200, 0.1, seed=8)
         fleet.seed(graph)
         job = fleet.stub.TriggerPruning(pruner_pb2.TriggerPruningRequest(background=True))
-        assert held[0].arrived.wait(HOLD_GUARD_S), "the pruner never committed"
+        assert held.arrived.wait(HOLD_GUARD_S), "the pruner never committed"
         status = fleet.stub.GetPruningStatus(pruner_pb2.GetPruningStatusRequest(job_id=job.job_id))
         assert status.base_version == 1
         # The concurrent writer (as consolidation would): same graph, nudged biases.
@@ -201,7 +196,7 @@ class TestRollbackAndConflicts:
             graph.support,
         )
         assert fleet.seed(nudged, base_version=1) == 2
-        held[0].release()
+        held.release()
         done = fleet.wait_job(job.job_id)
         assert done.state == pruner_pb2.JOB_STATE_SUCCEEDED, done.message
         assert done.conflict_retries == 1
