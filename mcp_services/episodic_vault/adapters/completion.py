@@ -11,15 +11,14 @@ recalling namespace (x-tori-namespace), so a cue is completed only through that 
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import grpc
 
 from mcp_services.common.clients import dial_address
 from mcp_services.common.config_schema import Settings
 from mcp_services.common.namespaces import current_namespace, namespace_metadata
+from mcp_services.episodic_vault.domain.completion import Completed, CompletionStatus
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 
 OFF = "off"
@@ -33,24 +32,10 @@ def completion_address(settings: Settings) -> str:
     return configured or dial_address(settings, "sleep_scheduler")
 
 
-class CompletionStatus(enum.IntEnum):
-    """Values match tori.episodic.v1.Completion."""
-
-    APPLIED = 1
-    DISABLED = 2
-    UNAVAILABLE = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Completed:
-    status: CompletionStatus
-    cue: dict[str, float]
-    detail: str = ""
-    graph_version: int = 0
-
-
 class CueCompleter:
-    """Owns one aio channel to the scheduler, opened on first use in the serving event loop.
+    """The gRPC :class:`~mcp_services.episodic_vault.domain.completion.CueCompletion`.
+
+    Owns one aio channel to the scheduler, opened on first use in the serving event loop.
 
     ``connect`` makes that channel for an address: the fleet's client factory, which sends the
     vault's service key.

@@ -27,13 +27,13 @@ from mcp_services.common.event_bus import EPISODE_STORED, EventBus, new_header
 from mcp_services.common.rpc import ErrorMap, abort
 from mcp_services.common.stream_limits import StreamLimits, StreamRefused
 from mcp_services.common.timestamps import ms_of_timestamp, timestamp_of_ms
-from mcp_services.episodic_vault.adapters.completion import CueCompleter
 from mcp_services.episodic_vault.adapters.storage import spool_directory
 from mcp_services.episodic_vault.domain.backend import (
     BackendUnavailable,
     CapacityExceeded,
     IdConflict,
 )
+from mcp_services.episodic_vault.domain.completion import CueCompletion
 from mcp_services.episodic_vault.domain.model import (
     Episode,
     EpisodeFilter,
@@ -162,7 +162,7 @@ class EpisodicVaultServicer(episodic_pb2_grpc.EpisodicVaultServicer):
         executor: ThreadPoolExecutor,
         bus: EventBus,
         metrics: VaultMetrics,
-        completer: CueCompleter,
+        completer: CueCompletion,
     ) -> None:
         self._cfg = cfg
         self._backend = backend
