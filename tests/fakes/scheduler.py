@@ -104,7 +104,11 @@ class HeldCommit(Held[GraphSource]):
     and it goes on to ``source`` only after :meth:`release`. Later commits pass straight through.
     """
 
+    held = "commit_graph"
+
     async def read_graph(self, version: int = 0) -> GraphSnapshot:
+        if self.held == "read_graph":
+            await self.passage()
         return await self.source.read_graph(version)
 
     async def commit_graph(
@@ -115,7 +119,8 @@ class HeldCommit(Held[GraphSource]):
         reason: str,
         metadata: Mapping[str, str] | None = None,
     ) -> GraphVersion:
-        await self.passage()
+        if self.held == "commit_graph":
+            await self.passage()
         return await self.source.commit_graph(graph, base_version, author, reason, metadata)
 
     async def list_versions(self) -> list[GraphVersion]:
@@ -123,3 +128,10 @@ class HeldCommit(Held[GraphSource]):
 
     async def close(self) -> None:
         await self.source.close()
+
+
+class HeldRead(HeldCommit):
+    """``source`` with its first read held instead: a pruning job waits there, started and
+    before any solve, for as long as the test needs."""
+
+    held = "read_graph"

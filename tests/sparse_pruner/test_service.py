@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2
 from mcp_services.sparse_pruner.snapshot import GraphSnapshot
 from tests.fakes.gate import HOLD_GUARD_S
-from tests.fakes.scheduler import HeldCommit
+from tests.fakes.scheduler import HeldCommit, HeldRead
 
 from .conftest import Fleet, FleetFactory, planted_snapshot, read_back
 
@@ -247,13 +247,20 @@ class TestRollbackAndConflicts:
 class TestJobs:
     """Status, cancellation and errors of the job API."""
 
-    def test_cancel_commits_nothing(self, fleet: Fleet) -> None:
-        """A job cancelled while it runs ends CANCELLED and the graph keeps its version."""
+    def test_cancel_commits_nothing(self, start_fleet: FleetFactory) -> None:
+        """A job cancelled while it runs ends CANCELLED and the graph keeps its version.
+
+        Forced, not raced: the job's read of the graph is held (HeldRead around the real client)
+        until the cancel has been answered, so the job cannot finish first."""
+        held = HeldRead()
+        fleet = start_fleet(wrap=held.around)
         graph, _ = planted_snapshot(200, 0.1, seed=10)
         fleet.seed(graph)
         job = fleet.stub.TriggerPruning(pruner_pb2.TriggerPruningRequest(background=True))
+        assert held.arrived.wait(HOLD_GUARD_S), "the job never read the graph"
         cancelled = fleet.stub.CancelPruning(pruner_pb2.CancelPruningRequest(job_id=job.job_id))
         assert cancelled.job_id == job.job_id
+        held.release()
         done = fleet.wait_job(job.job_id)
         assert done.state == pruner_pb2.JOB_STATE_CANCELLED
         assert fleet.latest_version() == 1
