@@ -12,6 +12,19 @@ co-activation count ``X^T X`` of the same episodes (the floor of any rule that t
 co-active pairs). The compiled kernels are warmed up on a tiny cycle first. CPU seconds are
 reported beside wall seconds because the machine is shared (the load average is recorded).
 
+Linearity: ``touched_entries_per_epoch`` is the work an epoch cannot avoid (for every replayed
+prototype, the support degrees of its concepts: each replay walks those rows of the graph), and
+``sleep_epoch_cpu_ns_per_touched_entry`` the epoch's CPU time over it; a flat figure across sizes
+means an epoch is linear in replays and the edges they touch (with a fixed 10k concepts the
+degrees grow with the episodes, so the touched entries grow faster than the episodes).
+
+Peers in the same run: ``--peer DIR`` (repeatable) names another source tree of the project
+(e.g. a git worktree of an earlier commit: ``git worktree add /tmp/old88 88479ef``). Each size
+then runs again right after this tree's run, once per peer, in a child process importing
+``mcp_services`` from DIR, with the same data, seed and config, so all are measured in the same
+conditions; the result holds each peer's rows, growth exponents and commit, and each row its CPU
+ratio to every peer. Each row names the tree its code came from (``code``).
+
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cycle.py`` (1k, 10k, 100k episodes;
 ``--sizes 1000 10000`` for fewer); writes bench/results/cycle.json and prints it.
 """
@@ -23,6 +36,8 @@ import itertools
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +46,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+import mcp_services
 from mcp_services.sleep_scheduler.cycle import run_cycle
 from mcp_services.sleep_scheduler.domain import ConceptActivation, ConsolidationConfig
 from mcp_services.sleep_scheduler.domain.planted import planted_sparse
@@ -79,8 +95,11 @@ def run_size(episodes: int, epochs: int | None, seed: int) -> dict[str, Any]:
         for k, (a, b) in enumerate(itertools.pairwise(stamps), 1)
         if k % cfg.eval_every
     ]
+    # Each replay walks the graph rows of its concepts: the sum of their degrees over replays.
+    touched = int(np.diff(out.graph.weights.indptr)[out.prototypes.indices].sum())
     row: dict[str, Any] = {
         "episodes": episodes,
+        "code": str(Path(mcp_services.__file__).resolve().parent.parent),
         "prototypes": out.stats.prototypes,
         "prototypes_expected": episodes // COPIES,
         "peer_coactivation_seconds": round(peer_s, 4),
@@ -97,6 +116,12 @@ def run_size(episodes: int, epochs: int | None, seed: int) -> dict[str, Any]:
         "epochs_cap": cfg.max_epochs,
         "epoch_kept": out.stats.epoch_kept,
         "edges": out.graph.edge_count,
+        "touched_entries_per_epoch": touched,
+        "sleep_epoch_cpu_ns_per_touched_entry": (
+            round(1e9 * float(np.median([g[1] for g in gaps])) / max(touched, 1), 2)
+            if gaps
+            else None
+        ),
         "energy_delta": out.stats.energy_delta,
         "settle_loops": out.stats.settle_loops,
         "stability_before": out.stats.stability_before.recall,
@@ -115,29 +140,91 @@ def growth_exponent(rows: list[dict[str, Any]], key: str) -> float:
     return float(np.polyfit(x, y, 1)[0]) if len(rows) > 1 else math.nan
 
 
+def exponents(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Growth exponents against episodes of the timed figures (and of the touched entries)."""
+    keys = {
+        "cycle": "cycle_seconds",
+        "cycle_cpu": "cycle_cpu_seconds",
+        "sleep_epoch_cpu": "sleep_epoch_cpu_seconds",
+        "merge": "merge_seconds",
+        "peer": "peer_coactivation_seconds",
+        "touched_entries": "touched_entries_per_epoch",
+    }
+    return {
+        f"growth_exponent_{name}": growth_exponent(rows, key)
+        for name, key in keys.items()
+        if all(r.get(key) is not None for r in rows)
+    }
+
+
+def git_commit(tree: Path) -> str:
+    """The commit checked out in ``tree`` ('+ changes' when its tracked files differ)."""
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(tree), *cmd], capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + (" + changes" if dirty else "")
+
+
+def peer_row(tree: Path, episodes: int, epochs: int | None, seed: int) -> dict[str, Any]:
+    """The row of one size measured by this script in a child importing ``tree``'s code."""
+    cmd = [sys.executable, __file__, "--rows-only", "--sizes", str(episodes), "--seed", str(seed)]
+    if epochs is not None:
+        cmd += ["--epochs", str(epochs)]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=tree)
+    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if row["episodes"] != episodes or Path(row["code"]) != tree:
+        raise RuntimeError(f"peer in {tree} printed no row of its own for {episodes} episodes")
+    return row
+
+
 def main() -> None:
-    """Run the sizes, write the JSON and print it."""
+    """Run the sizes (each beside the peer's, with --peer), write the JSON and print it."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--epochs", type=int, default=None, help="cap (default: stopping rule)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--peer", type=Path, action="append", default=[], help="source tree to compare against"
+    )
+    parser.add_argument("--rows-only", action="store_true", help="print rows, write nothing")
     args = parser.parse_args()
     load_start = os.getloadavg()[0]
+    commit = git_commit(Path(__file__).resolve().parent.parent)  # the code the run starts with
     run_size(50, 5, args.seed)  # compile (or load) the kernels outside the timed runs
-    rows = [run_size(n, args.epochs, args.seed) for n in args.sizes]
-    result = {
+    rows: list[dict[str, Any]] = []
+    peer_rows: list[list[dict[str, Any]]] = [[] for _ in args.peer]
+    for n in args.sizes:
+        rows.append(run_size(n, args.epochs, args.seed))
+        for tree, theirs in zip(args.peer, peer_rows, strict=True):
+            theirs.append(peer_row(tree.resolve(), n, args.epochs, args.seed))
+            rows[-1].setdefault("cycle_cpu_vs_peer", {})[git_commit(tree)] = round(
+                rows[-1]["cycle_cpu_seconds"] / max(theirs[-1]["cycle_cpu_seconds"], 1e-9), 3
+            )
+    if args.rows_only:
+        return
+    result: dict[str, Any] = {
         "concepts": CONCEPTS,
         "active_per_episode": ACTIVE,
         "epochs_cap": args.epochs,
+        "commit": commit,
+        "command": " ".join(
+            ["OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cycle.py", *sys.argv[1:]]
+        ),
         "load_average_1m_at_start": load_start,
         "load_average_1m_at_end": os.getloadavg()[0],
         "rows": rows,
-        "growth_exponent_cycle": growth_exponent(rows, "cycle_seconds"),
-        "growth_exponent_cycle_cpu": growth_exponent(rows, "cycle_cpu_seconds"),
-        "growth_exponent_sleep_epoch_cpu": growth_exponent(rows, "sleep_epoch_cpu_seconds"),
-        "growth_exponent_merge": growth_exponent(rows, "merge_seconds"),
-        "growth_exponent_peer": growth_exponent(rows, "peer_coactivation_seconds"),
+        **exponents(rows),
     }
+    if args.peer:
+        result["peers"] = [
+            {"tree": str(tree), "commit": git_commit(tree), "rows": theirs, **exponents(theirs)}
+            for tree, theirs in zip(args.peer, peer_rows, strict=True)
+        ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
