@@ -23,7 +23,7 @@ PRUNE_DESCRIPTION = (
     "false returns a job handle at once, and memory.prune with that jobId reports its progress. "
     "One pruning job runs at a time, and one starts by itself after every memory.sleep."
 )
-# The largest tau the pruner accepts (sparse_pruner.knobs.TAU_MAX: lambda_max, in its units).
+# The largest tau the pruner accepts (sparse_pruner.domain.knobs.TAU_MAX: lambda_max, in its units).
 TAU_MAX = 0.01
 # What started a running job (PruningJob.trigger), in a tool caller's words.
 _STARTED_BY = {

@@ -30,9 +30,9 @@ import structlog
 from mcp_services.common.event_bus import GRAPH_PRUNED, EventBus, new_header
 from mcp_services.common.jobs import JobRegistry, JobState
 from mcp_services.gen.tori.events.v1 import events_pb2
-from mcp_services.sparse_pruner.backups import BackupInfo, BackupStore
+from mcp_services.sparse_pruner.adapters.backups import BackupInfo, BackupStore
 from mcp_services.sparse_pruner.domain import SolveCancelled, tuned_tau, weekly_growth
-from mcp_services.sparse_pruner.jobs import (
+from mcp_services.sparse_pruner.domain.jobs import (
     Computation,
     Job,
     compute,
@@ -40,17 +40,17 @@ from mcp_services.sparse_pruner.jobs import (
     record,
     summary,
 )
-from mcp_services.sparse_pruner.knobs import (
+from mcp_services.sparse_pruner.domain.knobs import (
     RunOverrides,
     operator_tau,
     relative_tau,
     run_settings,
     with_knobs,
 )
+from mcp_services.sparse_pruner.domain.ports import GraphSource, VersionConflict
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
-from mcp_services.sparse_pruner.ports import GraphSource, VersionConflict
 from mcp_services.sparse_pruner.settings import SparsePrunerConfig
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

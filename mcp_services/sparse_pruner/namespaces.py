@@ -34,13 +34,13 @@ from mcp_services.common.namespaces import (
 from mcp_services.common.tasks import Spawner
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2
-from mcp_services.sparse_pruner.backups import BackupStore
+from mcp_services.sparse_pruner.adapters.backups import BackupStore
+from mcp_services.sparse_pruner.adapters.scheduler_client import SchedulerClient
+from mcp_services.sparse_pruner.domain.ports import GraphSource
 from mcp_services.sparse_pruner.engine import PruningEngine
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
-from mcp_services.sparse_pruner.ports import GraphSource
+from mcp_services.sparse_pruner.rpc.servicer import SparsePrunerServicer
 from mcp_services.sparse_pruner.schedule import ConsolidationTrigger, Schedule
-from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
-from mcp_services.sparse_pruner.servicer import SparsePrunerServicer
 
 log = structlog.get_logger(__name__)
 

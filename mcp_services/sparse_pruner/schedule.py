@@ -22,8 +22,8 @@ from mcp_services.common.jobs import JobBusy
 from mcp_services.common.periodic import Periodic
 from mcp_services.common.tasks import Spawner
 from mcp_services.gen.tori.events.v1 import events_pb2
+from mcp_services.sparse_pruner.domain.knobs import RunOverrides
 from mcp_services.sparse_pruner.engine import PruningEngine
-from mcp_services.sparse_pruner.knobs import RunOverrides
 
 log = structlog.get_logger(__name__)
 

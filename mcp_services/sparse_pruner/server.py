@@ -22,15 +22,15 @@ from mcp_services.common.namespaces import add_scoped_servicer
 from mcp_services.common.reload import Change, section_changes
 from mcp_services.common.server import Context, run
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
-from mcp_services.sparse_pruner.backups import BackupStore
+from mcp_services.sparse_pruner.adapters.backups import BackupStore
+from mcp_services.sparse_pruner.adapters.scheduler_client import SchedulerClient
+from mcp_services.sparse_pruner.domain.knobs import KNOBS, KnobError, with_knobs
+from mcp_services.sparse_pruner.domain.ports import GraphSource
 from mcp_services.sparse_pruner.engine import PruningEngine
-from mcp_services.sparse_pruner.knobs import KNOBS, KnobError, with_knobs
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
 from mcp_services.sparse_pruner.namespaces import ConsolidationRouter, PrunerUnit, pruner_units
-from mcp_services.sparse_pruner.ports import GraphSource
+from mcp_services.sparse_pruner.rpc.servicer import SparsePrunerServicer
 from mcp_services.sparse_pruner.schedule import ConsolidationTrigger, Schedule
-from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
-from mcp_services.sparse_pruner.servicer import SparsePrunerServicer
 from mcp_services.sparse_pruner.settings import SparsePrunerConfig
 
 SERVICE_NAME = pruner_pb2.DESCRIPTOR.services_by_name["SparsePruner"].full_name

@@ -1,7 +1,7 @@
 """The pruner's section of the configuration (``sparse_pruner``), registered with the loader.
 
 The fields marked ``Live`` are the ones a config reload applies while the pruner runs; all but
-the schedule's two are the knobs in force (sparse_pruner/knobs.py).
+the schedule's two are the knobs in force (sparse_pruner/domain/knobs.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from mcp_services.common.config_schema import Live, PositiveFloat, StrictModel, 
 
 class SparsePrunerConfig(StrictModel):
     # L1 strength in units of lambda_max / 100 (lam = 100 * tau * lambda_max): the guide's 0.001
-    # is 0.1 lambda_max, and 0.01 already prunes every edge by L1. See sparse_pruner/knobs.py.
+    # is 0.1 lambda_max, and 0.01 already prunes every edge by L1. See
+    # sparse_pruner/domain/knobs.py.
     tau: Annotated[float, Field(gt=0, le=0.01, description="units of lambda_max/100"), Live] = 0.001
     # Edges below this fraction of the RMS nonzero weight are dropped after the L1 solve.
     l1_threshold: Annotated[float, Field(ge=0, lt=1, description="fraction of rms(W)"), Live] = 0.01

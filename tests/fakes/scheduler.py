@@ -1,10 +1,10 @@
 """The SleepScheduler's versioned graph, in memory: a :class:`GraphSource` for the pruner.
 
-Same contract as :class:`~mcp_services.sparse_pruner.scheduler_client.SchedulerClient` over a
-real scheduler (tests/sparse_pruner/test_graph_source_contract.py holds both to it): version 0 is
-the empty graph, each commit must name the latest version as its base (else VersionConflict) and
-keep the base's concepts first and in order (else SchedulerError), the last ``keep`` versions are
-retained (an older one is VersionGone), headers come newest first.
+Same contract as :class:`~mcp_services.sparse_pruner.adapters.scheduler_client.SchedulerClient`
+over a real scheduler (tests/sparse_pruner/test_graph_source_contract.py holds both to it):
+version 0 is the empty graph, each commit must name the latest version as its base (else
+VersionConflict) and keep the base's concepts first and in order (else SchedulerError), the last
+``keep`` versions are retained (an older one is VersionGone), headers come newest first.
 
 :class:`HeldCommit` wraps any source and holds its first commit until released, so a test can
 land a concurrent commit at exactly that point.
@@ -19,14 +19,14 @@ from dataclasses import replace
 import numpy as np
 import scipy.sparse as sp
 
-from mcp_services.sparse_pruner.ports import (
+from mcp_services.sparse_pruner.domain.ports import (
     GraphSource,
     GraphVersion,
     SchedulerError,
     VersionConflict,
     VersionGone,
 )
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot
 from tests.fakes.gate import Held
 
 

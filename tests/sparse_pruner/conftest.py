@@ -22,11 +22,11 @@ from mcp_services.common.server import Context, ServerThread
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
+from mcp_services.sparse_pruner.adapters.scheduler_client import SchedulerClient
 from mcp_services.sparse_pruner.domain import ConceptGraph
-from mcp_services.sparse_pruner.ports import GraphSource
-from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
+from mcp_services.sparse_pruner.domain.ports import GraphSource
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot, from_pm1, snapshot_from_edges
 from mcp_services.sparse_pruner.server import SparsePrunerService
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot, from_pm1, snapshot_from_edges
 from tests.conftest import SettingsFactory
 
 from .planted import projection_graph, random_patterns

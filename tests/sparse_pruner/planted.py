@@ -19,7 +19,7 @@ from mcp_services.sleep_scheduler.domain import ConceptIndex, consolidate_states
 from mcp_services.sleep_scheduler.domain.planted import planted_pm1
 from mcp_services.sparse_pruner.domain import ConceptGraph, make_graph
 from mcp_services.sparse_pruner.domain.graph import FloatArray
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot, to_pm1
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot, to_pm1
 
 
 def random_patterns(n_patterns: int, n_concepts: int, seed: int) -> FloatArray:

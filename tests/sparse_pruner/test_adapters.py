@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mcp_services.sparse_pruner.backups import BackupNotFound, BackupStore
-from mcp_services.sparse_pruner.knobs import KnobError, RunOverrides, run_settings
+from mcp_services.sparse_pruner.adapters.backups import BackupNotFound, BackupStore
+from mcp_services.sparse_pruner.domain.knobs import KnobError, RunOverrides, run_settings
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot, from_pm1, to_pm1
 from mcp_services.sparse_pruner.settings import SparsePrunerConfig
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot, from_pm1, to_pm1
 
 
 def _random_snapshot(n: int = 30, seed: int = 0) -> GraphSnapshot:

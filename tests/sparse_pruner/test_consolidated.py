@@ -33,8 +33,8 @@ from mcp_services.sparse_pruner.domain import (
     assess_quality,
     plan_pruning,
 )
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot, to_pm1
 from mcp_services.sparse_pruner.server import SparsePrunerService
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot, to_pm1
 from tests.conftest import SettingsFactory
 
 from .conftest import read_back

@@ -15,12 +15,12 @@ from prometheus_client import CollectorRegistry
 
 from mcp_services.common.jobs import JobState
 from mcp_services.common.namespaces import quiet_bus
-from mcp_services.sparse_pruner.backups import BackupStore
+from mcp_services.sparse_pruner.adapters.backups import BackupStore
+from mcp_services.sparse_pruner.domain.knobs import RunOverrides
+from mcp_services.sparse_pruner.domain.ports import GraphSource, GraphVersion
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot
 from mcp_services.sparse_pruner.engine import PruningEngine
-from mcp_services.sparse_pruner.knobs import RunOverrides
 from mcp_services.sparse_pruner.metrics import PrunerMetrics
-from mcp_services.sparse_pruner.ports import GraphSource, GraphVersion
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot
 from tests.conftest import SettingsFactory
 from tests.fakes.gate import HOLD_GUARD_S
 from tests.fakes.scheduler import FakeScheduler, HeldCommit

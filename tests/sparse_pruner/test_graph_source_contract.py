@@ -15,14 +15,14 @@ import scipy.sparse as sp
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.server import ServerThread
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
-from mcp_services.sparse_pruner.ports import (
+from mcp_services.sparse_pruner.adapters.scheduler_client import SchedulerClient
+from mcp_services.sparse_pruner.domain.ports import (
     GraphSource,
     SchedulerError,
     VersionConflict,
     VersionGone,
 )
-from mcp_services.sparse_pruner.scheduler_client import SchedulerClient
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot
 from tests.conftest import SettingsFactory
 from tests.fakes.scheduler import FakeScheduler
 

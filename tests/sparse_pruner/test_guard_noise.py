@@ -33,7 +33,7 @@ from mcp_services.sparse_pruner.domain import (
     settle,
 )
 from mcp_services.sparse_pruner.domain.recall import fixed_points
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot, from_pm1, to_pm1
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot, from_pm1, to_pm1
 
 from .conftest import Fleet, planted_snapshot
 from .planted import projection_graph, random_patterns

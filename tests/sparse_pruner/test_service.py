@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot
 from tests.fakes.gate import HOLD_GUARD_S
 from tests.fakes.scheduler import HeldCommit, HeldRead
 

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 from ulid import ULID
 
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot
 
 _ID_RE = re.compile(r"^[0-9A-Z]{26}$")
 

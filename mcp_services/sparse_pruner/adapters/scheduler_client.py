@@ -2,8 +2,8 @@
 
 The graph belongs to the scheduler; the pruner reads a version (ReadGraph, streamed chunks) and
 commits a new one against the version it read (CommitGraph). :class:`SchedulerClient` is the
-gRPC :class:`~mcp_services.sparse_pruner.ports.GraphSource`; it turns statuses into the errors
-drawn there: FAILED_PRECONDITION is VersionConflict, NOT_FOUND VersionGone, UNAVAILABLE,
+gRPC :class:`~mcp_services.sparse_pruner.domain.ports.GraphSource`; it turns statuses into the
+errors drawn there: FAILED_PRECONDITION is VersionConflict, NOT_FOUND VersionGone, UNAVAILABLE,
 DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and CANCELLED SchedulerUnavailable, any other status
 (INVALID_ARGUMENT for a graph the scheduler rejects) a plain SchedulerError carrying the
 scheduler's message.
@@ -19,14 +19,14 @@ import numpy as np
 from mcp_services.common.clients import ClientFactory
 from mcp_services.common.namespaces import DEFAULT, namespace_metadata
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
-from mcp_services.sparse_pruner.ports import (
+from mcp_services.sparse_pruner.domain.ports import (
     GraphVersion,
     SchedulerError,
     SchedulerUnavailable,
     VersionConflict,
     VersionGone,
 )
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot, snapshot_from_edges
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot, snapshot_from_edges
 
 # Edges per CommitGraph chunk: ~1.3 MB of proto per chunk, far below the message limit.
 COMMIT_CHUNK_EDGES = 65_536

@@ -13,6 +13,12 @@ Public surface (the service layer needs nothing else):
 * :func:`build_problem`, :func:`solve_l1` -> :class:`L1Solution` - the certified solver itself.
 * :func:`tuned_tau`, :func:`weekly_growth` - the weekly growth tuning rule.
 
+Beside the numerics, the modules the engine and the servicer import by name: snapshot.py (the
+graph as read from the scheduler, {0, 1} <-> +-1), knobs.py (the knobs in force and a run's
+overrides), jobs.py (a pruning job's computation and record), usage.py (edge usage for
+GetEdgeUsage) and ports.py (:class:`~.ports.GraphSource`, what the pruner needs from the graph's
+owner, and its errors).
+
 Errors: every public function raises ``ValueError`` naming the bad argument and the fix; nothing
 else is raised for bad input. Inputs are never modified.
 """

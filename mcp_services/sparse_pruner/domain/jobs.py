@@ -16,8 +16,8 @@ import numpy as np
 
 from mcp_services.common import jobs
 from mcp_services.sparse_pruner.domain import PruneSettings, PruningPlan, plan_pruning
-from mcp_services.sparse_pruner.knobs import RunOverrides, operator_tau
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot, from_pm1, to_pm1
+from mcp_services.sparse_pruner.domain.knobs import RunOverrides, operator_tau
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot, from_pm1, to_pm1
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """What the pruner needs from the graph's owner, the SleepScheduler: :class:`GraphSource`.
 
 The engine and the servicer depend on this protocol, not on gRPC: the server wiring hands them a
-:class:`~mcp_services.sparse_pruner.scheduler_client.SchedulerClient`, tests may hand them an
-in-memory fake (tests/fakes/scheduler.py) held to the same contract. Errors::
+:class:`~mcp_services.sparse_pruner.adapters.scheduler_client.SchedulerClient`, tests may hand
+them an in-memory fake (tests/fakes/scheduler.py) held to the same contract. Errors::
 
     SchedulerError
     ├── VersionConflict      the base version is no longer the latest (FAILED_PRECONDITION)
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mcp_services.sparse_pruner.snapshot import GraphSnapshot
+from mcp_services.sparse_pruner.domain.snapshot import GraphSnapshot
 
 
 class SchedulerError(Exception):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mcp_services.sparse_pruner.snapshot import FloatArray, GraphSnapshot, IndexArray
+from mcp_services.sparse_pruner.domain.snapshot import FloatArray, GraphSnapshot, IndexArray
 
 # Edges per block, so (P, block) temporaries stay small on graphs of millions of edges.
 _BLOCK = 65_536

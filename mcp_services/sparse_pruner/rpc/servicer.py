@@ -18,27 +18,32 @@ from mcp_services.common.jobs import JobBusy, JobFinished, JobNotFound, JobState
 from mcp_services.common.rpc import ErrorMap, Status, abort, errors
 from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
-from mcp_services.sparse_pruner.backups import BackupCorrupt, BackupInfo, BackupNotFound
-from mcp_services.sparse_pruner.engine import (
-    PruningEngine,
-    RollbackImpossible,
-)
-from mcp_services.sparse_pruner.jobs import (
+from mcp_services.sparse_pruner.adapters.backups import BackupCorrupt, BackupInfo, BackupNotFound
+from mcp_services.sparse_pruner.domain.jobs import (
     Job,
     compute,
     plan_reason,
     record,
     removed_order,
 )
-from mcp_services.sparse_pruner.knobs import KnobError, RunOverrides, run_settings, with_knobs
-from mcp_services.sparse_pruner.ports import (
+from mcp_services.sparse_pruner.domain.knobs import (
+    KnobError,
+    RunOverrides,
+    run_settings,
+    with_knobs,
+)
+from mcp_services.sparse_pruner.domain.ports import (
     SchedulerError,
     SchedulerUnavailable,
     VersionConflict,
     VersionGone,
 )
+from mcp_services.sparse_pruner.domain.usage import edge_usage
+from mcp_services.sparse_pruner.engine import (
+    PruningEngine,
+    RollbackImpossible,
+)
 from mcp_services.sparse_pruner.schedule import Schedule
-from mcp_services.sparse_pruner.usage import edge_usage
 
 DEFAULT_USAGE_LIMIT = 100
 DEFAULT_PREVIEW_LIMIT = 1000
