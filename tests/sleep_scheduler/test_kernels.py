@@ -11,11 +11,13 @@ from mcp_services.sleep_scheduler.domain import ConceptGraph, ConceptIndex
 from mcp_services.sleep_scheduler.domain.anneal import AnnealSchedule, settle
 from mcp_services.sleep_scheduler.domain.kernels import (
     epoch_statistics,
+    leave_one_out_phi,
     on_support,
     quadratic_forms,
     seed_from,
     transpose_positions,
 )
+from mcp_services.sleep_scheduler.domain.prototypes import phi_overlap
 
 N = 30
 FLOORS = (1e-3, 0.05)
@@ -205,3 +207,25 @@ class TestQuadraticForms:
         unsorted = sp.csr_matrix((w.data[order], w.indices[order], w.indptr), shape=(n, n))
         unsorted.has_sorted_indices = False
         np.testing.assert_allclose(quadratic_forms(unsorted, s), want, rtol=1e-12, atol=1e-9)
+
+
+class TestLeaveOneOutPhi:
+    def test_equals_the_vote_of_the_others_row_by_row(self) -> None:
+        """Each member's phi with its group's majority vote without it (weights 1-3) equals a
+        dense recomputation; members alone in their group get inf."""
+        rng = np.random.default_rng(8)
+        n, e = 80, 120
+        x = sp.csr_matrix((rng.random((e, n)) < 0.3).astype(np.float64))
+        w = rng.integers(1, 4, size=e).astype(np.float64)
+        labels = rng.integers(0, 30, size=e)
+        rows = np.argsort(labels, kind="stable").astype(np.int64)
+        got = leave_one_out_phi(x, w, rows, labels[rows], n)
+        dense = x.toarray()
+        for t, i in enumerate(rows):
+            others = [j for j in rows if labels[j] == labels[i] and j != i]
+            if not others:
+                assert got[t] == np.inf
+                continue
+            vote = (w[others] @ dense[others] > 0.5 * w[others].sum()).astype(np.float64)
+            want = phi_overlap(sp.csr_matrix(dense[i : i + 1]), sp.csr_matrix(vote[None, :]), n)
+            assert got[t] == pytest.approx(float(want[0]), abs=1e-12)

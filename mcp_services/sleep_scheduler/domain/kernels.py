@@ -496,6 +496,82 @@ def quadratic_forms(weights: sp.csr_matrix, states: sp.csr_matrix) -> FloatArray
 
 
 @numba.njit(nogil=True)
+def _loo_phi(
+    indptr: IntArray,
+    indices: Indices,
+    data: FloatArray,
+    w: FloatArray,
+    rows: IntArray,
+    starts: IntArray,
+    n: int,
+) -> FloatArray:
+    out = np.full(rows.shape[0], np.inf)
+    votes = np.zeros(n)
+    in_group = np.zeros(n, dtype=np.int64)
+    value = np.zeros(n)  # the member's own value on each concept (0 off its row)
+    cols = np.empty(n, dtype=np.int64)
+    for g in range(starts.shape[0] - 1):
+        a, b = starts[g], starts[g + 1]
+        if b - a < 2:
+            continue
+        nc = 0
+        mass = 0.0
+        for t in range(a, b):
+            i = rows[t]
+            mass += w[i]
+            for p in range(indptr[i], indptr[i + 1]):
+                k = indices[p]
+                if in_group[k] != g + 1:
+                    in_group[k] = g + 1
+                    votes[k] = 0.0
+                    cols[nc] = k
+                    nc += 1
+                votes[k] += w[i] * data[p]
+        for t in range(a, b):
+            i = rows[t]
+            wi = w[i]
+            half = 0.5 * (mass - wi)
+            na = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                value[indices[p]] = data[p]
+                na += data[p]
+            nb = 0.0
+            n11 = 0.0
+            for q in range(nc):
+                k = cols[q]
+                if votes[k] - wi * value[k] > half:
+                    nb += 1.0
+                    n11 += value[k]
+            for p in range(indptr[i], indptr[i + 1]):
+                value[indices[p]] = 0.0
+            denom = math.sqrt(na * (n - na) * nb * (n - nb))
+            out[t] = (n * n11 - na * nb) / denom if denom > 0 else 0.0
+    return out
+
+
+def leave_one_out_phi(
+    x: sp.csr_matrix, w: FloatArray, rows: IntArray, groups: IntArray, n: int
+) -> FloatArray:
+    """Phi of each of ``rows`` of ``x`` with the weighted majority vote of its group without it.
+
+    ``rows`` are sorted by ``groups`` (their group labels); a concept is on in the vote of the
+    others when their weight on it exceeds half their weight. Rows alone in their group get
+    inf. Costs each group's members times the concepts the group uses.
+    """
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(groups)) + 1, [len(rows)]))
+    out: FloatArray = _loo_phi(
+        x.indptr.astype(np.int64),
+        x.indices,
+        np.asarray(x.data, dtype=np.float64),
+        np.asarray(w, dtype=np.float64),
+        rows.astype(np.int64),
+        starts.astype(np.int64),
+        int(n),
+    )
+    return out
+
+
+@numba.njit(nogil=True)
 def _row_sq(indptr: IntArray, w: FloatArray) -> FloatArray:
     out = np.zeros(indptr.shape[0] - 1)
     for i in range(out.shape[0]):
@@ -655,6 +731,7 @@ def _enable_disk_cache() -> None:
         _transpose_positions,
         _on_support,
         _quadratic,
+        _loo_phi,
         _row_sq,
         _settle,
     ):

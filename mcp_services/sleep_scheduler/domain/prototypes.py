@@ -33,6 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from mcp_services.sleep_scheduler.domain.kernels import leave_one_out_phi
 from mcp_services.sleep_scheduler.domain.split import (
     DEFAULT_MIN_WEIGHT,
     merge_alike,
@@ -262,20 +263,9 @@ def _loo_reassign(
         return out
     rows = np.flatnonzero(np.isin(labels, light))
     rows = rows[np.argsort(labels[rows], kind="stable")]
-    loo_phi = np.full(len(rows), np.inf)
-    bounds = np.flatnonzero(np.diff(labels[rows])) + 1
-    for at in np.split(np.arange(len(rows)), bounds):
-        if len(at) < 2:
-            continue
-        mine = rows[at]
-        sub = x[mine]
-        cols = np.unique(sub.indices)
-        xs = np.asarray(sub[:, cols].toarray(), dtype=np.float64)
-        ws = w[mine]
-        votes, mass = ws @ xs, float(ws.sum())
-        loo = (votes[None, :] - ws[:, None] * xs) > 0.5 * (mass - ws)[:, None]
-        # Phi over all n concepts: the columns left out are off in both rows.
-        loo_phi[at] = phi_overlap(sp.csr_matrix(xs), sp.csr_matrix(loo, dtype=np.float64), n)
+    # Phi over all n concepts of each member with its cluster's vote without it (compiled: a
+    # loop over clusters here cost ~1 ms each, 20 s for 20k light clusters).
+    loo_phi = leave_one_out_phi(x, w, rows, labels[rows], n)
     targets = np.flatnonzero(kept)
     r, c, phi = phi_pairs(x[rows], sp.csr_matrix(protos[targets]), n)
     c = targets[c]
