@@ -59,9 +59,9 @@ from mcp_services.koopman_learner.domain.learner import Learner  # noqa: E402
 from mcp_services.koopman_learner.domain.synthetic import oscillator_system, simulate  # noqa: E402
 from mcp_services.koopman_learner.domain.traces import Trace  # noqa: E402
 from mcp_services.koopman_learner.server import data_dir  # noqa: E402
+from mcp_services.sleep_scheduler.adapters.graph_store import GraphStore  # noqa: E402
 from mcp_services.sleep_scheduler.domain.concept_index import ConceptIndex  # noqa: E402
 from mcp_services.sleep_scheduler.domain.graph import ConceptGraph  # noqa: E402
-from mcp_services.sleep_scheduler.graph_store import GraphStore  # noqa: E402
 from mcp_services.sleep_scheduler.server import graph_dir  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "backup.json"

@@ -45,13 +45,13 @@ from mcp_services.common.server import ServerThread
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
-from mcp_services.sleep_scheduler.codec import stored_of_chunks
 from mcp_services.sleep_scheduler.domain import ConceptGraph, ConceptIndex
 from mcp_services.sleep_scheduler.domain.activations import pm1_to_states
 from mcp_services.sleep_scheduler.domain.baselines import dreaming, hebbian_graph, plain_wake_sleep
 from mcp_services.sleep_scheduler.domain.planted import planted_pm1, planted_sparse
 from mcp_services.sleep_scheduler.domain.prototypes import merge_episodes
 from mcp_services.sleep_scheduler.domain.quality import recall_pm1, recall_sparse, spurious_share
+from mcp_services.sleep_scheduler.rpc.codec import stored_of_chunks
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -62,7 +62,6 @@ from mcp_services.common.server import ServerThread
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
-from mcp_services.sleep_scheduler.codec import stored_of_chunks
 from mcp_services.sleep_scheduler.domain import ConceptGraph, ConceptIndex
 from mcp_services.sleep_scheduler.domain.correlated import (
     PlantedClasses,
@@ -70,6 +69,7 @@ from mcp_services.sleep_scheduler.domain.correlated import (
     image_like,
     mnist,
 )
+from mcp_services.sleep_scheduler.rpc.codec import stored_of_chunks
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
 
 RESULTS = Path(__file__).resolve().parent / "results"

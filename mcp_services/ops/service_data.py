@@ -8,8 +8,8 @@ found with a list of problems (each naming the file, what is wrong and what the 
 about it), never raising for bad data.
 
 The layouts are the writers': mcp_services/episodic_vault/domain/vector_index.py (index.faiss,
-labels.npy, manifest.json), mcp_services/sleep_scheduler/graph_store.py (v<12 digits>.npz) and
-mcp_services/koopman_learner/adapters/state_store.py (state.npz).
+labels.npy, manifest.json), mcp_services/sleep_scheduler/adapters/graph_store.py
+(v<12 digits>.npz) and mcp_services/koopman_learner/adapters/state_store.py (state.npz).
 """
 
 from __future__ import annotations

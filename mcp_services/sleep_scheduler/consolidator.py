@@ -36,11 +36,15 @@ from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED, EventBus, new
 from mcp_services.common.jobs import JobBusy, JobCancelled, JobRegistry, JobState
 from mcp_services.common.namespaces import DEFAULT
 from mcp_services.gen.tori.events.v1 import events_pb2
+from mcp_services.sleep_scheduler.adapters.graph_store import (
+    GraphStore,
+    StoredGraph,
+    VersionConflict,
+)
+from mcp_services.sleep_scheduler.adapters.lease import Lease, LeaseUnavailable
 from mcp_services.sleep_scheduler.cycle import CycleOutput, run_cycle
 from mcp_services.sleep_scheduler.domain import ConsolidationConfig, CycleStats
 from mcp_services.sleep_scheduler.domain.tuning import advise
-from mcp_services.sleep_scheduler.graph_store import GraphStore, StoredGraph, VersionConflict
-from mcp_services.sleep_scheduler.lease import Lease, LeaseUnavailable
 from mcp_services.sleep_scheduler.metrics import SleepMetrics
 from mcp_services.sleep_scheduler.ports import (
     EpisodeBatch,

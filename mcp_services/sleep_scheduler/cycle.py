@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from mcp_services.sleep_scheduler.adapters.graph_store import StoredGraph
 from mcp_services.sleep_scheduler.domain import (
     ConceptActivation,
     ConceptGraph,
@@ -25,7 +26,6 @@ from mcp_services.sleep_scheduler.domain import (
 )
 from mcp_services.sleep_scheduler.domain.activations import index_for
 from mcp_services.sleep_scheduler.domain.consolidation import EpochHook
-from mcp_services.sleep_scheduler.graph_store import StoredGraph
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,15 @@ from mcp_services.common.namespaces import NamespaceUnits, namespace_dir
 from mcp_services.common.stream_limits import StreamLimits
 from mcp_services.common.tasks import Spawner
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
+from mcp_services.sleep_scheduler.adapters.graph_store import GraphStore
+from mcp_services.sleep_scheduler.adapters.lease import LEASE_KEY, Lease
+from mcp_services.sleep_scheduler.adapters.vault_client import VaultClient
 from mcp_services.sleep_scheduler.consolidator import Consolidator
-from mcp_services.sleep_scheduler.graph_servicer import GraphRpcs
-from mcp_services.sleep_scheduler.graph_store import GraphStore
-from mcp_services.sleep_scheduler.jobs_servicer import JobRpcs
-from mcp_services.sleep_scheduler.lease import LEASE_KEY, Lease
 from mcp_services.sleep_scheduler.metrics import SleepMetrics
 from mcp_services.sleep_scheduler.ports import EpisodeSource
-from mcp_services.sleep_scheduler.triggers import Scheduler
-from mcp_services.sleep_scheduler.vault_client import VaultClient
+from mcp_services.sleep_scheduler.rpc.graph_servicer import GraphRpcs
+from mcp_services.sleep_scheduler.rpc.jobs_servicer import JobRpcs
+from mcp_services.sleep_scheduler.schedule import Schedule
 
 # Each namespace holds its latest graph in memory and a vault channel.
 MAX_NAMESPACES = 256
@@ -53,14 +53,14 @@ class SchedulerUnit:
     store: GraphStore
     vault: EpisodeSource
     consolidator: Consolidator
-    scheduler: Scheduler
+    schedule: Schedule
     servicer: Any  # the SleepSchedulerServicer over this unit's graphs and jobs
 
     async def start(self) -> None:
         pass  # nothing to load: its graph store opened when it was made
 
     async def close(self) -> None:
-        await self.scheduler.stop()
+        await self.schedule.stop()
         await self.consolidator.close()
         await self.vault.close()
 
@@ -103,11 +103,11 @@ def scheduler_units(
             numerics,
             namespace=namespace,
         )
-        scheduler = Scheduler(consolidator, tasks)
+        schedule = Schedule(consolidator, tasks)
         servicer = servicer_of(
             GraphRpcs(store, io, streams),
-            JobRpcs(consolidator, scheduler),
+            JobRpcs(consolidator, schedule),
         )
-        return SchedulerUnit(namespace, store, vault, consolidator, scheduler, servicer)
+        return SchedulerUnit(namespace, store, vault, consolidator, schedule, servicer)
 
     return NamespaceUnits(SERVICE, default, make, MAX_NAMESPACES)

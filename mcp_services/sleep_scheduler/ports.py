@@ -1,7 +1,8 @@
 """What the scheduler needs from the EpisodicVault: :class:`EpisodeSource`.
 
-The consolidator and the triggers depend on this protocol, not on gRPC: the server wiring hands
-them a :class:`~mcp_services.sleep_scheduler.vault_client.VaultClient`, tests may hand them the
+The consolidator and the pressure watch (schedule.py) depend on this protocol, not on gRPC: the
+server wiring hands them a
+:class:`~mcp_services.sleep_scheduler.adapters.vault_client.VaultClient`, tests may hand them the
 in-memory vault of tests/fakes/vault.py, held to the same contract
 (tests/sleep_scheduler/test_episode_source_contract.py). Every failure to reach or use the vault
 is :class:`VaultUnavailable`.

@@ -1,15 +1,18 @@
 """SleepScheduler server:
 `python -m mcp_services.sleep_scheduler.server` (gRPC 50052, metrics 9092).
 
-Owns the versioned concept graph (graph_store.py, served by graph_servicer.py) and consolidates
-the vault's episodes into it (consolidator.py, served by jobs_servicer.py), started by an RPC,
-the trigger command, vault pressure or the schedule (triggers.py).
+Wiring only. The service owns the versioned concept graph (adapters/graph_store.py, served by
+rpc/graph_servicer.py) and consolidates the vault's episodes (adapters/vault_client.py) into it
+(consolidator.py running cycle.py over domain/, served by rpc/jobs_servicer.py; one replica at a
+time by adapters/lease.py). A cycle is started by an RPC, the trigger command (trigger.py), vault
+pressure or the recurring schedule (schedule.py). "Scheduler" is this service; its recurring
+consolidations are its Schedule.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,23 +24,22 @@ from mcp_services.common.config import resolve_path
 from mcp_services.common.config_schema import Settings, live_fields
 from mcp_services.common.namespaces import DEFAULT, NamespaceUnits, add_scoped_servicer
 from mcp_services.common.reload import Change, section_changes
-from mcp_services.common.rpc import ErrorMap
 from mcp_services.common.server import Context, StartupError, run
 from mcp_services.common.stream_limits import StreamLimits
-from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
+from mcp_services.gen.tori.sleep.v1 import sleep_pb2_grpc
+from mcp_services.sleep_scheduler.adapters.graph_store import GraphStore
+from mcp_services.sleep_scheduler.adapters.lease import Lease
+from mcp_services.sleep_scheduler.adapters.vault_client import VaultClient
 from mcp_services.sleep_scheduler.consolidator import Consolidator
-from mcp_services.sleep_scheduler.graph_servicer import GRAPH_ERRORS, GraphRpcs
-from mcp_services.sleep_scheduler.graph_store import GraphStore
-from mcp_services.sleep_scheduler.jobs_servicer import JOB_ERRORS, JobRpcs
-from mcp_services.sleep_scheduler.lease import Lease
 from mcp_services.sleep_scheduler.metrics import SleepMetrics
 from mcp_services.sleep_scheduler.namespaces import SchedulerUnit, scheduler_units
 from mcp_services.sleep_scheduler.ports import EpisodeSource, Selection
+from mcp_services.sleep_scheduler.rpc.graph_servicer import GraphRpcs
+from mcp_services.sleep_scheduler.rpc.jobs_servicer import JobRpcs
+from mcp_services.sleep_scheduler.rpc.servicer import SERVICE_NAME, SleepSchedulerServicer
+from mcp_services.sleep_scheduler.schedule import PressureWatcher, Schedule, ScheduleSpec
 from mcp_services.sleep_scheduler.settings import SleepSchedulerConfig
-from mcp_services.sleep_scheduler.triggers import PressureWatcher, Scheduler, ScheduleSpec
-from mcp_services.sleep_scheduler.vault_client import VaultClient
 
-SERVICE_NAME = sleep_pb2.DESCRIPTOR.services_by_name["SleepScheduler"].full_name
 log = structlog.get_logger(__name__)
 
 # The keys a reload applies (declared Live in settings.py): the consolidator's knobs, read at the
@@ -52,79 +54,6 @@ def graph_dir(settings: Settings) -> Path:
     cfg = settings.sleep_scheduler
     # Relative paths are relative to the project, as for every data path (resolve_path).
     return resolve_path(cfg.graph_dir or Path(settings.paths.var_dir) / "graphs")
-
-
-ERRORS = ErrorMap({**GRAPH_ERRORS, **JOB_ERRORS})
-
-
-@ERRORS.servicer
-class SleepSchedulerServicer(sleep_pb2_grpc.SleepSchedulerServicer):
-    def __init__(self, graphs: GraphRpcs, jobs: JobRpcs) -> None:
-        self._graphs = graphs
-        self._jobs = jobs
-
-    async def GetConfig(
-        self, request: sleep_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
-    ) -> sleep_pb2.SchedulerConfig:
-        return self._jobs.config()
-
-    async def ReadGraph(
-        self, request: sleep_pb2.ReadGraphRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[sleep_pb2.GraphChunk]:
-        async for chunk in self._graphs.read_graph(request, context):
-            yield chunk
-
-    async def CommitGraph(
-        self,
-        request_iterator: AsyncIterator[sleep_pb2.GraphChunk],
-        context: grpc.aio.ServicerContext,
-    ) -> sleep_pb2.CommitGraphResponse:
-        return await self._graphs.commit_graph(request_iterator, context)
-
-    async def ListGraphVersions(
-        self, request: sleep_pb2.ListGraphVersionsRequest, context: grpc.aio.ServicerContext
-    ) -> sleep_pb2.ListGraphVersionsResponse:
-        return await self._graphs.list_versions(context)
-
-    async def GetGraphStats(
-        self, request: sleep_pb2.GetGraphStatsRequest, context: grpc.aio.ServicerContext
-    ) -> sleep_pb2.GraphStats:
-        return await self._graphs.stats(request, context)
-
-    async def Complete(
-        self, request: sleep_pb2.CompleteRequest, context: grpc.aio.ServicerContext
-    ) -> sleep_pb2.CompleteResponse:
-        return await self._graphs.complete(request, context)
-
-    async def StartConsolidation(
-        self, request: sleep_pb2.StartConsolidationRequest, context: grpc.aio.ServicerContext
-    ) -> sleep_pb2.ConsolidationJob:
-        return await self._jobs.start(request, context)
-
-    async def GetConsolidationStatus(
-        self, request: sleep_pb2.GetConsolidationStatusRequest, context: grpc.aio.ServicerContext
-    ) -> sleep_pb2.ConsolidationJob:
-        return await self._jobs.status(request, context)
-
-    async def CancelConsolidation(
-        self, request: sleep_pb2.CancelConsolidationRequest, context: grpc.aio.ServicerContext
-    ) -> sleep_pb2.ConsolidationJob:
-        return await self._jobs.cancel(request, context)
-
-    async def GetReplayStats(
-        self, request: sleep_pb2.GetReplayStatsRequest, context: grpc.aio.ServicerContext
-    ) -> sleep_pb2.ReplayStats:
-        return await self._graphs.call(self._jobs.replay_stats)
-
-    async def UpdateConfig(
-        self, request: sleep_pb2.UpdateConfigRequest, context: grpc.aio.ServicerContext
-    ) -> sleep_pb2.SchedulerConfig:
-        return await self._jobs.update_config(request, context)
-
-    async def ScheduleConsolidation(
-        self, request: sleep_pb2.ScheduleConsolidationRequest, context: grpc.aio.ServicerContext
-    ) -> sleep_pb2.ScheduleConsolidationResponse:
-        return await self._jobs.schedule(request, context)
 
 
 class SleepSchedulerService:
@@ -158,8 +87,8 @@ class SleepSchedulerService:
             self._cfg,
             self._numerics,
         )
-        self._scheduler = Scheduler(self.consolidator, ctx.tasks)
-        self._config_spec = self._scheduler.spec  # the schedule the config set (start())
+        self._schedule = Schedule(self.consolidator, ctx.tasks)
+        self._config_spec = self._schedule.spec  # the schedule the config set (start())
         c = self.consolidator
         self._pressure = PressureWatcher(
             c,
@@ -178,10 +107,10 @@ class SleepSchedulerService:
             self._store,
             self._vault,
             self.consolidator,
-            self._scheduler,
+            self._schedule,
             SleepSchedulerServicer(
                 GraphRpcs(self._store, self._io, self._commit_streams),
-                JobRpcs(self.consolidator, self._scheduler),
+                JobRpcs(self.consolidator, self._schedule),
             ),
         )
         # One graph per namespace: each call is answered by its namespace's unit.
@@ -209,14 +138,14 @@ class SleepSchedulerService:
         self._metrics.edges.set(latest.meta.edge_count)
         self._metrics.prototypes.set(latest.prototypes.shape[0])
         if self._cfg.schedule_cron or self._cfg.schedule_every_s:
-            self._scheduler.set(
+            self._schedule.set(
                 ScheduleSpec(
                     self._cfg.schedule_cron,
                     self._cfg.schedule_every_s,
                     Selection(max_episodes=self._cfg.max_episodes),
                 )
             )
-        self._config_spec = self._scheduler.spec
+        self._config_spec = self._schedule.spec
         self._pressure.start(self._ctx.bus, self._ctx.tasks)
 
     # -- config reload (common/reload.py) -------------------------------------------------------
@@ -233,8 +162,8 @@ class SleepSchedulerService:
         elsewhere: dict[str, Callable[[], object]] = {
             "keep_versions": lambda: self._store.keep,
             "pressure_poll_s": lambda: self._pressure.poll_s,
-            "schedule_cron": lambda: self._scheduler.spec.cron,
-            "schedule_every_s": lambda: self._scheduler.spec.every_s,
+            "schedule_cron": lambda: self._schedule.spec.cron,
+            "schedule_every_s": lambda: self._schedule.spec.every_s,
         }
         return {f"sleep_scheduler.{n}": elsewhere.get(n) or knob(n) for n in LIVE}
 
@@ -248,7 +177,7 @@ class SleepSchedulerService:
         if {"schedule_cron", "schedule_every_s"} & changed.keys() or (
             "max_episodes" in changed
             and self._config_spec.active
-            and self._scheduler.spec == self._config_spec
+            and self._schedule.spec == self._config_spec
         ):
             try:
                 spec = ScheduleSpec(
@@ -265,7 +194,7 @@ class SleepSchedulerService:
         if "pressure_poll_s" in changed:
             self._pressure.poll_s = cfg.pressure_poll_s
         if spec is not None:
-            self._scheduler.set(spec)
+            self._schedule.set(spec)
             self._config_spec = spec
         self._metrics.t0.set(k.t0)
         self._metrics.eta.set(k.eta)
@@ -274,7 +203,7 @@ class SleepSchedulerService:
         if self._units is not None:
             await self._units.close()
         await self._pressure.stop()
-        await self._scheduler.stop()
+        await self._schedule.stop()
         await self.consolidator.close()
         await self._vault.close()
         self._numerics.shutdown(wait=True)

@@ -13,7 +13,7 @@ import pytest
 from mcp_services.common.clients import ClientFactory
 from mcp_services.episodic_vault.adapters.completion import CueCompleter
 from mcp_services.episodic_vault.domain.completion import CompletionStatus, CueCompletion
-from mcp_services.sleep_scheduler.codec import commit_chunks
+from mcp_services.sleep_scheduler.rpc.codec import commit_chunks
 from tests.conftest import SettingsFactory, free_port
 from tests.episodic_vault.test_search_recall import two_assemblies
 from tests.fakes.completion import FakeCompleter

@@ -12,8 +12,8 @@ import pytest
 import scipy.sparse as sp
 
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
-from mcp_services.sleep_scheduler.codec import commit_chunks
 from mcp_services.sleep_scheduler.domain import ConceptGraph, ConceptIndex
+from mcp_services.sleep_scheduler.rpc.codec import commit_chunks
 from tests.conftest import free_port
 from tests.episodic_vault.conftest import Vault, VaultFactory
 from tests.episodic_vault.test_backend_contract import (  # noqa: F401  (fixtures)

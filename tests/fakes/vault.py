@@ -1,7 +1,7 @@
 """The EpisodicVault's unconsolidated episodes, in memory: an :class:`EpisodeSource` for the
 scheduler.
 
-Same contract as :class:`~mcp_services.sleep_scheduler.vault_client.VaultClient` over a real
+Same contract as :class:`~mcp_services.sleep_scheduler.adapters.vault_client.VaultClient` over a real
 vault (tests/sleep_scheduler/test_episode_source_contract.py holds both to it): :meth:`put` gives
 each new id the next seq and is idempotent (the same id with the same content again stores
 nothing; with other content it is refused), a selection reads unconsolidated episodes in seq
@@ -18,13 +18,13 @@ from __future__ import annotations
 import time
 
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
+from mcp_services.sleep_scheduler.adapters.vault_client import take
 from mcp_services.sleep_scheduler.ports import (
     EpisodeBatch,
     EpisodeSource,
     Selection,
     VaultUnavailable,
 )
-from mcp_services.sleep_scheduler.vault_client import take
 from tests.fakes.gate import Held
 
 

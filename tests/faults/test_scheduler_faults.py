@@ -29,9 +29,9 @@ import scipy.sparse as sp
 
 from mcp_services.common.health import wait_serving
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
-from mcp_services.sleep_scheduler.codec import commit_chunks, stored_of_chunks
 from mcp_services.sleep_scheduler.domain.concept_index import ConceptIndex
 from mcp_services.sleep_scheduler.domain.graph import ConceptGraph
+from mcp_services.sleep_scheduler.rpc.codec import commit_chunks, stored_of_chunks
 from tests.conftest import service_environ
 from tests.faults.test_vault_faults import Proc
 from tests.ops.runner import ops

@@ -17,9 +17,9 @@ from mcp_services.episodic_vault.namespaces import namespace_config
 from mcp_services.episodic_vault.rpc.validation import validate_episode
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2 as pb
+from mcp_services.sleep_scheduler.adapters.graph_store import GraphStore
 from mcp_services.sleep_scheduler.domain.concept_index import ConceptIndex
 from mcp_services.sleep_scheduler.domain.graph import ConceptGraph
-from mcp_services.sleep_scheduler.graph_store import GraphStore
 from tests.conftest import service_environ
 from tests.ops.runner import ops
 

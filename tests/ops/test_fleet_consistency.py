@@ -37,7 +37,7 @@ from mcp_services.gen.tori.koopman.v1 import koopman_pb2, koopman_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
 from mcp_services.koopman_learner.domain.synthetic import oscillator_system, simulate
 from mcp_services.koopman_learner.server import KoopmanLearnerService, data_dir
-from mcp_services.sleep_scheduler.codec import commit_chunks, stored_of_chunks
+from mcp_services.sleep_scheduler.rpc.codec import commit_chunks, stored_of_chunks
 from mcp_services.sleep_scheduler.server import SleepSchedulerService, graph_dir
 from tests.conftest import service_environ
 from tests.ops.runner import ops

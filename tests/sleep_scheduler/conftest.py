@@ -16,9 +16,9 @@ from mcp_services.common.server import Context, ServerThread
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2_grpc
+from mcp_services.sleep_scheduler.adapters.vault_client import VaultClient
 from mcp_services.sleep_scheduler.ports import EpisodeSource
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
-from mcp_services.sleep_scheduler.vault_client import VaultClient
 from tests.conftest import SettingsFactory
 
 

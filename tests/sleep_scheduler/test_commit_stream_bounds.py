@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
-from mcp_services.sleep_scheduler.codec import commit_chunks
+from mcp_services.sleep_scheduler.rpc.codec import commit_chunks
 from tests.sleep_scheduler.conftest import SchedulerFactory
 from tests.sleep_scheduler.test_graph_service import commit, latest, random_graph, two_assemblies
 

@@ -18,9 +18,9 @@ from mcp_services.common.server import ServerThread
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
-from mcp_services.sleep_scheduler.codec import commit_chunks
 from mcp_services.sleep_scheduler.domain import ConceptActivation, ConceptGraph, ConceptIndex
 from mcp_services.sleep_scheduler.domain.completion import complete, retrieve
+from mcp_services.sleep_scheduler.rpc.codec import commit_chunks
 from tests.conftest import SettingsFactory
 from tests.sleep_scheduler.conftest import Scheduler
 

@@ -16,11 +16,11 @@ from mcp_services.common.event_bus import CONSOLIDATION_COMPLETED, decode_event
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2
 from mcp_services.gen.tori.events.v1 import events_pb2
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
-from mcp_services.sleep_scheduler.codec import stored_of_chunks
+from mcp_services.sleep_scheduler.adapters.graph_store import StoredGraph
 from mcp_services.sleep_scheduler.domain import ConceptGraph, ConceptIndex
 from mcp_services.sleep_scheduler.domain.planted import planted_pm1, planted_sparse
 from mcp_services.sleep_scheduler.domain.quality import recall_pm1
-from mcp_services.sleep_scheduler.graph_store import StoredGraph
+from mcp_services.sleep_scheduler.rpc.codec import stored_of_chunks
 from tests.conftest import scrape_until
 from tests.fakes.gate import HOLD_GUARD_S
 from tests.fakes.vault import HeldSelect

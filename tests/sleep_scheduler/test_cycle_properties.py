@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import scipy.sparse as sp
 
+from mcp_services.sleep_scheduler.adapters.graph_store import GraphMeta, StoredGraph
 from mcp_services.sleep_scheduler.cycle import run_cycle
 from mcp_services.sleep_scheduler.domain import (
     ConceptActivation,
@@ -19,7 +20,6 @@ from mcp_services.sleep_scheduler.domain.baselines import hebbian_graph
 from mcp_services.sleep_scheduler.domain.consolidation import relative_energy
 from mcp_services.sleep_scheduler.domain.planted import planted_pm1, planted_sparse
 from mcp_services.sleep_scheduler.domain.quality import recall_pm1, recall_sparse, spurious_share
-from mcp_services.sleep_scheduler.graph_store import GraphMeta, StoredGraph
 
 
 def activations(states: sp.csr_matrix) -> list[ConceptActivation]:

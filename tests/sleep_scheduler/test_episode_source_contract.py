@@ -16,8 +16,8 @@ from mcp_services.common.clients import ClientFactory
 from mcp_services.common.server import ServerThread
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
+from mcp_services.sleep_scheduler.adapters.vault_client import VaultClient
 from mcp_services.sleep_scheduler.ports import EpisodeSource, Selection
-from mcp_services.sleep_scheduler.vault_client import VaultClient
 from tests.conftest import SettingsFactory
 from tests.fakes.vault import FakeVault, IdConflict
 

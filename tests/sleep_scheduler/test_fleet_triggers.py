@@ -28,8 +28,8 @@ from mcp_services.common.health import check
 from mcp_services.fleet.redis_server import redis_argv, wait_ready
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
+from mcp_services.sleep_scheduler.adapters.lease import LEASE_KEY
 from mcp_services.sleep_scheduler.domain.planted import planted_pm1, planted_sparse
-from mcp_services.sleep_scheduler.lease import LEASE_KEY
 from tests.conftest import free_port, free_ports, service_environ
 
 pytestmark = pytest.mark.fleet

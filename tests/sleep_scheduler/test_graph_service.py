@@ -11,14 +11,14 @@ import pytest
 import scipy.sparse as sp
 
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
-from mcp_services.sleep_scheduler.codec import commit_chunks, stored_of_chunks
-from mcp_services.sleep_scheduler.domain import ConceptGraph, ConceptIndex
-from mcp_services.sleep_scheduler.graph_store import (
+from mcp_services.sleep_scheduler.adapters.graph_store import (
     GraphStore,
     StoredGraph,
     VersionConflict,
     VersionNotFound,
 )
+from mcp_services.sleep_scheduler.domain import ConceptGraph, ConceptIndex
+from mcp_services.sleep_scheduler.rpc.codec import commit_chunks, stored_of_chunks
 from tests.sleep_scheduler.conftest import Scheduler, SchedulerFactory
 
 

@@ -14,9 +14,9 @@ from mcp_services.common.server import ServerThread
 from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
-from mcp_services.sleep_scheduler.codec import stored_of_chunks
+from mcp_services.sleep_scheduler.adapters.graph_store import StoredGraph
 from mcp_services.sleep_scheduler.domain.planted import planted_sparse
-from mcp_services.sleep_scheduler.graph_store import StoredGraph
+from mcp_services.sleep_scheduler.rpc.codec import stored_of_chunks
 from mcp_services.sleep_scheduler.server import graph_dir
 from tests.conftest import SettingsFactory, free_port
 from tests.sleep_scheduler.conftest import Pair, PairFactory, SchedulerFactory

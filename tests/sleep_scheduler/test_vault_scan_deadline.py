@@ -10,8 +10,8 @@ import pytest
 
 from mcp_services.common.clients import ClientFactory
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
+from mcp_services.sleep_scheduler.adapters.vault_client import VaultClient
 from mcp_services.sleep_scheduler.ports import Selection, VaultUnavailable
-from mcp_services.sleep_scheduler.vault_client import VaultClient
 from tests.conftest import SettingsFactory
 
 GUARD_S = 30.0  # a guard against a hang, not a timing assertion

@@ -24,8 +24,8 @@ from mcp_services.episodic_vault.server import VaultService
 from mcp_services.gen.tori.episodic.v1 import episodic_pb2, episodic_pb2_grpc
 from mcp_services.gen.tori.pruner.v1 import pruner_pb2, pruner_pb2_grpc
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2, sleep_pb2_grpc
+from mcp_services.sleep_scheduler.adapters.graph_store import GraphStore
 from mcp_services.sleep_scheduler.domain.planted import planted_pm1
-from mcp_services.sleep_scheduler.graph_store import GraphStore
 from mcp_services.sleep_scheduler.server import SleepSchedulerService
 from mcp_services.sparse_pruner.domain import (
     ConceptGraph,

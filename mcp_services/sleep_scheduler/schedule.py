@@ -28,8 +28,8 @@ from mcp_services.common.event_bus import EPISODE_STORED, EventBus
 from mcp_services.common.jobs import JobBusy
 from mcp_services.common.periodic import Periodic
 from mcp_services.common.tasks import Spawner
+from mcp_services.sleep_scheduler.adapters.lease import LeaseUnavailable
 from mcp_services.sleep_scheduler.consolidator import Consolidator
-from mcp_services.sleep_scheduler.lease import LeaseUnavailable
 from mcp_services.sleep_scheduler.ports import Selection, VaultUnavailable
 
 log = structlog.get_logger(__name__)
@@ -151,7 +151,7 @@ class ScheduleSpec:
         return nxt.timestamp()
 
 
-class Scheduler:
+class Schedule:
     """Runs cycles on a :class:`ScheduleSpec`; :meth:`set` replaces it at runtime.
 
     Its loop is a task of ``tasks`` (the service's task group), started at the first active spec.

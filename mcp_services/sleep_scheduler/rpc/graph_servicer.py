@@ -20,22 +20,22 @@ import structlog
 from mcp_services.common.rpc import Rules, abort
 from mcp_services.common.stream_limits import StreamLimits, StreamRefused
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
-from mcp_services.sleep_scheduler.codec import (
-    BadRequest,
-    GraphDraft,
-    cue_of_request,
-    graph_chunks,
-    header_of_meta,
-)
-from mcp_services.sleep_scheduler.domain import ConceptActivation
-from mcp_services.sleep_scheduler.domain.completion import complete
-from mcp_services.sleep_scheduler.graph_store import (
+from mcp_services.sleep_scheduler.adapters.graph_store import (
     GraphStore,
     InvalidGraph,
     StoredGraph,
     VersionConflict,
     VersionNotFound,
     validate_graph,
+)
+from mcp_services.sleep_scheduler.domain import ConceptActivation
+from mcp_services.sleep_scheduler.domain.completion import complete
+from mcp_services.sleep_scheduler.rpc.codec import (
+    BadRequest,
+    GraphDraft,
+    cue_of_request,
+    graph_chunks,
+    header_of_meta,
 )
 
 T = TypeVar("T")

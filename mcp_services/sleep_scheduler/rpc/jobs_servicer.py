@@ -17,10 +17,10 @@ from mcp_services.common.jobs import JobBusy, JobNotFound, JobState
 from mcp_services.common.rpc import Rules, abort
 from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
+from mcp_services.sleep_scheduler.adapters.lease import LeaseUnavailable
 from mcp_services.sleep_scheduler.consolidator import Consolidator, Job
-from mcp_services.sleep_scheduler.lease import LeaseUnavailable
 from mcp_services.sleep_scheduler.ports import Selection
-from mcp_services.sleep_scheduler.triggers import Scheduler, ScheduleSpec
+from mcp_services.sleep_scheduler.schedule import Schedule, ScheduleSpec
 
 log = structlog.get_logger(__name__)
 
@@ -99,9 +99,9 @@ def selection_of_proto(sel: sleep_pb2.EpisodeSelection, default_max: int) -> Sel
 class JobRpcs:
     """StartConsolidation, status, cancel, replay stats, UpdateConfig, ScheduleConsolidation."""
 
-    def __init__(self, consolidator: Consolidator, scheduler: Scheduler) -> None:
+    def __init__(self, consolidator: Consolidator, schedule: Schedule) -> None:
         self.c = consolidator
-        self.scheduler = scheduler
+        self._schedule = schedule
 
     def _selection(self, sel: sleep_pb2.EpisodeSelection) -> Selection:
         return selection_of_proto(sel, self.c.knobs.max_episodes)
@@ -192,11 +192,11 @@ class JobRpcs:
                     "set cron (e.g. '0 3 * * *') or every_s > 0, or clear=true to remove it",
                 )
             spec = ScheduleSpec(request.cron, request.every_s, selection)
-        self.scheduler.set(spec)
+        self._schedule.set(spec)
         return self.schedule_state()
 
     def schedule_state(self) -> sleep_pb2.ScheduleConsolidationResponse:
-        s = self.scheduler
+        s = self._schedule
         out = sleep_pb2.ScheduleConsolidationResponse(
             active=s.spec.active, cron=s.spec.cron, every_s=s.spec.every_s
         )

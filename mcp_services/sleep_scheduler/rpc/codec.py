@@ -17,12 +17,16 @@ from numpy.typing import NDArray
 from mcp_services.common.errors import InputError
 from mcp_services.common.timestamps import timestamp_of_ms
 from mcp_services.gen.tori.sleep.v1 import sleep_pb2
+from mcp_services.sleep_scheduler.adapters.graph_store import (
+    GraphMeta,
+    StoredGraph,
+    empty_prototypes,
+)
 from mcp_services.sleep_scheduler.domain import (
     ConceptActivation,
     ConceptGraph,
     ConceptIndex,
 )
-from mcp_services.sleep_scheduler.graph_store import GraphMeta, StoredGraph, empty_prototypes
 
 DEFAULT_CHUNK_EDGES = 65_536
 MAX_CHUNK_EDGES = 1 << 20
