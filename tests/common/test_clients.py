@@ -237,7 +237,10 @@ class TestChannel:
                 stub.GetStats(episodic_pb2.GetStatsRequest())
         assert_keyed(recorder, "/tori.episodic.v1.EpisodicVault/GetStats")
         remaining = recorder.keyed("/tori.episodic.v1.EpisodicVault/GetStats")[0].time_remaining
-        assert remaining is not None and 0 < remaining <= clients.default_timeout_s
+        # The deadline travels as a grpc-timeout header the server turns back into a time; under
+        # load the two clocks' reading can put it a little past the default (30.098 s was seen),
+        # so the check is "the default, not none and not another": within 10% of it.
+        assert remaining is not None and 0 < remaining <= clients.default_timeout_s * 1.1
 
     def test_a_key_the_call_sets_itself_is_kept(
         self, tmp_path: Path, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
