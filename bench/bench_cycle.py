@@ -47,11 +47,17 @@ import numpy as np
 import scipy.sparse as sp
 
 import mcp_services
-from mcp_services.sleep_scheduler.adapters.graph_store import StoredGraph
 from mcp_services.sleep_scheduler.cycle import run_cycle
 from mcp_services.sleep_scheduler.domain import ConceptActivation, ConsolidationConfig
 from mcp_services.sleep_scheduler.domain.planted import planted_sparse
 from mcp_services.sleep_scheduler.domain.prototypes import merge_episodes
+
+try:
+    from mcp_services.sleep_scheduler.adapters.graph_store import StoredGraph
+except ImportError:  # a --peer tree from before the scheduler's adapters/ layout (f3af69d)
+    from mcp_services.sleep_scheduler.graph_store import (  # type: ignore[import-not-found,no-redef]
+        StoredGraph,
+    )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cycle.json"
 CONCEPTS = 10_000
