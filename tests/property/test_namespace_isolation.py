@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -236,6 +237,23 @@ def _counts(fleet: Fleet) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _sleep_once(t: Tenants) -> dict[str, Any]:
+    """memory.sleep for the default namespace, retried as its UNAVAILABLE answer advises.
+
+    In one full-suite run (1 of 4 tried) the gateway's first call to the just-started scheduler
+    failed "unavailable (failed to connect to all addresses)" though the scheduler served; the
+    answer says to retry in a few seconds, as a client would. Isolation, not first-call
+    availability, is what this module tests; a scheduler that stays down still fails here.
+    """
+    for attempt in range(3):
+        slept: dict[str, Any] = json.loads(t.tool(PLAIN_KEY, "memory.sleep", {"once": True}))
+        text = json.dumps(slept)
+        if not (slept["result"].get("isError") and "is unavailable" in text) or attempt == 2:
+            return slept
+        time.sleep(2.0)
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def tenants(fleet: Fleet) -> Iterator[Tenants]:
     http_port, metrics_port = free_ports(2)
@@ -252,7 +270,7 @@ def tenants(fleet: Fleet) -> Iterator[Tenants]:
                 out = json.loads(t.tool(key, "memory.put", {"episodes": episodes}))
                 assert not out["result"].get("isError"), out
             # The default namespace's episodes become the scheduler's graph (and its prototypes).
-            slept = json.loads(t.tool(PLAIN_KEY, "memory.sleep", {"once": True}))
+            slept = _sleep_once(t)
             assert not slept["result"].get("isError"), slept
             t.counts = _counts(fleet)
             yield t
