@@ -23,7 +23,6 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-# One "newer schema" error for every backend with a versioned layout.
 from mcp_services.episodic_vault.adapters.body import decode_body, encode_body
 from mcp_services.episodic_vault.domain.backend import (
     BackendUnavailable,
